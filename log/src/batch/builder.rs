@@ -1,0 +1,215 @@
+//! Writing record batches.
+
+use bytes::Bytes;
+use garam_core::Header;
+
+use super::compression::{compress, Compression};
+use super::header::*;
+use super::varint::{put_varint, put_varlong, varint_len, varlong_len};
+use crate::error::Result;
+
+/// Builds one v2 record batch, record by record, into a reusable buffer.
+///
+/// Offsets in the built batch start at 0; the log assigns the real base offset on append.
+///
+/// ```
+/// use garam_log::batch::{Batch, BatchBuilder, Compression};
+/// let mut b = BatchBuilder::new(Compression::None);
+/// b.push(1_700_000_000_000, Some(b"user-1"), Some(b"view"), &[]);
+/// b.push(1_700_000_000_005, None, None, &[]);
+/// let bytes = b.finish().unwrap();
+/// let batch = Batch::new(bytes).unwrap();
+/// batch.verify().unwrap();
+/// let recs: Vec<_> = batch.records().unwrap().collect::<Result<_, _>>().unwrap();
+/// assert_eq!(recs[0].key.as_deref(), Some(&b"user-1"[..]));
+/// assert!(recs[1].value.is_none());
+/// ```
+#[derive(Debug)]
+pub struct BatchBuilder {
+    buf: Vec<u8>,
+    compression: Compression,
+    count: i32,
+    base_timestamp: i64,
+    max_timestamp: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    transactional: bool,
+    control: bool,
+}
+
+impl BatchBuilder {
+    /// An empty builder.
+    pub fn new(compression: Compression) -> Self {
+        Self::with_capacity(compression, 16 * 1024)
+    }
+
+    /// An empty builder whose buffer starts with `capacity` bytes.
+    pub fn with_capacity(compression: Compression, capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity.max(HEADER_LEN));
+        buf.resize(HEADER_LEN, 0);
+        BatchBuilder {
+            buf,
+            compression,
+            count: 0,
+            base_timestamp: 0,
+            max_timestamp: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            transactional: false,
+            control: false,
+        }
+    }
+
+    /// Stamps the batch with an idempotent producer's id, epoch and first sequence.
+    pub fn producer(&mut self, producer_id: i64, epoch: i16, base_sequence: i32) -> &mut Self {
+        self.producer_id = producer_id;
+        self.producer_epoch = epoch;
+        self.base_sequence = base_sequence;
+        self
+    }
+
+    /// Marks the batch as part of a transaction.
+    pub fn transactional(&mut self, yes: bool) -> &mut Self {
+        self.transactional = yes;
+        self
+    }
+
+    /// Marks the batch as a control batch (transaction markers).
+    pub fn control(&mut self, yes: bool) -> &mut Self {
+        self.control = yes;
+        self
+    }
+
+    /// Number of records pushed.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// True when no record was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Uncompressed size so far, header included.
+    pub fn size_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Appends a record with the next offset delta.
+    pub fn push(&mut self, timestamp: i64, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[Header]) {
+        self.push_with_offset_delta(self.count, timestamp, key, value, headers)
+    }
+
+    /// Appends a record with an explicit offset delta (compaction keeps original offsets).
+    pub(crate) fn push_with_offset_delta(
+        &mut self,
+        offset_delta: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header],
+    ) {
+        if self.count == 0 {
+            self.base_timestamp = timestamp;
+        }
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+        let ts_delta = timestamp.wrapping_sub(self.base_timestamp);
+        let key_len = key.map_or(-1, |k| k.len() as i32);
+        let value_len = value.map_or(-1, |v| v.len() as i32);
+        let mut body = 1 + varlong_len(ts_delta) + varint_len(offset_delta);
+        body += varint_len(key_len) + key.map_or(0, <[u8]>::len);
+        body += varint_len(value_len) + value.map_or(0, <[u8]>::len);
+        body += varint_len(headers.len() as i32);
+        for h in headers {
+            body += varint_len(h.key.len() as i32) + h.key.len();
+            let vl = h.value.as_ref().map_or(-1, |v| v.len() as i32);
+            body += varint_len(vl) + h.value.as_ref().map_or(0, Bytes::len);
+        }
+        let buf = &mut self.buf;
+        buf.reserve(body + 5);
+        put_varint(buf, body as i32);
+        buf.push(0); // record attributes: unused
+        put_varlong(buf, ts_delta);
+        put_varint(buf, offset_delta);
+        put_varint(buf, key_len);
+        if let Some(k) = key {
+            buf.extend_from_slice(k);
+        }
+        put_varint(buf, value_len);
+        if let Some(v) = value {
+            buf.extend_from_slice(v);
+        }
+        put_varint(buf, headers.len() as i32);
+        for h in headers {
+            put_varint(buf, h.key.len() as i32);
+            buf.extend_from_slice(h.key.as_bytes());
+            match &h.value {
+                Some(v) => {
+                    put_varint(buf, v.len() as i32);
+                    buf.extend_from_slice(v);
+                }
+                None => put_varint(buf, -1),
+            }
+        }
+        self.count += 1;
+    }
+
+    /// Finishes the batch and returns its bytes, leaving the builder empty for reuse.
+    pub fn finish(&mut self) -> Result<Bytes> {
+        let mut out = Vec::new();
+        self.finish_into(&mut out)?;
+        Ok(Bytes::from(out))
+    }
+
+    /// Finishes the batch, appending its bytes to `out`, and empties the builder for reuse.
+    pub fn finish_into(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        let last_delta = (self.count - 1).max(0);
+        self.finish_with_last_delta(out, last_delta)
+    }
+
+    pub(crate) fn finish_with_last_delta(&mut self, out: &mut Vec<u8>, last_offset_delta: i32) -> Result<()> {
+        let start = out.len();
+        if self.compression == Compression::None {
+            out.extend_from_slice(&self.buf);
+        } else {
+            out.extend_from_slice(&self.buf[..HEADER_LEN]);
+            compress(self.compression, &self.buf[HEADER_LEN..], out)?;
+        }
+        let b = &mut out[start..];
+        let total = b.len();
+        let mut attrs = self.compression.id() as i16;
+        if self.transactional {
+            attrs |= attributes::TRANSACTIONAL;
+        }
+        if self.control {
+            attrs |= attributes::CONTROL;
+        }
+        let max_ts = if self.count == 0 { -1 } else { self.max_timestamp };
+        b[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&0i64.to_be_bytes());
+        b[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&((total - LOG_OVERHEAD) as i32).to_be_bytes());
+        b[LEADER_EPOCH..LEADER_EPOCH + 4].copy_from_slice(&0i32.to_be_bytes());
+        b[MAGIC_POS] = MAGIC as u8;
+        b[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attrs.to_be_bytes());
+        b[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4].copy_from_slice(&last_offset_delta.to_be_bytes());
+        b[BASE_TIMESTAMP..BASE_TIMESTAMP + 8].copy_from_slice(&self.base_timestamp.to_be_bytes());
+        b[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&max_ts.to_be_bytes());
+        b[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&self.producer_id.to_be_bytes());
+        b[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&self.producer_epoch.to_be_bytes());
+        b[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&self.base_sequence.to_be_bytes());
+        b[RECORD_COUNT..RECORD_COUNT + 4].copy_from_slice(&self.count.to_be_bytes());
+        store_crc(b);
+        self.reset();
+        Ok(())
+    }
+
+    /// Empties the builder, keeping its buffer, codec and producer id/epoch.
+    pub fn reset(&mut self) {
+        self.buf.truncate(HEADER_LEN);
+        self.count = 0;
+        self.base_timestamp = 0;
+        self.max_timestamp = -1;
+        self.base_sequence = -1;
+    }
+}

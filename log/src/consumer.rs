@@ -1,0 +1,435 @@
+//! Consumers: standalone readers and consumer-group members with a long-polling `poll`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batch::{BatchIter, ConsumedRecord};
+use crate::error::{LogError, Result};
+use crate::group::{Assignor, TopicPartition};
+use crate::log::Log;
+use crate::partition::{FetchData, Partition};
+use crate::signal::Signal;
+
+/// Where to start when a partition has no committed offset (or it fell out of range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// The log start offset.
+    Earliest,
+    /// The high watermark: only new records.
+    #[default]
+    Latest,
+    /// Fail instead of guessing.
+    None,
+}
+
+impl OffsetReset {
+    /// Parses `earliest`, `latest` or `none`.
+    pub fn parse(s: &str) -> Option<OffsetReset> {
+        match s {
+            "earliest" => Some(OffsetReset::Earliest),
+            "latest" => Some(OffsetReset::Latest),
+            "none" => Some(OffsetReset::None),
+            _ => None,
+        }
+    }
+}
+
+/// Consumer settings (Kafka's names where they exist).
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// `group.id`; `None` for a standalone consumer that reads every partition and commits nothing.
+    pub group: Option<String>,
+    /// Topics to read.
+    pub topics: Vec<String>,
+    /// `client.id`, a prefix of the member id.
+    pub client_id: String,
+    /// `partition.assignment.strategy`.
+    pub assignor: Assignor,
+    /// `session.timeout.ms`.
+    pub session_timeout: Duration,
+    /// `auto.offset.reset`.
+    pub auto_offset_reset: OffsetReset,
+    /// `max.partition.fetch.bytes`: bytes per partition per poll (at least one batch).
+    pub max_partition_fetch_bytes: usize,
+    /// `fetch.max.bytes`: bytes per poll over all partitions.
+    pub fetch_max_bytes: usize,
+    /// `check.crcs`: verify each batch's CRC as it is read.
+    pub check_crcs: bool,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            group: None,
+            topics: Vec::new(),
+            client_id: "consumer".into(),
+            assignor: Assignor::default(),
+            session_timeout: Duration::from_secs(10),
+            auto_offset_reset: OffsetReset::Latest,
+            max_partition_fetch_bytes: 1 << 20,
+            fetch_max_bytes: 8 << 20,
+            check_crcs: true,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// A group member reading `topics`.
+    pub fn group(group: &str, topics: &[&str]) -> Self {
+        ConsumerConfig { group: Some(group.to_string()), topics: topics.iter().map(|t| t.to_string()).collect(), ..Default::default() }
+    }
+}
+
+/// Records fetched from one partition in one poll.
+#[derive(Debug, Clone)]
+pub struct PartitionRecords {
+    /// Where they come from.
+    pub tp: TopicPartition,
+    /// The first offset the consumer asked for; earlier records in the first batch are skipped.
+    pub from_offset: u64,
+    /// The raw batches.
+    pub data: FetchData,
+    check_crcs: bool,
+}
+
+impl PartitionRecords {
+    /// The records at or after `from_offset`, skipping control batches.
+    pub fn records(&self) -> impl Iterator<Item = Result<ConsumedRecord>> + '_ {
+        let from = self.from_offset;
+        let check = self.check_crcs;
+        BatchIter::new(self.data.batches.clone())
+            .flat_map(move |b| -> Box<dyn Iterator<Item = Result<ConsumedRecord>>> {
+                match b.and_then(|b| {
+                    if check {
+                        b.verify()?;
+                    }
+                    Ok(b)
+                }) {
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                    Ok(b) if b.header().is_control() => Box::new(std::iter::empty()),
+                    Ok(b) => match b.records() {
+                        Err(e) => Box::new(std::iter::once(Err(e))),
+                        Ok(it) => Box::new(it),
+                    },
+                }
+            })
+            .filter(move |r| r.as_ref().map_or(true, |r| r.offset >= from))
+    }
+
+    /// The offset after the last batch returned: the consumer's next position.
+    pub fn next_offset(&self) -> u64 {
+        let mut next = self.from_offset;
+        for b in BatchIter::new(self.data.batches.clone()).flatten() {
+            next = next.max(b.header().next_offset());
+        }
+        next.min(self.data.high_watermark).max(self.from_offset)
+    }
+}
+
+/// Called around rebalances.
+pub trait RebalanceListener: Send {
+    /// Partitions just assigned (positions are set).
+    fn on_assigned(&mut self, _partitions: &[TopicPartition]) {}
+    /// Partitions about to be taken away: commit what was processed via `commits`.
+    fn on_revoked(&mut self, _partitions: &[TopicPartition], _commits: &mut RevokeCommits<'_>) {}
+    /// Partitions lost without a chance to commit (the session expired).
+    fn on_lost(&mut self, _partitions: &[TopicPartition]) {}
+}
+
+/// Lets a revoke callback commit positions of the partitions being revoked.
+pub struct RevokeCommits<'a> {
+    consumer: &'a Consumer,
+}
+
+impl RevokeCommits<'_> {
+    /// The consumer's position (next offset to read) in a partition.
+    pub fn position(&self, tp: &TopicPartition) -> Option<u64> {
+        self.consumer.positions.get(tp).map(|s| s.position)
+    }
+
+    /// Commits offsets for partitions this member still owns.
+    pub fn commit(&self, offsets: &[(TopicPartition, u64)]) -> Result<()> {
+        self.consumer.commit(offsets)
+    }
+}
+
+struct PartState {
+    partition: Arc<Partition>,
+    position: u64,
+}
+
+/// A consumer. Not shared between threads; create one per thread.
+pub struct Consumer {
+    log: Log,
+    config: ConsumerConfig,
+    member: Option<String>,
+    signal: Arc<Signal>,
+    positions: BTreeMap<TopicPartition, PartState>,
+    listener: Option<Box<dyn RebalanceListener>>,
+    rr: usize,
+    closed: bool,
+}
+
+impl Consumer {
+    pub(crate) fn new(log: Log, config: ConsumerConfig) -> Result<Consumer> {
+        if config.topics.is_empty() {
+            return Err(LogError::InvalidArgument("a consumer needs at least one topic".into()));
+        }
+        let mut counts = BTreeMap::new();
+        for t in &config.topics {
+            counts.insert(t.clone(), log.topic(t)?.partition_count());
+        }
+        let signal = Arc::new(Signal::default());
+        let mut c = Consumer { log, config, member: None, signal, positions: BTreeMap::new(), listener: None, rr: 0, closed: false };
+        match c.config.group.clone() {
+            Some(g) => c.join(&g, counts),
+            None => {
+                for (t, n) in counts {
+                    for p in 0..n {
+                        let tp = TopicPartition::new(t.clone(), p);
+                        c.init_position(tp)?;
+                    }
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    fn join(&mut self, group: &str, counts: BTreeMap<String, u32>) {
+        let id = self.log.groups().join(
+            group,
+            &self.config.client_id,
+            self.config.topics.clone(),
+            self.config.assignor,
+            self.config.session_timeout,
+            self.signal.clone(),
+            counts,
+        );
+        self.member = Some(id);
+    }
+
+    /// Installs a rebalance listener.
+    pub fn set_listener(&mut self, l: Box<dyn RebalanceListener>) {
+        self.listener = Some(l);
+    }
+
+    /// This member's id, for group consumers.
+    pub fn member_id(&self) -> Option<&str> {
+        self.member.as_deref()
+    }
+
+    /// Partitions this consumer reads now.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.positions.keys().cloned().collect()
+    }
+
+    /// The next offset to read from a partition.
+    pub fn position(&self, tp: &TopicPartition) -> Option<u64> {
+        self.positions.get(tp).map(|s| s.position)
+    }
+
+    /// Moves the position of an assigned partition.
+    pub fn seek(&mut self, tp: &TopicPartition, offset: u64) -> Result<()> {
+        let s = self.positions.get_mut(tp).ok_or_else(|| LogError::InvalidArgument(format!("{tp} is not assigned to this consumer")))?;
+        s.position = offset;
+        Ok(())
+    }
+
+    fn init_position(&mut self, tp: TopicPartition) -> Result<()> {
+        let partition = self.log.partition(&tp.topic, tp.partition)?;
+        let committed = self.config.group.as_ref().and_then(|g| self.log.groups().committed(g, &tp)).map(|c| c.offset);
+        let position = match committed {
+            Some(o) => o,
+            None => self.reset_position(&tp, &partition)?,
+        };
+        self.positions.insert(tp, PartState { partition, position });
+        Ok(())
+    }
+
+    fn reset_position(&self, tp: &TopicPartition, p: &Partition) -> Result<u64> {
+        let o = p.offsets();
+        match self.config.auto_offset_reset {
+            OffsetReset::Earliest => Ok(o.log_start_offset),
+            OffsetReset::Latest => Ok(o.high_watermark),
+            OffsetReset::None => Err(LogError::InvalidArgument(format!("no committed offset for {tp} and auto.offset.reset=none"))),
+        }
+    }
+
+    /// Runs the group protocol: revoke what moves away (listener, then release), take what is free.
+    fn sync_group(&mut self) -> Result<()> {
+        let (Some(group), Some(member)) = (self.config.group.clone(), self.member.clone()) else { return Ok(()) };
+        let mut counts = BTreeMap::new();
+        for t in &self.config.topics {
+            if let Some(n) = self.log.partition_count(t) {
+                counts.insert(t.clone(), n);
+            }
+        }
+        let plan = match self.log.groups().sync(&group, &member, &counts) {
+            Ok(p) => p,
+            Err(LogError::Group { retriable: true, .. }) => {
+                // Expired: our partitions are gone already.
+                let lost: Vec<_> = std::mem::take(&mut self.positions).into_keys().collect();
+                if !lost.is_empty() {
+                    tracing::warn!(group, member, partitions = lost.len(), "session expired; partitions lost");
+                    if let Some(l) = self.listener.as_mut() {
+                        l.on_lost(&lost);
+                    }
+                }
+                self.join(&group, counts);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if !plan.revoke.is_empty() {
+            tracing::info!(group, member, generation = plan.generation, partitions = plan.revoke.len(), "revoking partitions");
+            if let Some(mut l) = self.listener.take() {
+                l.on_revoked(&plan.revoke, &mut RevokeCommits { consumer: self });
+                self.listener = Some(l);
+            }
+            self.log.groups().release(&group, &member, &plan.revoke);
+            for tp in &plan.revoke {
+                self.positions.remove(tp);
+            }
+        }
+        let got = self.log.groups().acquire(&group, &member)?;
+        if !got.is_empty() {
+            for tp in &got {
+                self.init_position(tp.clone())?;
+            }
+            tracing::info!(group, member, generation = plan.generation, partitions = got.len(), "assigned partitions");
+            if let Some(l) = self.listener.as_mut() {
+                l.on_assigned(&got);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches whatever is available, waiting up to `timeout` when nothing is (long poll).
+    /// Positions advance past what is returned.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Vec<PartitionRecords>> {
+        if self.closed {
+            return Err(LogError::Closed);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.sync_group()?;
+            let out = self.fetch_available()?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(out);
+            }
+            // Park until an append to one of our partitions, a rebalance, or a heartbeat is due.
+            for s in self.positions.values() {
+                s.partition.register_waiter(&self.signal);
+            }
+            if self.positions.values().any(|s| s.partition.high_watermark() > s.position) {
+                continue;
+            }
+            let heartbeat = now + (self.config.session_timeout / 3).max(Duration::from_millis(10));
+            self.signal.wait_until(deadline.min(heartbeat));
+        }
+    }
+
+    fn fetch_available(&mut self) -> Result<Vec<PartitionRecords>> {
+        let mut out = Vec::new();
+        let mut budget = self.config.fetch_max_bytes;
+        let n = self.positions.len();
+        if n == 0 {
+            return Ok(out);
+        }
+        let keys: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        let start = self.rr % n;
+        self.rr = self.rr.wrapping_add(1);
+        for i in 0..n {
+            if budget == 0 {
+                break;
+            }
+            let tp = &keys[(start + i) % n];
+            let reset = self.config.auto_offset_reset;
+            let s = self.positions.get_mut(tp).ok_or_else(|| LogError::InvalidArgument("position vanished".into()))?;
+            if s.partition.high_watermark() <= s.position {
+                continue;
+            }
+            let max = self.config.max_partition_fetch_bytes.min(budget);
+            let data = match s.partition.read(s.position, max) {
+                Ok(d) => d,
+                Err(LogError::OffsetOutOfRange { log_start, log_end, .. }) if reset != OffsetReset::None => {
+                    let to = if reset == OffsetReset::Earliest { log_start } else { log_end };
+                    tracing::warn!(partition = %tp, from = s.position, to, "offset out of range; resetting");
+                    s.position = to;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if data.batches.is_empty() {
+                continue;
+            }
+            budget = budget.saturating_sub(data.batches.len());
+            let recs = PartitionRecords { tp: tp.clone(), from_offset: s.position, data, check_crcs: self.config.check_crcs };
+            s.position = recs.next_offset();
+            out.push(recs);
+        }
+        Ok(out)
+    }
+
+    /// Commits offsets (next offset to read) for partitions this member owns.
+    pub fn commit(&self, offsets: &[(TopicPartition, u64)]) -> Result<()> {
+        let group = self.config.group.as_deref().ok_or_else(|| LogError::InvalidArgument("a consumer without a group cannot commit".into()))?;
+        self.log.groups().commit(group, self.member.as_deref(), offsets, "")
+    }
+
+    /// Commits the current positions of every assigned partition.
+    pub fn commit_positions(&self) -> Result<()> {
+        let offsets: Vec<_> = self.positions.iter().map(|(tp, s)| (tp.clone(), s.position)).collect();
+        self.commit(&offsets)
+    }
+
+    /// Lag per assigned partition: high watermark minus position.
+    pub fn lag(&self) -> HashMap<TopicPartition, u64> {
+        self.positions.iter().map(|(tp, s)| (tp.clone(), s.partition.high_watermark().saturating_sub(s.position))).collect()
+    }
+
+    /// Leaves the group: revoke callback for everything owned, release, leave. Idempotent.
+    pub fn close(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        if let (Some(group), Some(member)) = (self.config.group.clone(), self.member.clone()) {
+            let owned = self.log.groups().owned(&group, &member);
+            if !owned.is_empty() {
+                if let Some(mut l) = self.listener.take() {
+                    l.on_revoked(&owned, &mut RevokeCommits { consumer: self });
+                    self.listener = Some(l);
+                }
+                self.log.groups().release(&group, &member, &owned);
+            }
+            self.log.groups().leave(&group, &member);
+        }
+        self.positions.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// Lag of every partition of `group` on `topics`: (partition, committed, log end, lag).
+pub fn group_lag(log: &Log, group: &str, topic: &str) -> Result<Vec<(u32, Option<u64>, u64, u64)>> {
+    let t = log.topic(topic)?;
+    Ok(t.partitions()
+        .iter()
+        .map(|p| {
+            let hw = p.high_watermark();
+            let c = log.groups().committed(group, &TopicPartition::new(topic, p.id())).map(|c| c.offset);
+            (p.id(), c, hw, hw.saturating_sub(c.unwrap_or(p.offsets().log_start_offset)))
+        })
+        .collect())
+}

@@ -1,0 +1,620 @@
+//! One partition: an ordered list of segments, the append path, fetches, flushing and recovery.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::batch::{self, BatchHeader, HEADER_LEN};
+use crate::config::{TimestampType, TopicConfig};
+use crate::error::{LogError, Result};
+use crate::index::write_atomically;
+use crate::producer_state::{ProducerTable, SeqCheck};
+use crate::segment::Segment;
+use crate::signal::Signal;
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record appended.
+    pub base_offset: u64,
+    /// Offset of the last record appended.
+    pub last_offset: u64,
+    /// The append time stamped on the batches (LogAppendTime topics), else -1.
+    pub log_append_time: i64,
+    /// True when an idempotent producer's batch was already in the log and was not written again.
+    pub duplicate: bool,
+}
+
+/// The result of a fetch: whole batches as stored, plus the partition's offsets at that moment.
+#[derive(Debug, Clone)]
+pub struct FetchData {
+    /// Concatenated whole batches (possibly starting before the requested offset: skip records below it).
+    pub batches: Bytes,
+    /// Readers see offsets below this.
+    pub high_watermark: u64,
+    /// First offset held.
+    pub log_start_offset: u64,
+}
+
+/// The offsets of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    /// First offset still held (retention moves it forward).
+    pub log_start_offset: u64,
+    /// Offsets below this are visible to readers.
+    pub high_watermark: u64,
+    /// Offset the next record will get.
+    pub log_end_offset: u64,
+}
+
+struct State {
+    segments: Vec<Arc<Segment>>,
+    log_start: u64,
+    log_end: u64,
+    /// Rolled segments not yet fsynced.
+    unsynced: Vec<Arc<Segment>>,
+    producers: ProducerTable,
+}
+
+/// One partition of a topic.
+pub struct Partition {
+    topic: String,
+    id: u32,
+    name: String,
+    dir: PathBuf,
+    config: RwLock<Arc<TopicConfig>>,
+    state: Mutex<State>,
+    high_watermark: AtomicU64,
+    flushed: AtomicU64,
+    flush_lock: Mutex<bool>,
+    flush_cv: Condvar,
+    last_flush: Mutex<Instant>,
+    waiters: Mutex<Vec<Weak<Signal>>>,
+    /// Serialises retention and compaction, which both rewrite the segment list.
+    pub(crate) cleaner: Mutex<()>,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition").field("name", &self.name).finish()
+    }
+}
+
+const PRODUCER_SNAPSHOT: &str = "producer-state.snapshot";
+
+impl Partition {
+    /// Opens (or creates) the partition in `dir`. `clean` says the log was closed cleanly, so intact
+    /// indexes are trusted; otherwise the active segment is validated batch by batch.
+    pub(crate) fn open(topic: &str, id: u32, dir: PathBuf, config: Arc<TopicConfig>, clean: bool) -> Result<Partition> {
+        fs::create_dir_all(&dir).map_err(LogError::io("create partition dir", &dir))?;
+        let name = format!("{topic}-{id}");
+        crate::compaction::recover_swaps(&dir)?;
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(LogError::io("list partition dir", &dir))? {
+            let entry = entry.map_err(LogError::io("list partition dir", &dir))?;
+            let fname = entry.file_name();
+            let Some(fname) = fname.to_str() else { continue };
+            if let Some(stem) = fname.strip_suffix(".log") {
+                if let Ok(base) = stem.parse::<u64>() {
+                    bases.push(base);
+                }
+            }
+        }
+        bases.sort_unstable();
+        let now = garam_core::time::now_ms();
+        let interval = config.index_interval_bytes;
+        let mut segments = Vec::with_capacity(bases.len().max(1));
+        let mut producers = ProducerTable::default();
+        let snapshot = if clean { read_producer_snapshot(&dir.join(PRODUCER_SNAPSHOT)) } else { None };
+        let last = bases.len().saturating_sub(1);
+        for (i, base) in bases.iter().enumerate() {
+            let active = i == last;
+            let (seg, scan) = Segment::open(&dir, *base, &name, active && !clean, interval)?;
+            if active && snapshot.is_none() {
+                for h in &scan.headers {
+                    producers.record(h);
+                }
+            }
+            segments.push(Arc::new(seg));
+        }
+        if let Some(s) = snapshot {
+            producers = s;
+        }
+        let _ = fs::remove_file(dir.join(PRODUCER_SNAPSHOT));
+        if segments.is_empty() {
+            segments.push(Arc::new(Segment::create(&dir, 0, &name, now)?));
+        }
+        let log_start = read_log_start(&dir).unwrap_or(0).max(segments[0].base_offset);
+        let log_end = segments.last().map_or(0, |s| s.next_offset.load(Ordering::Acquire));
+        let log_start = log_start.min(log_end);
+        Ok(Partition {
+            topic: topic.to_string(),
+            id,
+            name,
+            dir,
+            config: RwLock::new(config),
+            state: Mutex::new(State { segments, log_start, log_end, unsynced: Vec::new(), producers }),
+            high_watermark: AtomicU64::new(log_end),
+            flushed: AtomicU64::new(log_end),
+            flush_lock: Mutex::new(false),
+            flush_cv: Condvar::new(),
+            last_flush: Mutex::new(Instant::now()),
+            waiters: Mutex::new(Vec::new()),
+            cleaner: Mutex::new(()),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The topic this partition belongs to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition number.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The partition's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn config(&self) -> Arc<TopicConfig> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_config(&self, c: Arc<TopicConfig>) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    /// Log start, high watermark and log end offsets.
+    pub fn offsets(&self) -> PartitionOffsets {
+        let s = self.state();
+        PartitionOffsets { log_start_offset: s.log_start, high_watermark: self.high_watermark(), log_end_offset: s.log_end }
+    }
+
+    /// Offsets below this are visible to readers.
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Bytes held on disk by the partition's segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.state().segments.iter().map(|s| s.len()).sum()
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.state().segments.len()
+    }
+
+    /// Appends one or more whole batches (as a producer built them; base offsets are assigned here).
+    ///
+    /// Each batch is checked (header, length, CRC, size limit) before anything is written. With
+    /// `flush.messages` set, returns once the data is fsynced, sharing the fsync with concurrent
+    /// appenders (group commit).
+    pub fn append(&self, data: &mut [u8]) -> Result<AppendInfo> {
+        let config = self.config();
+        // Validate outside the lock.
+        let mut headers: Vec<(usize, BatchHeader)> = Vec::with_capacity(1);
+        let mut pos = 0;
+        while pos < data.len() {
+            let h = BatchHeader::parse(&data[pos..]).map_err(|e| self.rejected(e))?;
+            let len = h.total_len();
+            if pos + len > data.len() {
+                return Err(self.rejected(LogError::corrupt(format!("batch claims {len} bytes, {} present", data.len() - pos))));
+            }
+            if len as u64 > config.max_message_bytes {
+                return Err(LogError::InvalidArgument(format!(
+                    "batch of {len} bytes exceeds max.message.bytes={} for {}",
+                    config.max_message_bytes, self.name
+                )));
+            }
+            let crc = crc32c::crc32c(&data[pos + 21..pos + len]);
+            if crc != h.crc {
+                return Err(self.rejected(LogError::corrupt(format!("CRC mismatch in produced batch at byte {pos}"))));
+            }
+            headers.push((pos, h));
+            pos += len;
+        }
+        if headers.is_empty() {
+            return Err(LogError::InvalidArgument("append of zero batches".into()));
+        }
+        let now = garam_core::time::now_ms();
+        let append_time = (config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
+
+        let mut st = self.state();
+        // Idempotence: a retried batch is answered with its original offsets.
+        match st.producers.check(&headers[0].1) {
+            SeqCheck::Append => {}
+            SeqCheck::Duplicate(b) => {
+                return Ok(AppendInfo { base_offset: b.base_offset, last_offset: b.last_offset, log_append_time: -1, duplicate: true })
+            }
+            SeqCheck::Fenced { current } => {
+                let h = &headers[0].1;
+                return Err(LogError::ProducerFenced { producer_id: h.producer_id, epoch: h.producer_epoch, current_epoch: current });
+            }
+            SeqCheck::OutOfOrder { expected } => {
+                let h = &headers[0].1;
+                return Err(LogError::OutOfOrderSequence {
+                    topic: self.topic.clone(),
+                    partition: self.id,
+                    producer_id: h.producer_id,
+                    expected,
+                    got: h.base_sequence,
+                });
+            }
+        }
+        let base_offset = st.log_end;
+        let mut next = base_offset;
+        for (p, h) in headers.iter_mut() {
+            let b = &mut data[*p..*p + h.total_len()];
+            batch::header_ops::set_base_offset(b, next as i64);
+            h.base_offset = next as i64;
+            if let Some(t) = append_time {
+                batch::header_ops::set_log_append_time(b, t);
+                h.max_timestamp = t;
+            }
+            next = h.next_offset();
+        }
+        self.maybe_roll(&mut st, &config, data.len() as u64, now)?;
+        let active = st.segments.last().cloned().ok_or_else(|| LogError::corrupt("partition has no segment"))?;
+        if active.len() + data.len() as u64 > u32::MAX as u64 {
+            return Err(LogError::InvalidArgument("segment would exceed 4 GiB".into()));
+        }
+        let start = active.append(data)?;
+        for (p, h) in &headers {
+            active.index_batch(h, start + *p as u64, config.index_interval_bytes);
+            st.producers.record(h);
+        }
+        active.next_offset.store(next, Ordering::Release);
+        st.log_end = next;
+        self.high_watermark.store(next, Ordering::Release);
+        drop(st);
+        self.wake_waiters();
+        if let Some(n) = config.flush_messages {
+            if next - self.flushed.load(Ordering::Acquire) >= n {
+                self.flush_to(next)?;
+            }
+        }
+        Ok(AppendInfo { base_offset, last_offset: next - 1, log_append_time: append_time.unwrap_or(-1), duplicate: false })
+    }
+
+    fn rejected(&self, e: LogError) -> LogError {
+        match e {
+            LogError::CorruptBatch { reason, .. } => {
+                LogError::InvalidArgument(format!("rejected batch for {}: {reason}", self.name))
+            }
+            other => other,
+        }
+    }
+
+    fn maybe_roll(&self, st: &mut State, config: &TopicConfig, incoming: u64, now: i64) -> Result<()> {
+        let active = st.segments.last().cloned().ok_or_else(|| LogError::corrupt("partition has no segment"))?;
+        let size = active.len();
+        let too_big = size > 0 && size + incoming > config.segment_bytes;
+        let too_old = size > 0 && now - active.created_ms.load(Ordering::Acquire) >= config.segment_ms as i64;
+        if too_big || too_old {
+            self.roll_locked(st, now)?;
+        }
+        Ok(())
+    }
+
+    fn roll_locked(&self, st: &mut State, now: i64) -> Result<()> {
+        let Some(active) = st.segments.last().cloned() else { return Ok(()) };
+        if active.len() == 0 {
+            return Ok(());
+        }
+        active.write_indexes()?;
+        st.unsynced.push(active);
+        let seg = Segment::create(&self.dir, st.log_end, &self.name, now)?;
+        st.segments.push(Arc::new(seg));
+        tracing::debug!(partition = %self.name, base = st.log_end, "rolled segment");
+        Ok(())
+    }
+
+    /// Closes the active segment and starts a new one (no-op when the active segment is empty).
+    pub fn roll(&self) -> Result<()> {
+        let mut st = self.state();
+        self.roll_locked(&mut st, garam_core::time::now_ms())
+    }
+
+    /// fsyncs everything appended so far.
+    pub fn flush(&self) -> Result<()> {
+        let target = self.state().log_end;
+        self.flush_to(target)
+    }
+
+    /// Offsets below this are known to be on stable storage.
+    pub fn flushed_offset(&self) -> u64 {
+        self.flushed.load(Ordering::Acquire)
+    }
+
+    /// Group commit: the first waiter fsyncs for everyone; the others wait for it.
+    fn flush_to(&self, target: u64) -> Result<()> {
+        let mut busy = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.flushed.load(Ordering::Acquire) >= target {
+                return Ok(());
+            }
+            if !*busy {
+                *busy = true;
+                drop(busy);
+                let (segs, upto) = {
+                    let mut st = self.state();
+                    let mut segs = std::mem::take(&mut st.unsynced);
+                    segs.extend(st.segments.last().cloned());
+                    (segs, st.log_end)
+                };
+                let r = segs.iter().try_for_each(|s| s.sync());
+                busy = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+                *busy = false;
+                if r.is_ok() {
+                    self.flushed.fetch_max(upto, Ordering::AcqRel);
+                    *self.last_flush.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                } else {
+                    // Put them back so the next flush retries.
+                    self.state().unsynced.extend(segs.into_iter().filter(|s| s.len() > 0));
+                }
+                self.flush_cv.notify_all();
+                r?;
+            } else {
+                busy = self.flush_cv.wait(busy).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+
+    /// Background flush for `flush.ms`: fsyncs when unflushed data is older than the setting.
+    pub(crate) fn flush_if_due(&self) -> Result<()> {
+        let Some(ms) = self.config().flush_ms else { return Ok(()) };
+        let hw = self.high_watermark();
+        if hw <= self.flushed_offset() {
+            return Ok(());
+        }
+        let due = self.last_flush.lock().unwrap_or_else(|e| e.into_inner()).elapsed().as_millis() as u64 >= ms;
+        if due {
+            self.flush_to(hw)?;
+        }
+        Ok(())
+    }
+
+    /// Reads whole batches starting at the batch that holds `offset`, up to about `max_bytes` (at least
+    /// one batch), never past the high watermark.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<FetchData> {
+        let (segs, log_start, hw) = {
+            let st = self.state();
+            let hw = self.high_watermark();
+            if offset < st.log_start || offset > hw {
+                return Err(LogError::OffsetOutOfRange {
+                    topic: self.topic.clone(),
+                    partition: self.id,
+                    offset,
+                    log_start: st.log_start,
+                    log_end: st.log_end,
+                });
+            }
+            let i = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+            (st.segments[i..].iter().take(4).cloned().collect::<Vec<_>>(), st.log_start, hw)
+        };
+        if offset == hw {
+            return Ok(FetchData { batches: Bytes::new(), high_watermark: hw, log_start_offset: log_start });
+        }
+        for seg in segs {
+            let limit = seg.len();
+            if let Some(pos) = seg.position_of(offset, limit)? {
+                let batches = seg.read(pos, max_bytes, limit)?;
+                // Never hand out a batch beyond the high watermark.
+                let batches = trim_to_offset(batches, hw);
+                return Ok(FetchData { batches, high_watermark: hw, log_start_offset: log_start });
+            }
+        }
+        Ok(FetchData { batches: Bytes::new(), high_watermark: hw, log_start_offset: log_start })
+    }
+
+    /// First offset whose timestamp is ≥ `ts`, or `None` when every record is older.
+    pub fn offset_for_time(&self, ts: i64) -> Result<Option<u64>> {
+        let (segs, start) = {
+            let st = self.state();
+            (st.segments.clone(), st.log_start)
+        };
+        for seg in segs.iter().filter(|s| s.max_timestamp.load(Ordering::Acquire) >= ts) {
+            let limit = seg.len();
+            let Some(pos) = seg.position_of_time(ts, limit)? else { continue };
+            let data = seg.read(pos, 0, limit)?;
+            for b in batch::BatchIter::new(data) {
+                let b = b?;
+                for r in b.records()? {
+                    let r = r?;
+                    if r.timestamp >= ts && r.offset >= start {
+                        return Ok(Some(r.offset));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Registers a signal to be notified at the next append.
+    pub fn register_waiter(&self, s: &Arc<Signal>) {
+        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        w.retain(|x| x.strong_count() > 0);
+        if !w.iter().any(|x| x.as_ptr() == Arc::as_ptr(s)) {
+            w.push(Arc::downgrade(s));
+        }
+    }
+
+    fn wake_waiters(&self) {
+        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if w.is_empty() {
+            return;
+        }
+        for s in w.drain(..) {
+            if let Some(s) = s.upgrade() {
+                s.notify();
+            }
+        }
+    }
+
+    /// Deletes whole segments past `retention.ms` / `retention.bytes`. Returns how many were deleted.
+    pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {
+        let config = self.config();
+        if !config.cleanup_policy.delete {
+            return Ok(0);
+        }
+        let _cleaning = self.cleaner.lock().unwrap_or_else(|e| e.into_inner());
+        let doomed = {
+            let mut st = self.state();
+            let mut total: u64 = st.segments.iter().map(|s| s.len()).sum();
+            let mut n = 0;
+            // Never the active segment.
+            while n + 1 < st.segments.len() {
+                let seg = &st.segments[n];
+                let by_time = config.retention_ms.is_some_and(|ms| {
+                    let max = seg.max_timestamp.load(Ordering::Acquire);
+                    max >= 0 && now_ms - max > ms as i64 || max < 0 && seg.len() == 0
+                });
+                let by_size = config.retention_bytes.is_some_and(|limit| total - seg.len() >= limit);
+                if !(by_time || by_size) {
+                    break;
+                }
+                total -= seg.len();
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(0);
+            }
+            let doomed: Vec<_> = st.segments.drain(..n).collect();
+            st.log_start = st.log_start.max(st.segments[0].base_offset);
+            st.unsynced.retain(|u| !doomed.iter().any(|d| Arc::ptr_eq(u, d)));
+            write_log_start(&self.dir, st.log_start)?;
+            doomed
+        };
+        for seg in &doomed {
+            seg.delete_files()?;
+        }
+        tracing::info!(partition = %self.name, segments = doomed.len(), "retention deleted segments");
+        Ok(doomed.len())
+    }
+
+    /// Moves the log start offset forward (like Kafka's DeleteRecords); whole segments below it go.
+    pub fn delete_records_before(&self, offset: u64) -> Result<()> {
+        let mut st = self.state();
+        if offset > st.log_end {
+            return Err(LogError::InvalidArgument(format!("offset {offset} is past the log end {}", st.log_end)));
+        }
+        st.log_start = st.log_start.max(offset);
+        write_log_start(&self.dir, st.log_start)
+    }
+
+    pub(crate) fn segments_snapshot(&self) -> (Vec<Arc<Segment>>, u64) {
+        let st = self.state();
+        (st.segments.clone(), self.high_watermark())
+    }
+
+    /// Swaps compacted segment `new` in for the segments with base offsets in `[from, to)`.
+    pub(crate) fn swap_segments(&self, from: u64, to: u64, new: Segment) -> Result<Vec<Arc<Segment>>> {
+        let mut st = self.state();
+        let first = st.segments.partition_point(|s| s.base_offset < from);
+        let end = st.segments.partition_point(|s| s.base_offset < to);
+        if end >= st.segments.len() {
+            return Err(LogError::InvalidArgument("compaction may not replace the active segment".into()));
+        }
+        let old: Vec<_> = st.segments.splice(first..end, std::iter::once(Arc::new(new))).collect();
+        st.unsynced.retain(|u| !old.iter().any(|d| Arc::ptr_eq(u, d)));
+        Ok(old)
+    }
+
+    /// Writes indexes and the producer snapshot and fsyncs: called on clean close.
+    pub(crate) fn close(&self) -> Result<()> {
+        self.flush()?;
+        let st = self.state();
+        if let Some(a) = st.segments.last() {
+            a.write_indexes()?;
+        }
+        write_producer_snapshot(&self.dir.join(PRODUCER_SNAPSHOT), &st.producers)
+    }
+}
+
+/// Drops whole batches whose first offset is at or past `hw`.
+fn trim_to_offset(batches: Bytes, hw: u64) -> Bytes {
+    let mut end = 0;
+    for b in batch::BatchIter::new(batches.clone()) {
+        match b {
+            Ok(b) if (b.header().base_offset as u64) < hw => end += b.bytes().len(),
+            _ => break,
+        }
+    }
+    batches.slice(..end)
+}
+
+fn read_log_start(dir: &Path) -> Option<u64> {
+    let s = fs::read_to_string(dir.join("log-start-offset")).ok()?;
+    let (v, o) = s.trim().split_once(' ')?;
+    (v == "v1").then(|| o.parse().ok()).flatten()
+}
+
+fn write_log_start(dir: &Path, offset: u64) -> Result<()> {
+    write_atomically(&dir.join("log-start-offset"), format!("v1 {offset}\n").as_bytes())
+}
+
+fn write_producer_snapshot(path: &Path, t: &ProducerTable) -> Result<()> {
+    let mut buf = Vec::new();
+    buf.extend_from_slice(b"GPS1");
+    for (pid, e) in t.entries() {
+        for b in &e.batches {
+            buf.extend_from_slice(&pid.to_be_bytes());
+            buf.extend_from_slice(&e.epoch.to_be_bytes());
+            buf.extend_from_slice(&b.first_seq.to_be_bytes());
+            buf.extend_from_slice(&b.last_seq.to_be_bytes());
+            buf.extend_from_slice(&b.base_offset.to_be_bytes());
+            buf.extend_from_slice(&b.last_offset.to_be_bytes());
+        }
+    }
+    let crc = crc32c::crc32c(&buf);
+    buf.extend_from_slice(&crc.to_be_bytes());
+    write_atomically(path, &buf)
+}
+
+fn read_producer_snapshot(path: &Path) -> Option<ProducerTable> {
+    let raw = fs::read(path).ok()?;
+    if raw.len() < 8 || &raw[..4] != b"GPS1" {
+        return None;
+    }
+    let (body, crc) = raw.split_at(raw.len() - 4);
+    if crc32c::crc32c(body).to_be_bytes() != crc {
+        return None;
+    }
+    const ENTRY: usize = 8 + 2 + 4 + 4 + 8 + 8;
+    let body = &body[4..];
+    if body.len() % ENTRY != 0 {
+        return None;
+    }
+    let mut t = ProducerTable::default();
+    for c in body.chunks_exact(ENTRY) {
+        let h = BatchHeader {
+            base_offset: i64::from_be_bytes(c[18..26].try_into().ok()?),
+            batch_length: HEADER_LEN as i32,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: (u64::from_be_bytes(c[26..34].try_into().ok()?) - u64::from_be_bytes(c[18..26].try_into().ok()?)) as i32,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: i64::from_be_bytes(c[0..8].try_into().ok()?),
+            producer_epoch: i16::from_be_bytes(c[8..10].try_into().ok()?),
+            base_sequence: i32::from_be_bytes(c[10..14].try_into().ok()?),
+            record_count: 1,
+        };
+        t.record(&h);
+    }
+    Some(t)
+}

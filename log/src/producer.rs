@@ -1,0 +1,164 @@
+//! A batching producer: partitions records, builds v2 batches, appends them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use garam_core::partitioner::partition_for_key;
+use garam_core::Record;
+
+use crate::batch::{BatchBuilder, Compression};
+use crate::error::{LogError, Result};
+use crate::log::Log;
+use crate::partition::{AppendInfo, Partition};
+use crate::topic::Topic;
+
+/// Producer settings (Kafka's names where they exist).
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// `batch.size`: a partition's batch is appended once it reaches this many bytes.
+    pub batch_size: usize,
+    /// `compression.type`.
+    pub compression: Compression,
+    /// `enable.idempotence`: stamp batches with a producer id and sequences so retries are deduplicated.
+    pub idempotent: bool,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig { batch_size: 64 * 1024, compression: Compression::None, idempotent: true }
+    }
+}
+
+struct PartitionBatch {
+    partition: Arc<Partition>,
+    builder: BatchBuilder,
+    next_sequence: i32,
+}
+
+struct TopicState {
+    topic: Arc<Topic>,
+    batches: Vec<PartitionBatch>,
+    sticky: u32,
+}
+
+/// Sends records to topics. Appends happen on the calling thread when a batch fills or on `flush`.
+///
+/// Keyed records go to Kafka's murmur2 partition; keyless records stick to one partition until its
+/// batch is full, then move to the next (Kafka's sticky partitioner).
+pub struct Producer {
+    log: Log,
+    config: ProducerConfig,
+    producer_id: i64,
+    epoch: i16,
+    topics: HashMap<String, TopicState>,
+    buf: Vec<u8>,
+}
+
+impl Producer {
+    pub(crate) fn new(log: Log, config: ProducerConfig) -> Result<Producer> {
+        let (producer_id, epoch) = if config.idempotent { log.init_producer_id()? } else { (-1, -1) };
+        Ok(Producer { log, config, producer_id, epoch, topics: HashMap::new(), buf: Vec::new() })
+    }
+
+    /// The producer id (-1 when not idempotent).
+    pub fn producer_id(&self) -> i64 {
+        self.producer_id
+    }
+
+    fn topic_state(&mut self, topic: &str) -> Result<&mut TopicState> {
+        if !self.topics.contains_key(topic) {
+            let t = self.log.topic(topic)?;
+            let batches = t
+                .partitions()
+                .into_iter()
+                .map(|p| PartitionBatch { partition: p, builder: BatchBuilder::new(self.config.compression), next_sequence: 0 })
+                .collect();
+            let sticky = (garam_core::time::now_ms() as u32) % t.partition_count().max(1);
+            self.topics.insert(topic.to_string(), TopicState { topic: t, batches, sticky });
+        }
+        let st = self.topics.get_mut(topic).ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
+        // Pick up partitions added since.
+        let n = st.topic.partition_count() as usize;
+        if st.batches.len() < n {
+            for p in st.batches.len()..n {
+                let partition = st.topic.partition(p as u32)?;
+                st.batches.push(PartitionBatch { partition, builder: BatchBuilder::new(self.config.compression), next_sequence: 0 });
+            }
+        }
+        Ok(st)
+    }
+
+    /// Queues a record; the partition comes from its key (or the sticky partition when keyless).
+    pub fn send(&mut self, topic: &str, record: Record) -> Result<()> {
+        self.send_to(topic, None, record)
+    }
+
+    /// Queues a record for an explicit partition, or the partitioner's choice when `None`.
+    pub fn send_to(&mut self, topic: &str, partition: Option<u32>, record: Record) -> Result<()> {
+        let batch_size = self.config.batch_size;
+        let st = self.topic_state(topic)?;
+        let n = st.batches.len() as u32;
+        let p = match (partition, &record.key) {
+            (Some(p), _) if p < n => p,
+            (Some(p), _) => {
+                return Err(LogError::UnknownPartition { topic: topic.to_string(), partition: p, partitions: n });
+            }
+            (None, Some(k)) => partition_for_key(k, n),
+            (None, None) => st.sticky,
+        };
+        let ts = record.timestamp.unwrap_or_else(garam_core::time::now_ms);
+        let pb = &mut st.batches[p as usize];
+        pb.builder.push(ts, record.key.as_deref(), record.value.as_deref(), &record.headers);
+        if pb.builder.size_bytes() >= batch_size {
+            if record.key.is_none() && partition.is_none() {
+                st.sticky = (st.sticky + 1) % n;
+            }
+            self.append_partition(topic, p)?;
+        }
+        Ok(())
+    }
+
+    fn append_partition(&mut self, topic: &str, p: u32) -> Result<Option<AppendInfo>> {
+        let (pid, epoch) = (self.producer_id, self.epoch);
+        let st = self.topics.get_mut(topic).ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
+        let pb = &mut st.batches[p as usize];
+        if pb.builder.is_empty() {
+            return Ok(None);
+        }
+        let count = pb.builder.len() as i32;
+        if pid >= 0 {
+            pb.builder.producer(pid, epoch, pb.next_sequence);
+        }
+        self.buf.clear();
+        pb.builder.finish_into(&mut self.buf)?;
+        let info = pb.partition.append(&mut self.buf)?;
+        if pid >= 0 {
+            pb.next_sequence = pb.next_sequence.wrapping_add(count) & i32::MAX;
+        }
+        Ok(Some(info))
+    }
+
+    /// Appends every queued record.
+    pub fn flush(&mut self) -> Result<()> {
+        let work: Vec<(String, u32)> = self
+            .topics
+            .iter()
+            .flat_map(|(t, st)| st.batches.iter().enumerate().filter(|(_, b)| !b.builder.is_empty()).map(move |(p, _)| (t.clone(), p as u32)))
+            .collect();
+        for (t, p) in work {
+            self.append_partition(&t, p)?;
+        }
+        Ok(())
+    }
+
+    /// Appends every queued record and fsyncs the partitions written to.
+    pub fn flush_durable(&mut self) -> Result<()> {
+        self.flush()?;
+        for st in self.topics.values() {
+            for b in &st.batches {
+                b.partition.flush()?;
+            }
+        }
+        Ok(())
+    }
+}
