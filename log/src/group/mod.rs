@@ -231,9 +231,10 @@ impl Coordinator {
         }
     }
 
-    /// Commits offsets for partitions the member owns. Offsets never move backwards here; use
+    /// Commits offsets: a member's for partitions it owns, or (with `member = None`) an
+    /// administrative commit for a group with no active member. Offsets never move backwards here; use
     /// [`Coordinator::reset_offsets`] to rewind.
-    pub(crate) fn commit(&self, group: &str, member: Option<&str>, offsets: &[(TopicPartition, u64)], metadata: &str) -> Result<()> {
+    pub fn commit(&self, group: &str, member: Option<&str>, offsets: &[(TopicPartition, u64)], metadata: &str) -> Result<()> {
         let mut store = self.store();
         {
             let groups = self.groups();

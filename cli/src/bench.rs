@@ -1,0 +1,129 @@
+//! `garam bench …`: end-to-end throughput runs whose figures go in BENCHMARKS.md.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use garam_core::Record;
+use garam_log::batch::Compression;
+use garam_log::consumer::{ConsumerConfig, OffsetReset};
+use garam_log::producer::ProducerConfig;
+use garam_log::{Log, LogOptions, TopicConfig};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Produce then consume N records through the embedded log.
+    Log(LogBench),
+}
+
+#[derive(Args)]
+pub struct LogBench {
+    #[arg(long, default_value_t = 10_000_000)]
+    records: u64,
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// none, gzip, snappy, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// Producer batch.size in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    batch_bytes: usize,
+    /// Directory for the benchmark's log (deleted afterwards unless --keep).
+    #[arg(long, default_value = "./garam-bench-log")]
+    dir: PathBuf,
+    #[arg(long)]
+    keep: bool,
+}
+
+pub fn run(_data_dir: &Path, cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Log(b) => log_bench(b),
+    }
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn log_bench(b: LogBench) -> Result<()> {
+    let compression = Compression::parse(&b.compression).ok_or_else(|| anyhow::anyhow!("unknown compression '{}'", b.compression))?;
+    let _ = std::fs::remove_dir_all(&b.dir);
+    let opts = LogOptions { background: true, ..Default::default() };
+    let log = Log::open_with(&b.dir, opts.clone())?;
+    log.create_topic("bench", b.partitions, TopicConfig::default())?;
+    let value: Vec<u8> = (0..b.value_bytes).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+    let value = bytes::Bytes::from(value);
+    let mut producer = log.producer(ProducerConfig { batch_size: b.batch_bytes, compression, idempotent: true })?;
+    let mut progress = crate::progress::Progress::new("produce", Some(b.records));
+    let start = Instant::now();
+    for i in 0..b.records {
+        producer.send("bench", Record { key: None, value: Some(value.clone()), timestamp: Some(i as i64), headers: Vec::new() })?;
+        if i % 65536 == 0 {
+            progress.update(i);
+        }
+    }
+    producer.flush()?;
+    let produce_s = start.elapsed().as_secs_f64();
+    progress.finish();
+    let bytes: u64 = log.topic("bench")?.partitions().iter().map(|p| p.size_bytes()).sum();
+    println!(
+        "produce: {} records in {:.2} s = {:.0} records/s, {:.1} MB/s (log bytes {:.1} MB)",
+        b.records,
+        produce_s,
+        b.records as f64 / produce_s,
+        (b.records as f64 * b.value_bytes as f64) / produce_s / 1e6,
+        bytes as f64 / 1e6
+    );
+    drop(producer);
+
+    let mut consumer = log.consumer(ConsumerConfig {
+        topics: vec!["bench".into()],
+        auto_offset_reset: OffsetReset::Earliest,
+        max_partition_fetch_bytes: 4 << 20,
+        fetch_max_bytes: 32 << 20,
+        ..Default::default()
+    })?;
+    let mut progress = crate::progress::Progress::new("consume", Some(b.records));
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut payload = 0u64;
+    while n < b.records {
+        for part in consumer.poll(Duration::from_secs(5))? {
+            for r in part.records() {
+                let r = r?;
+                payload += r.value.as_ref().map_or(0, |v| v.len() as u64);
+                n += 1;
+            }
+        }
+        progress.update(n);
+    }
+    let consume_s = start.elapsed().as_secs_f64();
+    progress.finish();
+    println!(
+        "consume: {} records in {:.2} s = {:.0} records/s, {:.1} MB/s",
+        n,
+        consume_s,
+        n as f64 / consume_s,
+        payload as f64 / consume_s / 1e6
+    );
+    drop(consumer);
+    log.close()?;
+    drop(log);
+    let start = Instant::now();
+    let log = Log::open_with(&b.dir, opts)?;
+    let open_s = start.elapsed().as_secs_f64();
+    println!("reopen: {:.1} MB log with intact indexes opened in {:.3} s", bytes as f64 / 1e6, open_s);
+    println!("peak memory: {:.0} MB", peak_rss_mb());
+    log.close()?;
+    drop(log);
+    if !b.keep {
+        std::fs::remove_dir_all(&b.dir)?;
+    }
+    Ok(())
+}
