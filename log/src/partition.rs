@@ -191,6 +191,11 @@ impl Partition {
         self.state().segments.iter().map(|s| s.len()).sum()
     }
 
+    /// Base offsets of the segments, oldest first; the last is the active segment.
+    pub fn segment_base_offsets(&self) -> Vec<u64> {
+        self.state().segments.iter().map(|s| s.base_offset).collect()
+    }
+
     /// Number of segments.
     pub fn segment_count(&self) -> usize {
         self.state().segments.len()
