@@ -47,23 +47,45 @@ pub fn run(_data_dir: &Path, cmd: BenchCommand) -> Result<()> {
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn log_bench(b: LogBench) -> Result<()> {
-    let compression = Compression::parse(&b.compression).ok_or_else(|| anyhow::anyhow!("unknown compression '{}'", b.compression))?;
+    let compression = Compression::parse(&b.compression)
+        .ok_or_else(|| anyhow::anyhow!("unknown compression '{}'", b.compression))?;
     let _ = std::fs::remove_dir_all(&b.dir);
-    let opts = LogOptions { background: true, ..Default::default() };
+    let opts = LogOptions {
+        background: true,
+        ..Default::default()
+    };
     let log = Log::open_with(&b.dir, opts.clone())?;
     log.create_topic("bench", b.partitions, TopicConfig::default())?;
-    let value: Vec<u8> = (0..b.value_bytes).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+    let value: Vec<u8> = (0..b.value_bytes)
+        .map(|i| b'a' + (i * 7 % 26) as u8)
+        .collect();
     let value = bytes::Bytes::from(value);
-    let mut producer = log.producer(ProducerConfig { batch_size: b.batch_bytes, compression, idempotent: true })?;
+    let mut producer = log.producer(ProducerConfig {
+        batch_size: b.batch_bytes,
+        compression,
+        idempotent: true,
+    })?;
     let mut progress = crate::progress::Progress::new("produce", Some(b.records));
     let start = Instant::now();
     for i in 0..b.records {
-        producer.send("bench", Record { key: None, value: Some(value.clone()), timestamp: Some(i as i64), headers: Vec::new() })?;
+        producer.send(
+            "bench",
+            Record {
+                key: None,
+                value: Some(value.clone()),
+                timestamp: Some(i as i64),
+                headers: Vec::new(),
+            },
+        )?;
         if i % 65536 == 0 {
             progress.update(i);
         }
@@ -71,7 +93,12 @@ fn log_bench(b: LogBench) -> Result<()> {
     producer.flush()?;
     let produce_s = start.elapsed().as_secs_f64();
     progress.finish();
-    let bytes: u64 = log.topic("bench")?.partitions().iter().map(|p| p.size_bytes()).sum();
+    let bytes: u64 = log
+        .topic("bench")?
+        .partitions()
+        .iter()
+        .map(|p| p.size_bytes())
+        .sum();
     println!(
         "produce: {} records in {:.2} s = {:.0} records/s, {:.1} MB/s (log bytes {:.1} MB)",
         b.records,
@@ -118,7 +145,11 @@ fn log_bench(b: LogBench) -> Result<()> {
     let start = Instant::now();
     let log = Log::open_with(&b.dir, opts)?;
     let open_s = start.elapsed().as_secs_f64();
-    println!("reopen: {:.1} MB log with intact indexes opened in {:.3} s", bytes as f64 / 1e6, open_s);
+    println!(
+        "reopen: {:.1} MB log with intact indexes opened in {:.3} s",
+        bytes as f64 / 1e6,
+        open_s
+    );
     println!("peak memory: {:.0} MB", peak_rss_mb());
     log.close()?;
     drop(log);

@@ -49,7 +49,10 @@ fn put_bytes(obj: &mut Map<String, Value>, name: &str, bytes: Option<&[u8]>) {
                 obj.insert(name.into(), Value::String(s.to_string()));
             }
             Err(_) => {
-                obj.insert(name.into(), Value::String(base64::engine::general_purpose::STANDARD.encode(b)));
+                obj.insert(
+                    name.into(),
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
+                );
                 obj.insert(format!("{name}_encoding"), Value::String("base64".into()));
             }
         },
@@ -82,7 +85,11 @@ pub fn record_json(topic: &str, partition: u32, r: &ConsumedRecord) -> Value {
 pub fn run(dir: &Path, args: ConsumeArgs) -> Result<()> {
     let log = crate::open_log(dir)?;
     log.topic(&args.topic)?;
-    let reset = if args.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
+    let reset = if args.from_beginning {
+        OffsetReset::Earliest
+    } else {
+        OffsetReset::Latest
+    };
     let mut consumer = log.consumer(ConsumerConfig {
         group: args.group.clone(),
         topics: vec![args.topic.clone()],
@@ -95,13 +102,21 @@ pub fn run(dir: &Path, args: ConsumeArgs) -> Result<()> {
     let mut printed: u64 = 0;
     let limit = args.max.unwrap_or(u64::MAX);
     'outer: while printed < limit {
-        let polled = consumer.poll(Duration::from_millis(if args.exit_at_end { 50 } else { 500 }))?;
+        let polled = consumer.poll(Duration::from_millis(if args.exit_at_end {
+            50
+        } else {
+            500
+        }))?;
         let mut commits = Vec::new();
         for part in &polled {
             for r in part.records() {
                 let r = r?;
                 match args.format {
-                    OutputFormat::Json => writeln!(out, "{}", record_json(&part.tp.topic, part.tp.partition, &r))?,
+                    OutputFormat::Json => writeln!(
+                        out,
+                        "{}",
+                        record_json(&part.tp.topic, part.tp.partition, &r)
+                    )?,
                     OutputFormat::Value => match &r.value {
                         Some(v) => writeln!(out, "{}", String::from_utf8_lossy(v))?,
                         None => writeln!(out, "null")?,
@@ -127,7 +142,11 @@ pub fn run(dir: &Path, args: ConsumeArgs) -> Result<()> {
         if printed >= limit {
             break 'outer;
         }
-        if args.exit_at_end && polled.is_empty() && consumer.lag().values().all(|l| *l == 0) && !consumer.assignment().is_empty() {
+        if args.exit_at_end
+            && polled.is_empty()
+            && consumer.lag().values().all(|l| *l == 0)
+            && !consumer.assignment().is_empty()
+        {
             break;
         }
     }

@@ -47,19 +47,47 @@ pub fn run(dir: &Path, cmd: GroupsCommand) -> Result<()> {
             if d.offsets.is_empty() && d.members.is_empty() {
                 bail!("unknown group '{group}': no members and no committed offsets");
             }
-            println!("Group: {}\tState: {}\tGeneration: {}", d.group, d.state, d.generation);
-            println!("{:<30} {:>9} {:>16} {:>16} {:>10}", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG");
+            println!(
+                "Group: {}\tState: {}\tGeneration: {}",
+                d.group, d.state, d.generation
+            );
+            println!(
+                "{:<30} {:>9} {:>16} {:>16} {:>10}",
+                "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG"
+            );
             for (tp, c) in &d.offsets {
-                let Ok(p) = log.partition(&tp.topic, tp.partition) else { continue };
+                let Ok(p) = log.partition(&tp.topic, tp.partition) else {
+                    continue;
+                };
                 let end = p.high_watermark();
-                println!("{:<30} {:>9} {:>16} {:>16} {:>10}", tp.topic, tp.partition, c.offset, end, end.saturating_sub(c.offset));
+                println!(
+                    "{:<30} {:>9} {:>16} {:>16} {:>10}",
+                    tp.topic,
+                    tp.partition,
+                    c.offset,
+                    end,
+                    end.saturating_sub(c.offset)
+                );
             }
             for m in &d.members {
                 let owned: Vec<String> = m.owned.iter().map(|tp| tp.to_string()).collect();
-                println!("Member: {}\tClient: {}\tPartitions: {}", m.member_id, m.client_id, owned.join(","));
+                println!(
+                    "Member: {}\tClient: {}\tPartitions: {}",
+                    m.member_id,
+                    m.client_id,
+                    owned.join(",")
+                );
             }
         }
-        GroupsCommand::ResetOffsets { group, topic, partition, to_earliest, to_latest, to_datetime, to_offset } => {
+        GroupsCommand::ResetOffsets {
+            group,
+            topic,
+            partition,
+            to_earliest,
+            to_latest,
+            to_datetime,
+            to_offset,
+        } => {
             let t = log.topic(&topic)?;
             let parts: Vec<u32> = match partition {
                 Some(p) => {
@@ -80,7 +108,11 @@ pub fn run(dir: &Path, cmd: GroupsCommand) -> Result<()> {
                     part.offset_for_time(ts)?.unwrap_or(o.high_watermark)
                 } else if let Some(x) = to_offset {
                     if x < o.log_start_offset || x > o.high_watermark {
-                        bail!("offset {x} is out of range for {topic}-{p} ({}..={})", o.log_start_offset, o.high_watermark);
+                        bail!(
+                            "offset {x} is out of range for {topic}-{p} ({}..={})",
+                            o.log_start_offset,
+                            o.high_watermark
+                        );
                     }
                     x
                 } else {

@@ -30,7 +30,9 @@ pub struct CompactionStats {
 
 /// Completes or discards an interrupted swap in a partition directory.
 pub(crate) fn recover_swaps(dir: &Path) -> Result<()> {
-    let Ok(entries) = fs::read_dir(dir) else { return Ok(()) };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
     let mut swaps = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
@@ -45,12 +47,17 @@ pub(crate) fn recover_swaps(dir: &Path) -> Result<()> {
         }
     }
     for (from, to, swap) in swaps {
-        for e in fs::read_dir(dir).map_err(LogError::io("list partition dir", dir))?.flatten() {
+        for e in fs::read_dir(dir)
+            .map_err(LogError::io("list partition dir", dir))?
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().to_string();
             let base = name.split('.').next().and_then(|b| b.parse::<u64>().ok());
-            let is_segment_file = name.ends_with(".log") || name.ends_with(".index") || name.ends_with(".timeindex");
+            let is_segment_file =
+                name.ends_with(".log") || name.ends_with(".index") || name.ends_with(".timeindex");
             if is_segment_file && base.is_some_and(|b| b >= from && b < to) {
-                fs::remove_file(e.path()).map_err(LogError::io("remove replaced segment", e.path()))?;
+                fs::remove_file(e.path())
+                    .map_err(LogError::io("remove replaced segment", e.path()))?;
             }
         }
         let target = dir.join(file_name(from, "log"));
@@ -92,7 +99,10 @@ pub fn compact(p: &Partition, now_ms: i64) -> Result<CompactionStats> {
     // Closed segments old enough to clean, from the start.
     let lag = config.min_compaction_lag_ms as i64;
     let closed = &segments[..segments.len() - 1];
-    let cleanable = closed.iter().take_while(|s| now_ms - s.max_timestamp.load(Ordering::Acquire) >= lag).count();
+    let cleanable = closed
+        .iter()
+        .take_while(|s| now_ms - s.max_timestamp.load(Ordering::Acquire) >= lag)
+        .count();
     let mut i = 0;
     while i < cleanable {
         // Group consecutive segments that fit one segment.
@@ -104,13 +114,25 @@ pub fn compact(p: &Partition, now_ms: i64) -> Result<CompactionStats> {
         }
         let from = segments[i].base_offset;
         let to = segments[j].base_offset;
-        clean_group(p, &segments[i..j], from, to, &latest, now_ms, config.delete_retention_ms, &mut stats)?;
+        clean_group(
+            p,
+            &segments[i..j],
+            from,
+            to,
+            &latest,
+            now_ms,
+            config.delete_retention_ms,
+            &mut stats,
+        )?;
         i = j;
     }
     Ok(stats)
 }
 
-fn for_each_record(seg: &Segment, mut f: impl FnMut(&crate::batch::Batch, crate::batch::ConsumedRecord) -> Result<()>) -> Result<()> {
+fn for_each_record(
+    seg: &Segment,
+    mut f: impl FnMut(&crate::batch::Batch, crate::batch::ConsumedRecord) -> Result<()>,
+) -> Result<()> {
     let len = seg.len();
     let mut pos = 0;
     while pos < len {
@@ -167,8 +189,12 @@ fn clean_group(
                 for r in b.records()? {
                     let r = r?;
                     stats.records_read += 1;
-                    let is_latest = r.key.as_ref().is_none_or(|k| latest.get(k.as_ref()) == Some(&r.offset));
-                    let expired_tombstone = r.value.is_none() && now_ms - r.timestamp > delete_retention_ms as i64;
+                    let is_latest = r
+                        .key
+                        .as_ref()
+                        .is_none_or(|k| latest.get(k.as_ref()) == Some(&r.offset));
+                    let expired_tombstone =
+                        r.value.is_none() && now_ms - r.timestamp > delete_retention_ms as i64;
                     if is_latest && !expired_tombstone {
                         kept.push(r);
                     } else {
@@ -185,7 +211,13 @@ fn clean_group(
                     builder.transactional(h.is_transactional());
                     for r in &kept {
                         let delta = (r.offset - h.base_offset as u64) as i32;
-                        builder.push_with_offset_delta(delta, r.timestamp, r.key.as_deref(), r.value.as_deref(), &r.headers);
+                        builder.push_with_offset_delta(
+                            delta,
+                            r.timestamp,
+                            r.key.as_deref(),
+                            r.value.as_deref(),
+                            &r.headers,
+                        );
                     }
                     let start = out.len();
                     builder.finish_with_last_delta(&mut out, h.last_offset_delta)?;
@@ -204,7 +236,13 @@ fn clean_group(
     let target = dir.join(file_name(from, "log"));
     fs::rename(&swap, &target).map_err(LogError::io("install compacted segment", &target))?;
     let config = p.config();
-    let (seg, _) = Segment::open(&dir, from, &format!("{}-{}", p.topic(), p.id()), true, config.index_interval_bytes)?;
+    let (seg, _) = Segment::open(
+        &dir,
+        from,
+        &format!("{}-{}", p.topic(), p.id()),
+        true,
+        config.index_interval_bytes,
+    )?;
     seg.write_indexes()?;
     p.swap_segments(from, to, seg)?;
     stats.segments += group.len();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::batch::{BatchIter, ConsumedRecord};
-use crate::error::{LogError, Result};
+use crate::error::{BatchLocation, LogError, Result};
 use crate::group::{Assignor, TopicPartition};
 use crate::log::Log;
 use crate::partition::{FetchData, Partition};
@@ -77,7 +77,11 @@ impl Default for ConsumerConfig {
 impl ConsumerConfig {
     /// A group member reading `topics`.
     pub fn group(group: &str, topics: &[&str]) -> Self {
-        ConsumerConfig { group: Some(group.to_string()), topics: topics.iter().map(|t| t.to_string()).collect(), ..Default::default() }
+        ConsumerConfig {
+            group: Some(group.to_string()),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            ..Default::default()
+        }
     }
 }
 
@@ -95,26 +99,44 @@ pub struct PartitionRecords {
 
 impl PartitionRecords {
     /// The records at or after `from_offset`, skipping control batches.
+    /// A corrupt batch is an error naming the segment file, the partition, the offset and the byte.
     pub fn records(&self) -> impl Iterator<Item = Result<ConsumedRecord>> + '_ {
         let from = self.from_offset;
         let check = self.check_crcs;
-        BatchIter::new(self.data.batches.clone())
-            .flat_map(move |b| -> Box<dyn Iterator<Item = Result<ConsumedRecord>>> {
+        let mut iter = BatchIter::new(self.data.batches.clone());
+        std::iter::from_fn(move || {
+            let at = iter.position() as u64;
+            iter.next().map(|b| (at, b))
+        })
+        .flat_map(
+            move |(at, b)| -> Box<dyn Iterator<Item = Result<ConsumedRecord>>> {
+                let locate = move |e: LogError, offset: Option<u64>| {
+                    e.at(BatchLocation {
+                        file: self.data.segment.clone(),
+                        partition: self.tp.to_string(),
+                        position: self.data.position + at,
+                        offset,
+                    })
+                };
                 match b.and_then(|b| {
                     if check {
                         b.verify()?;
                     }
                     Ok(b)
                 }) {
-                    Err(e) => Box::new(std::iter::once(Err(e))),
+                    Err(e) => Box::new(std::iter::once(Err(locate(e, None)))),
                     Ok(b) if b.header().is_control() => Box::new(std::iter::empty()),
-                    Ok(b) => match b.records() {
-                        Err(e) => Box::new(std::iter::once(Err(e))),
-                        Ok(it) => Box::new(it),
-                    },
+                    Ok(b) => {
+                        let base = Some(b.header().base_offset as u64);
+                        match b.records() {
+                            Err(e) => Box::new(std::iter::once(Err(locate(e, base)))),
+                            Ok(it) => Box::new(it.map(move |r| r.map_err(|e| locate(e, base)))),
+                        }
+                    }
                 }
-            })
-            .filter(move |r| r.as_ref().map_or(true, |r| r.offset >= from))
+            },
+        )
+        .filter(move |r| r.as_ref().map_or(true, |r| r.offset >= from))
     }
 
     /// The offset after the last batch returned: the consumer's next position.
@@ -174,14 +196,25 @@ pub struct Consumer {
 impl Consumer {
     pub(crate) fn new(log: Log, config: ConsumerConfig) -> Result<Consumer> {
         if config.topics.is_empty() {
-            return Err(LogError::InvalidArgument("a consumer needs at least one topic".into()));
+            return Err(LogError::InvalidArgument(
+                "a consumer needs at least one topic".into(),
+            ));
         }
         let mut counts = BTreeMap::new();
         for t in &config.topics {
             counts.insert(t.clone(), log.topic(t)?.partition_count());
         }
         let signal = Arc::new(Signal::default());
-        let mut c = Consumer { log, config, member: None, signal, positions: BTreeMap::new(), listener: None, rr: 0, closed: false };
+        let mut c = Consumer {
+            log,
+            config,
+            member: None,
+            signal,
+            positions: BTreeMap::new(),
+            listener: None,
+            rr: 0,
+            closed: false,
+        };
         match c.config.group.clone() {
             Some(g) => c.join(&g, counts),
             None => {
@@ -231,19 +264,32 @@ impl Consumer {
 
     /// Moves the position of an assigned partition.
     pub fn seek(&mut self, tp: &TopicPartition, offset: u64) -> Result<()> {
-        let s = self.positions.get_mut(tp).ok_or_else(|| LogError::InvalidArgument(format!("{tp} is not assigned to this consumer")))?;
+        let s = self.positions.get_mut(tp).ok_or_else(|| {
+            LogError::InvalidArgument(format!("{tp} is not assigned to this consumer"))
+        })?;
         s.position = offset;
         Ok(())
     }
 
     fn init_position(&mut self, tp: TopicPartition) -> Result<()> {
         let partition = self.log.partition(&tp.topic, tp.partition)?;
-        let committed = self.config.group.as_ref().and_then(|g| self.log.groups().committed(g, &tp)).map(|c| c.offset);
+        let committed = self
+            .config
+            .group
+            .as_ref()
+            .and_then(|g| self.log.groups().committed(g, &tp))
+            .map(|c| c.offset);
         let position = match committed {
             Some(o) => o,
             None => self.reset_position(&tp, &partition)?,
         };
-        self.positions.insert(tp, PartState { partition, position });
+        self.positions.insert(
+            tp,
+            PartState {
+                partition,
+                position,
+            },
+        );
         Ok(())
     }
 
@@ -252,13 +298,17 @@ impl Consumer {
         match self.config.auto_offset_reset {
             OffsetReset::Earliest => Ok(o.log_start_offset),
             OffsetReset::Latest => Ok(o.high_watermark),
-            OffsetReset::None => Err(LogError::InvalidArgument(format!("no committed offset for {tp} and auto.offset.reset=none"))),
+            OffsetReset::None => Err(LogError::InvalidArgument(format!(
+                "no committed offset for {tp} and auto.offset.reset=none"
+            ))),
         }
     }
 
     /// Runs the group protocol: revoke what moves away (listener, then release), take what is free.
     fn sync_group(&mut self) -> Result<()> {
-        let (Some(group), Some(member)) = (self.config.group.clone(), self.member.clone()) else { return Ok(()) };
+        let (Some(group), Some(member)) = (self.config.group.clone(), self.member.clone()) else {
+            return Ok(());
+        };
         let mut counts = BTreeMap::new();
         for t in &self.config.topics {
             if let Some(n) = self.log.partition_count(t) {
@@ -267,11 +317,18 @@ impl Consumer {
         }
         let plan = match self.log.groups().sync(&group, &member, &counts) {
             Ok(p) => p,
-            Err(LogError::Group { retriable: true, .. }) => {
+            Err(LogError::Group {
+                retriable: true, ..
+            }) => {
                 // Expired: our partitions are gone already.
                 let lost: Vec<_> = std::mem::take(&mut self.positions).into_keys().collect();
                 if !lost.is_empty() {
-                    tracing::warn!(group, member, partitions = lost.len(), "session expired; partitions lost");
+                    tracing::warn!(
+                        group,
+                        member,
+                        partitions = lost.len(),
+                        "session expired; partitions lost"
+                    );
                     if let Some(l) = self.listener.as_mut() {
                         l.on_lost(&lost);
                     }
@@ -282,7 +339,13 @@ impl Consumer {
             Err(e) => return Err(e),
         };
         if !plan.revoke.is_empty() {
-            tracing::info!(group, member, generation = plan.generation, partitions = plan.revoke.len(), "revoking partitions");
+            tracing::info!(
+                group,
+                member,
+                generation = plan.generation,
+                partitions = plan.revoke.len(),
+                "revoking partitions"
+            );
             if let Some(mut l) = self.listener.take() {
                 l.on_revoked(&plan.revoke, &mut RevokeCommits { consumer: self });
                 self.listener = Some(l);
@@ -297,7 +360,13 @@ impl Consumer {
             for tp in &got {
                 self.init_position(tp.clone())?;
             }
-            tracing::info!(group, member, generation = plan.generation, partitions = got.len(), "assigned partitions");
+            tracing::info!(
+                group,
+                member,
+                generation = plan.generation,
+                partitions = got.len(),
+                "assigned partitions"
+            );
             if let Some(l) = self.listener.as_mut() {
                 l.on_assigned(&got);
             }
@@ -326,7 +395,11 @@ impl Consumer {
             for s in self.positions.values() {
                 s.partition.register_waiter(&self.signal);
             }
-            if self.positions.values().any(|s| s.partition.high_watermark() > s.position) {
+            if self
+                .positions
+                .values()
+                .any(|s| s.partition.high_watermark() > s.position)
+            {
                 continue;
             }
             let heartbeat = now + (self.config.session_timeout / 3).max(Duration::from_millis(10));
@@ -350,15 +423,24 @@ impl Consumer {
             }
             let tp = &keys[(start + i) % n];
             let reset = self.config.auto_offset_reset;
-            let s = self.positions.get_mut(tp).ok_or_else(|| LogError::InvalidArgument("position vanished".into()))?;
+            let s = self
+                .positions
+                .get_mut(tp)
+                .ok_or_else(|| LogError::InvalidArgument("position vanished".into()))?;
             if s.partition.high_watermark() <= s.position {
                 continue;
             }
             let max = self.config.max_partition_fetch_bytes.min(budget);
             let data = match s.partition.read(s.position, max) {
                 Ok(d) => d,
-                Err(LogError::OffsetOutOfRange { log_start, log_end, .. }) if reset != OffsetReset::None => {
-                    let to = if reset == OffsetReset::Earliest { log_start } else { log_end };
+                Err(LogError::OffsetOutOfRange {
+                    log_start, log_end, ..
+                }) if reset != OffsetReset::None => {
+                    let to = if reset == OffsetReset::Earliest {
+                        log_start
+                    } else {
+                        log_end
+                    };
                     tracing::warn!(partition = %tp, from = s.position, to, "offset out of range; resetting");
                     s.position = to;
                     continue;
@@ -369,7 +451,12 @@ impl Consumer {
                 continue;
             }
             budget = budget.saturating_sub(data.batches.len());
-            let recs = PartitionRecords { tp: tp.clone(), from_offset: s.position, data, check_crcs: self.config.check_crcs };
+            let recs = PartitionRecords {
+                tp: tp.clone(),
+                from_offset: s.position,
+                data,
+                check_crcs: self.config.check_crcs,
+            };
             s.position = recs.next_offset();
             out.push(recs);
         }
@@ -378,19 +465,35 @@ impl Consumer {
 
     /// Commits offsets (next offset to read) for partitions this member owns.
     pub fn commit(&self, offsets: &[(TopicPartition, u64)]) -> Result<()> {
-        let group = self.config.group.as_deref().ok_or_else(|| LogError::InvalidArgument("a consumer without a group cannot commit".into()))?;
-        self.log.groups().commit(group, self.member.as_deref(), offsets, "")
+        let group = self.config.group.as_deref().ok_or_else(|| {
+            LogError::InvalidArgument("a consumer without a group cannot commit".into())
+        })?;
+        self.log
+            .groups()
+            .commit(group, self.member.as_deref(), offsets, "")
     }
 
     /// Commits the current positions of every assigned partition.
     pub fn commit_positions(&self) -> Result<()> {
-        let offsets: Vec<_> = self.positions.iter().map(|(tp, s)| (tp.clone(), s.position)).collect();
+        let offsets: Vec<_> = self
+            .positions
+            .iter()
+            .map(|(tp, s)| (tp.clone(), s.position))
+            .collect();
         self.commit(&offsets)
     }
 
     /// Lag per assigned partition: high watermark minus position.
     pub fn lag(&self) -> HashMap<TopicPartition, u64> {
-        self.positions.iter().map(|(tp, s)| (tp.clone(), s.partition.high_watermark().saturating_sub(s.position))).collect()
+        self.positions
+            .iter()
+            .map(|(tp, s)| {
+                (
+                    tp.clone(),
+                    s.partition.high_watermark().saturating_sub(s.position),
+                )
+            })
+            .collect()
     }
 
     /// Leaves the group: revoke callback for everything owned, release, leave. Idempotent.
@@ -428,8 +531,16 @@ pub fn group_lag(log: &Log, group: &str, topic: &str) -> Result<Vec<(u32, Option
         .iter()
         .map(|p| {
             let hw = p.high_watermark();
-            let c = log.groups().committed(group, &TopicPartition::new(topic, p.id())).map(|c| c.offset);
-            (p.id(), c, hw, hw.saturating_sub(c.unwrap_or(p.offsets().log_start_offset)))
+            let c = log
+                .groups()
+                .committed(group, &TopicPartition::new(topic, p.id()))
+                .map(|c| c.offset);
+            (
+                p.id(),
+                c,
+                hw,
+                hw.saturating_sub(c.unwrap_or(p.offsets().log_start_offset)),
+            )
         })
         .collect())
 }

@@ -38,6 +38,10 @@ pub struct FetchData {
     pub high_watermark: u64,
     /// First offset held.
     pub log_start_offset: u64,
+    /// The segment file the batches were read from (for error messages).
+    pub segment: PathBuf,
+    /// Byte position of the first batch in that file.
+    pub position: u64,
 }
 
 /// The offsets of a partition.
@@ -80,7 +84,9 @@ pub struct Partition {
 
 impl std::fmt::Debug for Partition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Partition").field("name", &self.name).finish()
+        f.debug_struct("Partition")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -89,7 +95,13 @@ const PRODUCER_SNAPSHOT: &str = "producer-state.snapshot";
 impl Partition {
     /// Opens (or creates) the partition in `dir`. `clean` says the log was closed cleanly, so intact
     /// indexes are trusted; otherwise the active segment is validated batch by batch.
-    pub(crate) fn open(topic: &str, id: u32, dir: PathBuf, config: Arc<TopicConfig>, clean: bool) -> Result<Partition> {
+    pub(crate) fn open(
+        topic: &str,
+        id: u32,
+        dir: PathBuf,
+        config: Arc<TopicConfig>,
+        clean: bool,
+    ) -> Result<Partition> {
         fs::create_dir_all(&dir).map_err(LogError::io("create partition dir", &dir))?;
         let name = format!("{topic}-{id}");
         crate::compaction::recover_swaps(&dir)?;
@@ -97,7 +109,9 @@ impl Partition {
         for entry in fs::read_dir(&dir).map_err(LogError::io("list partition dir", &dir))? {
             let entry = entry.map_err(LogError::io("list partition dir", &dir))?;
             let fname = entry.file_name();
-            let Some(fname) = fname.to_str() else { continue };
+            let Some(fname) = fname.to_str() else {
+                continue;
+            };
             if let Some(stem) = fname.strip_suffix(".log") {
                 if let Ok(base) = stem.parse::<u64>() {
                     bases.push(base);
@@ -109,7 +123,11 @@ impl Partition {
         let interval = config.index_interval_bytes;
         let mut segments = Vec::with_capacity(bases.len().max(1));
         let mut producers = ProducerTable::default();
-        let snapshot = if clean { read_producer_snapshot(&dir.join(PRODUCER_SNAPSHOT)) } else { None };
+        let snapshot = if clean {
+            read_producer_snapshot(&dir.join(PRODUCER_SNAPSHOT))
+        } else {
+            None
+        };
         let last = bases.len().saturating_sub(1);
         for (i, base) in bases.iter().enumerate() {
             let active = i == last;
@@ -128,8 +146,12 @@ impl Partition {
         if segments.is_empty() {
             segments.push(Arc::new(Segment::create(&dir, 0, &name, now)?));
         }
-        let log_start = read_log_start(&dir).unwrap_or(0).max(segments[0].base_offset);
-        let log_end = segments.last().map_or(0, |s| s.next_offset.load(Ordering::Acquire));
+        let log_start = read_log_start(&dir)
+            .unwrap_or(0)
+            .max(segments[0].base_offset);
+        let log_end = segments
+            .last()
+            .map_or(0, |s| s.next_offset.load(Ordering::Acquire));
         let log_start = log_start.min(log_end);
         Ok(Partition {
             topic: topic.to_string(),
@@ -137,7 +159,13 @@ impl Partition {
             name,
             dir,
             config: RwLock::new(config),
-            state: Mutex::new(State { segments, log_start, log_end, unsynced: Vec::new(), producers }),
+            state: Mutex::new(State {
+                segments,
+                log_start,
+                log_end,
+                unsynced: Vec::new(),
+                producers,
+            }),
             high_watermark: AtomicU64::new(log_end),
             flushed: AtomicU64::new(log_end),
             flush_lock: Mutex::new(false),
@@ -168,7 +196,10 @@ impl Partition {
     }
 
     pub(crate) fn config(&self) -> Arc<TopicConfig> {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn set_config(&self, c: Arc<TopicConfig>) {
@@ -178,7 +209,11 @@ impl Partition {
     /// Log start, high watermark and log end offsets.
     pub fn offsets(&self) -> PartitionOffsets {
         let s = self.state();
-        PartitionOffsets { log_start_offset: s.log_start, high_watermark: self.high_watermark(), log_end_offset: s.log_end }
+        PartitionOffsets {
+            log_start_offset: s.log_start,
+            high_watermark: self.high_watermark(),
+            log_end_offset: s.log_end,
+        }
     }
 
     /// Offsets below this are visible to readers.
@@ -193,7 +228,11 @@ impl Partition {
 
     /// Base offsets of the segments, oldest first; the last is the active segment.
     pub fn segment_base_offsets(&self) -> Vec<u64> {
-        self.state().segments.iter().map(|s| s.base_offset).collect()
+        self.state()
+            .segments
+            .iter()
+            .map(|s| s.base_offset)
+            .collect()
     }
 
     /// Number of segments.
@@ -215,7 +254,10 @@ impl Partition {
             let h = BatchHeader::parse(&data[pos..]).map_err(|e| self.rejected(e))?;
             let len = h.total_len();
             if pos + len > data.len() {
-                return Err(self.rejected(LogError::corrupt(format!("batch claims {len} bytes, {} present", data.len() - pos))));
+                return Err(self.rejected(LogError::corrupt(format!(
+                    "batch claims {len} bytes, {} present",
+                    data.len() - pos
+                ))));
             }
             if len as u64 > config.max_message_bytes {
                 return Err(LogError::InvalidArgument(format!(
@@ -225,7 +267,9 @@ impl Partition {
             }
             let crc = crc32c::crc32c(&data[pos + 21..pos + len]);
             if crc != h.crc {
-                return Err(self.rejected(LogError::corrupt(format!("CRC mismatch in produced batch at byte {pos}"))));
+                return Err(self.rejected(LogError::corrupt(format!(
+                    "CRC mismatch in produced batch at byte {pos}"
+                ))));
             }
             headers.push((pos, h));
             pos += len;
@@ -241,11 +285,20 @@ impl Partition {
         match st.producers.check(&headers[0].1) {
             SeqCheck::Append => {}
             SeqCheck::Duplicate(b) => {
-                return Ok(AppendInfo { base_offset: b.base_offset, last_offset: b.last_offset, log_append_time: -1, duplicate: true })
+                return Ok(AppendInfo {
+                    base_offset: b.base_offset,
+                    last_offset: b.last_offset,
+                    log_append_time: -1,
+                    duplicate: true,
+                })
             }
             SeqCheck::Fenced { current } => {
                 let h = &headers[0].1;
-                return Err(LogError::ProducerFenced { producer_id: h.producer_id, epoch: h.producer_epoch, current_epoch: current });
+                return Err(LogError::ProducerFenced {
+                    producer_id: h.producer_id,
+                    epoch: h.producer_epoch,
+                    current_epoch: current,
+                });
             }
             SeqCheck::OutOfOrder { expected } => {
                 let h = &headers[0].1;
@@ -271,9 +324,15 @@ impl Partition {
             next = h.next_offset();
         }
         self.maybe_roll(&mut st, &config, data.len() as u64, now)?;
-        let active = st.segments.last().cloned().ok_or_else(|| LogError::corrupt("partition has no segment"))?;
+        let active = st
+            .segments
+            .last()
+            .cloned()
+            .ok_or_else(|| LogError::corrupt("partition has no segment"))?;
         if active.len() + data.len() as u64 > u32::MAX as u64 {
-            return Err(LogError::InvalidArgument("segment would exceed 4 GiB".into()));
+            return Err(LogError::InvalidArgument(
+                "segment would exceed 4 GiB".into(),
+            ));
         }
         let start = active.append(data)?;
         for (p, h) in &headers {
@@ -290,7 +349,12 @@ impl Partition {
                 self.flush_to(next)?;
             }
         }
-        Ok(AppendInfo { base_offset, last_offset: next - 1, log_append_time: append_time.unwrap_or(-1), duplicate: false })
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time: append_time.unwrap_or(-1),
+            duplicate: false,
+        })
     }
 
     fn rejected(&self, e: LogError) -> LogError {
@@ -302,11 +366,22 @@ impl Partition {
         }
     }
 
-    fn maybe_roll(&self, st: &mut State, config: &TopicConfig, incoming: u64, now: i64) -> Result<()> {
-        let active = st.segments.last().cloned().ok_or_else(|| LogError::corrupt("partition has no segment"))?;
+    fn maybe_roll(
+        &self,
+        st: &mut State,
+        config: &TopicConfig,
+        incoming: u64,
+        now: i64,
+    ) -> Result<()> {
+        let active = st
+            .segments
+            .last()
+            .cloned()
+            .ok_or_else(|| LogError::corrupt("partition has no segment"))?;
         let size = active.len();
         let too_big = size > 0 && size + incoming > config.segment_bytes;
-        let too_old = size > 0 && now - active.created_ms.load(Ordering::Acquire) >= config.segment_ms as i64;
+        let too_old =
+            size > 0 && now - active.created_ms.load(Ordering::Acquire) >= config.segment_ms as i64;
         if too_big || too_old {
             self.roll_locked(st, now)?;
         }
@@ -314,7 +389,9 @@ impl Partition {
     }
 
     fn roll_locked(&self, st: &mut State, now: i64) -> Result<()> {
-        let Some(active) = st.segments.last().cloned() else { return Ok(()) };
+        let Some(active) = st.segments.last().cloned() else {
+            return Ok(());
+        };
         if active.len() == 0 {
             return Ok(());
         }
@@ -367,7 +444,9 @@ impl Partition {
                     *self.last_flush.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                 } else {
                     // Put them back so the next flush retries.
-                    self.state().unsynced.extend(segs.into_iter().filter(|s| s.len() > 0));
+                    self.state()
+                        .unsynced
+                        .extend(segs.into_iter().filter(|s| s.len() > 0));
                 }
                 self.flush_cv.notify_all();
                 r?;
@@ -379,12 +458,20 @@ impl Partition {
 
     /// Background flush for `flush.ms`: fsyncs when unflushed data is older than the setting.
     pub(crate) fn flush_if_due(&self) -> Result<()> {
-        let Some(ms) = self.config().flush_ms else { return Ok(()) };
+        let Some(ms) = self.config().flush_ms else {
+            return Ok(());
+        };
         let hw = self.high_watermark();
         if hw <= self.flushed_offset() {
             return Ok(());
         }
-        let due = self.last_flush.lock().unwrap_or_else(|e| e.into_inner()).elapsed().as_millis() as u64 >= ms;
+        let due = self
+            .last_flush
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            .as_millis() as u64
+            >= ms;
         if due {
             self.flush_to(hw)?;
         }
@@ -406,11 +493,25 @@ impl Partition {
                     log_end: st.log_end,
                 });
             }
-            let i = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
-            (st.segments[i..].iter().take(4).cloned().collect::<Vec<_>>(), st.log_start, hw)
+            let i = st
+                .segments
+                .partition_point(|s| s.base_offset <= offset)
+                .saturating_sub(1);
+            (
+                st.segments[i..].iter().take(4).cloned().collect::<Vec<_>>(),
+                st.log_start,
+                hw,
+            )
+        };
+        let empty = |segment: PathBuf| FetchData {
+            batches: Bytes::new(),
+            high_watermark: hw,
+            log_start_offset: log_start,
+            segment,
+            position: 0,
         };
         if offset == hw {
-            return Ok(FetchData { batches: Bytes::new(), high_watermark: hw, log_start_offset: log_start });
+            return Ok(empty(self.dir.clone()));
         }
         for seg in segs {
             let limit = seg.len();
@@ -418,10 +519,16 @@ impl Partition {
                 let batches = seg.read(pos, max_bytes, limit)?;
                 // Never hand out a batch beyond the high watermark.
                 let batches = trim_to_offset(batches, hw);
-                return Ok(FetchData { batches, high_watermark: hw, log_start_offset: log_start });
+                return Ok(FetchData {
+                    batches,
+                    high_watermark: hw,
+                    log_start_offset: log_start,
+                    segment: seg.path.clone(),
+                    position: pos,
+                });
             }
         }
-        Ok(FetchData { batches: Bytes::new(), high_watermark: hw, log_start_offset: log_start })
+        Ok(empty(self.dir.clone()))
     }
 
     /// First offset whose timestamp is ≥ `ts`, or `None` when every record is older.
@@ -430,9 +537,14 @@ impl Partition {
             let st = self.state();
             (st.segments.clone(), st.log_start)
         };
-        for seg in segs.iter().filter(|s| s.max_timestamp.load(Ordering::Acquire) >= ts) {
+        for seg in segs
+            .iter()
+            .filter(|s| s.max_timestamp.load(Ordering::Acquire) >= ts)
+        {
             let limit = seg.len();
-            let Some(pos) = seg.position_of_time(ts, limit)? else { continue };
+            let Some(pos) = seg.position_of_time(ts, limit)? else {
+                continue;
+            };
             let data = seg.read(pos, 0, limit)?;
             for b in batch::BatchIter::new(data) {
                 let b = b?;
@@ -486,7 +598,9 @@ impl Partition {
                     let max = seg.max_timestamp.load(Ordering::Acquire);
                     max >= 0 && now_ms - max > ms as i64 || max < 0 && seg.len() == 0
                 });
-                let by_size = config.retention_bytes.is_some_and(|limit| total - seg.len() >= limit);
+                let by_size = config
+                    .retention_bytes
+                    .is_some_and(|limit| total - seg.len() >= limit);
                 if !(by_time || by_size) {
                     break;
                 }
@@ -498,7 +612,8 @@ impl Partition {
             }
             let doomed: Vec<_> = st.segments.drain(..n).collect();
             st.log_start = st.log_start.max(st.segments[0].base_offset);
-            st.unsynced.retain(|u| !doomed.iter().any(|d| Arc::ptr_eq(u, d)));
+            st.unsynced
+                .retain(|u| !doomed.iter().any(|d| Arc::ptr_eq(u, d)));
             write_log_start(&self.dir, st.log_start)?;
             doomed
         };
@@ -513,7 +628,10 @@ impl Partition {
     pub fn delete_records_before(&self, offset: u64) -> Result<()> {
         let mut st = self.state();
         if offset > st.log_end {
-            return Err(LogError::InvalidArgument(format!("offset {offset} is past the log end {}", st.log_end)));
+            return Err(LogError::InvalidArgument(format!(
+                "offset {offset} is past the log end {}",
+                st.log_end
+            )));
         }
         st.log_start = st.log_start.max(offset);
         write_log_start(&self.dir, st.log_start)
@@ -525,15 +643,26 @@ impl Partition {
     }
 
     /// Swaps compacted segment `new` in for the segments with base offsets in `[from, to)`.
-    pub(crate) fn swap_segments(&self, from: u64, to: u64, new: Segment) -> Result<Vec<Arc<Segment>>> {
+    pub(crate) fn swap_segments(
+        &self,
+        from: u64,
+        to: u64,
+        new: Segment,
+    ) -> Result<Vec<Arc<Segment>>> {
         let mut st = self.state();
         let first = st.segments.partition_point(|s| s.base_offset < from);
         let end = st.segments.partition_point(|s| s.base_offset < to);
         if end >= st.segments.len() {
-            return Err(LogError::InvalidArgument("compaction may not replace the active segment".into()));
+            return Err(LogError::InvalidArgument(
+                "compaction may not replace the active segment".into(),
+            ));
         }
-        let old: Vec<_> = st.segments.splice(first..end, std::iter::once(Arc::new(new))).collect();
-        st.unsynced.retain(|u| !old.iter().any(|d| Arc::ptr_eq(u, d)));
+        let old: Vec<_> = st
+            .segments
+            .splice(first..end, std::iter::once(Arc::new(new)))
+            .collect();
+        st.unsynced
+            .retain(|u| !old.iter().any(|d| Arc::ptr_eq(u, d)));
         Ok(old)
     }
 
@@ -567,7 +696,10 @@ fn read_log_start(dir: &Path) -> Option<u64> {
 }
 
 fn write_log_start(dir: &Path, offset: u64) -> Result<()> {
-    write_atomically(&dir.join("log-start-offset"), format!("v1 {offset}\n").as_bytes())
+    write_atomically(
+        &dir.join("log-start-offset"),
+        format!("v1 {offset}\n").as_bytes(),
+    )
 }
 
 fn write_producer_snapshot(path: &Path, t: &ProducerTable) -> Result<()> {
@@ -611,7 +743,9 @@ fn read_producer_snapshot(path: &Path) -> Option<ProducerTable> {
             magic: 2,
             crc: 0,
             attributes: 0,
-            last_offset_delta: (u64::from_be_bytes(c[26..34].try_into().ok()?) - u64::from_be_bytes(c[18..26].try_into().ok()?)) as i32,
+            last_offset_delta: (u64::from_be_bytes(c[26..34].try_into().ok()?)
+                - u64::from_be_bytes(c[18..26].try_into().ok()?))
+                as i32,
             base_timestamp: 0,
             max_timestamp: 0,
             producer_id: i64::from_be_bytes(c[0..8].try_into().ok()?),

@@ -25,7 +25,11 @@ pub struct ProducerConfig {
 
 impl Default for ProducerConfig {
     fn default() -> Self {
-        ProducerConfig { batch_size: 64 * 1024, compression: Compression::None, idempotent: true }
+        ProducerConfig {
+            batch_size: 64 * 1024,
+            compression: Compression::None,
+            idempotent: true,
+        }
     }
 }
 
@@ -56,8 +60,19 @@ pub struct Producer {
 
 impl Producer {
     pub(crate) fn new(log: Log, config: ProducerConfig) -> Result<Producer> {
-        let (producer_id, epoch) = if config.idempotent { log.init_producer_id()? } else { (-1, -1) };
-        Ok(Producer { log, config, producer_id, epoch, topics: HashMap::new(), buf: Vec::new() })
+        let (producer_id, epoch) = if config.idempotent {
+            log.init_producer_id()?
+        } else {
+            (-1, -1)
+        };
+        Ok(Producer {
+            log,
+            config,
+            producer_id,
+            epoch,
+            topics: HashMap::new(),
+            buf: Vec::new(),
+        })
     }
 
     /// The producer id (-1 when not idempotent).
@@ -71,18 +86,36 @@ impl Producer {
             let batches = t
                 .partitions()
                 .into_iter()
-                .map(|p| PartitionBatch { partition: p, builder: BatchBuilder::new(self.config.compression), next_sequence: 0 })
+                .map(|p| PartitionBatch {
+                    partition: p,
+                    builder: BatchBuilder::new(self.config.compression),
+                    next_sequence: 0,
+                })
                 .collect();
             let sticky = (garam_core::time::now_ms() as u32) % t.partition_count().max(1);
-            self.topics.insert(topic.to_string(), TopicState { topic: t, batches, sticky });
+            self.topics.insert(
+                topic.to_string(),
+                TopicState {
+                    topic: t,
+                    batches,
+                    sticky,
+                },
+            );
         }
-        let st = self.topics.get_mut(topic).ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
+        let st = self
+            .topics
+            .get_mut(topic)
+            .ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
         // Pick up partitions added since.
         let n = st.topic.partition_count() as usize;
         if st.batches.len() < n {
             for p in st.batches.len()..n {
                 let partition = st.topic.partition(p as u32)?;
-                st.batches.push(PartitionBatch { partition, builder: BatchBuilder::new(self.config.compression), next_sequence: 0 });
+                st.batches.push(PartitionBatch {
+                    partition,
+                    builder: BatchBuilder::new(self.config.compression),
+                    next_sequence: 0,
+                });
             }
         }
         Ok(st)
@@ -101,14 +134,23 @@ impl Producer {
         let p = match (partition, &record.key) {
             (Some(p), _) if p < n => p,
             (Some(p), _) => {
-                return Err(LogError::UnknownPartition { topic: topic.to_string(), partition: p, partitions: n });
+                return Err(LogError::UnknownPartition {
+                    topic: topic.to_string(),
+                    partition: p,
+                    partitions: n,
+                });
             }
             (None, Some(k)) => partition_for_key(k, n),
             (None, None) => st.sticky,
         };
         let ts = record.timestamp.unwrap_or_else(garam_core::time::now_ms);
         let pb = &mut st.batches[p as usize];
-        pb.builder.push(ts, record.key.as_deref(), record.value.as_deref(), &record.headers);
+        pb.builder.push(
+            ts,
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &record.headers,
+        );
         if pb.builder.size_bytes() >= batch_size {
             if record.key.is_none() && partition.is_none() {
                 st.sticky = (st.sticky + 1) % n;
@@ -120,7 +162,10 @@ impl Producer {
 
     fn append_partition(&mut self, topic: &str, p: u32) -> Result<Option<AppendInfo>> {
         let (pid, epoch) = (self.producer_id, self.epoch);
-        let st = self.topics.get_mut(topic).ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
+        let st = self
+            .topics
+            .get_mut(topic)
+            .ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
         let pb = &mut st.batches[p as usize];
         if pb.builder.is_empty() {
             return Ok(None);
@@ -143,7 +188,13 @@ impl Producer {
         let work: Vec<(String, u32)> = self
             .topics
             .iter()
-            .flat_map(|(t, st)| st.batches.iter().enumerate().filter(|(_, b)| !b.builder.is_empty()).map(move |(p, _)| (t.clone(), p as u32)))
+            .flat_map(|(t, st)| {
+                st.batches
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| !b.builder.is_empty())
+                    .map(move |(p, _)| (t.clone(), p as u32))
+            })
             .collect();
         for (t, p) in work {
             self.append_partition(&t, p)?;

@@ -11,7 +11,11 @@ use proptest::prelude::*;
 
 fn read_all(log: &Log) -> Vec<(u64, Vec<u8>, Option<Vec<u8>>)> {
     let mut c = log
-        .consumer(ConsumerConfig { topics: vec!["c".into()], auto_offset_reset: OffsetReset::Earliest, ..Default::default() })
+        .consumer(ConsumerConfig {
+            topics: vec!["c".into()],
+            auto_offset_reset: OffsetReset::Earliest,
+            ..Default::default()
+        })
         .unwrap();
     let mut out = Vec::new();
     loop {
@@ -22,7 +26,11 @@ fn read_all(log: &Log) -> Vec<(u64, Vec<u8>, Option<Vec<u8>>)> {
         for part in polled {
             for r in part.records() {
                 let r = r.unwrap();
-                out.push((r.offset, r.key.unwrap().to_vec(), r.value.map(|v| v.to_vec())));
+                out.push((
+                    r.offset,
+                    r.key.unwrap().to_vec(),
+                    r.value.map(|v| v.to_vec()),
+                ));
             }
         }
     }

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use assignor::{range, sticky, Assignment, Assignor, Subscriptions, TopicPartition};
-pub use offsets::{CommittedOffset, OffsetKey};
 use offsets::OffsetStore;
+pub use offsets::{CommittedOffset, OffsetKey};
 
 use crate::error::{LogError, Result};
 use crate::signal::Signal;
@@ -88,7 +88,11 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub(crate) fn open(dir: &Path) -> Result<Coordinator> {
-        Ok(Coordinator { groups: Mutex::new(HashMap::new()), offsets: Mutex::new(OffsetStore::open(dir)?), next_member: AtomicU64::new(1) })
+        Ok(Coordinator {
+            groups: Mutex::new(HashMap::new()),
+            offsets: Mutex::new(OffsetStore::open(dir)?),
+            next_member: AtomicU64::new(1),
+        })
     }
 
     fn groups(&self) -> MutexGuard<'_, HashMap<String, Group>> {
@@ -110,7 +114,10 @@ impl Coordinator {
         signal: Arc<Signal>,
         partition_counts: BTreeMap<String, u32>,
     ) -> String {
-        let id = format!("{client_id}-{}", self.next_member.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{client_id}-{}",
+            self.next_member.fetch_add(1, Ordering::Relaxed)
+        );
         let mut groups = self.groups();
         let g = groups.entry(group.to_string()).or_default();
         if g.members.is_empty() {
@@ -118,7 +125,14 @@ impl Coordinator {
         }
         g.members.insert(
             id.clone(),
-            Member { client_id: client_id.to_string(), topics, session_timeout, last_seen: Instant::now(), signal, synced_generation: 0 },
+            Member {
+                client_id: client_id.to_string(),
+                topics,
+                session_timeout,
+                last_seen: Instant::now(),
+                signal,
+                synced_generation: 0,
+            },
         );
         for (t, n) in partition_counts {
             g.partition_counts.insert(t, n);
@@ -131,18 +145,30 @@ impl Coordinator {
     fn member_gone(group: &str, member: &str) -> LogError {
         LogError::Group {
             group: group.to_string(),
-            reason: format!("member {member} is not in the group (session expired or left); rejoin"),
+            reason: format!(
+                "member {member} is not in the group (session expired or left); rejoin"
+            ),
             retriable: true,
         }
     }
 
     /// Heartbeat plus the partitions the member must revoke now. `counts` refreshes topic sizes
     /// (a topic that gained partitions triggers a rebalance).
-    pub(crate) fn sync(&self, group: &str, member: &str, counts: &BTreeMap<String, u32>) -> Result<SyncPlan> {
+    pub(crate) fn sync(
+        &self,
+        group: &str,
+        member: &str,
+        counts: &BTreeMap<String, u32>,
+    ) -> Result<SyncPlan> {
         self.expire_sessions();
         let mut groups = self.groups();
-        let g = groups.get_mut(group).ok_or_else(|| Self::member_gone(group, member))?;
-        if counts.iter().any(|(t, n)| g.partition_counts.get(t) != Some(n)) {
+        let g = groups
+            .get_mut(group)
+            .ok_or_else(|| Self::member_gone(group, member))?;
+        if counts
+            .iter()
+            .any(|(t, n)| g.partition_counts.get(t) != Some(n))
+        {
             for (t, n) in counts {
                 g.partition_counts.insert(t.clone(), *n);
             }
@@ -150,21 +176,33 @@ impl Coordinator {
         }
         let generation = g.generation;
         let eager = g.assignor.is_eager();
-        let m = g.members.get_mut(member).ok_or_else(|| Self::member_gone(group, member))?;
+        let m = g
+            .members
+            .get_mut(member)
+            .ok_or_else(|| Self::member_gone(group, member))?;
         m.last_seen = Instant::now();
         let newly = m.synced_generation != generation;
         m.synced_generation = generation;
         let target = g.target.get(member).cloned().unwrap_or_default();
-        let owned = g.owners.iter().filter(|(_, o)| o.as_str() == member).map(|(tp, _)| tp.clone());
-        let revoke: Vec<TopicPartition> =
-            if eager && newly { owned.collect() } else { owned.filter(|tp| !target.contains(tp)).collect() };
+        let owned = g
+            .owners
+            .iter()
+            .filter(|(_, o)| o.as_str() == member)
+            .map(|(tp, _)| tp.clone());
+        let revoke: Vec<TopicPartition> = if eager && newly {
+            owned.collect()
+        } else {
+            owned.filter(|tp| !target.contains(tp)).collect()
+        };
         Ok(SyncPlan { generation, revoke })
     }
 
     /// The member gives up partitions (after committing in its revoke callback).
     pub(crate) fn release(&self, group: &str, member: &str, tps: &[TopicPartition]) {
         let mut groups = self.groups();
-        let Some(g) = groups.get_mut(group) else { return };
+        let Some(g) = groups.get_mut(group) else {
+            return;
+        };
         for tp in tps {
             if g.owners.get(tp).is_some_and(|o| o == member) {
                 g.owners.remove(tp);
@@ -172,7 +210,11 @@ impl Coordinator {
         }
         // Wake the members that were waiting for these partitions.
         for (id, m) in &g.members {
-            if id != member && g.target.get(id).is_some_and(|t| tps.iter().any(|tp| t.contains(tp))) {
+            if id != member
+                && g.target
+                    .get(id)
+                    .is_some_and(|t| tps.iter().any(|tp| t.contains(tp)))
+            {
                 m.signal.notify();
             }
         }
@@ -181,7 +223,9 @@ impl Coordinator {
     /// Takes ownership of every target partition nobody else owns; returns the newly owned ones.
     pub(crate) fn acquire(&self, group: &str, member: &str) -> Result<Vec<TopicPartition>> {
         let mut groups = self.groups();
-        let g = groups.get_mut(group).ok_or_else(|| Self::member_gone(group, member))?;
+        let g = groups
+            .get_mut(group)
+            .ok_or_else(|| Self::member_gone(group, member))?;
         if !g.members.contains_key(member) {
             return Err(Self::member_gone(group, member));
         }
@@ -198,13 +242,21 @@ impl Coordinator {
     /// Partitions the member owns now.
     pub(crate) fn owned(&self, group: &str, member: &str) -> Vec<TopicPartition> {
         let groups = self.groups();
-        groups.get(group).map_or_else(Vec::new, |g| g.owners.iter().filter(|(_, o)| *o == member).map(|(tp, _)| tp.clone()).collect())
+        groups.get(group).map_or_else(Vec::new, |g| {
+            g.owners
+                .iter()
+                .filter(|(_, o)| *o == member)
+                .map(|(tp, _)| tp.clone())
+                .collect()
+        })
     }
 
     /// Removes a member (after it revoked and released everything). The group rebalances.
     pub(crate) fn leave(&self, group: &str, member: &str) {
         let mut groups = self.groups();
-        let Some(g) = groups.get_mut(group) else { return };
+        let Some(g) = groups.get_mut(group) else {
+            return;
+        };
         g.owners.retain(|_, o| o != member);
         if g.members.remove(member).is_some() {
             tracing::info!(group, member, "member left; rebalancing");
@@ -217,8 +269,12 @@ impl Coordinator {
         let now = Instant::now();
         let mut groups = self.groups();
         for (name, g) in groups.iter_mut() {
-            let dead: Vec<String> =
-                g.members.iter().filter(|(_, m)| now.duration_since(m.last_seen) > m.session_timeout).map(|(id, _)| id.clone()).collect();
+            let dead: Vec<String> = g
+                .members
+                .iter()
+                .filter(|(_, m)| now.duration_since(m.last_seen) > m.session_timeout)
+                .map(|(id, _)| id.clone())
+                .collect();
             if dead.is_empty() {
                 continue;
             }
@@ -234,12 +290,20 @@ impl Coordinator {
     /// Commits offsets: a member's for partitions it owns, or (with `member = None`) an
     /// administrative commit for a group with no active member. Offsets never move backwards here; use
     /// [`Coordinator::reset_offsets`] to rewind.
-    pub fn commit(&self, group: &str, member: Option<&str>, offsets: &[(TopicPartition, u64)], metadata: &str) -> Result<()> {
+    pub fn commit(
+        &self,
+        group: &str,
+        member: Option<&str>,
+        offsets: &[(TopicPartition, u64)],
+        metadata: &str,
+    ) -> Result<()> {
         let mut store = self.store();
         {
             let groups = self.groups();
             if let Some(member) = member {
-                let g = groups.get(group).ok_or_else(|| Self::member_gone(group, member))?;
+                let g = groups
+                    .get(group)
+                    .ok_or_else(|| Self::member_gone(group, member))?;
                 if !g.members.contains_key(member) {
                     return Err(Self::member_gone(group, member));
                 }
@@ -276,9 +340,20 @@ impl Coordinator {
         let now = garam_core::time::now_ms();
         let entries = offsets
             .iter()
-            .filter(|(tp, off)| store.get(group, &tp.topic, tp.partition).is_none_or(|c| c.offset != *off))
+            .filter(|(tp, off)| {
+                store
+                    .get(group, &tp.topic, tp.partition)
+                    .is_none_or(|c| c.offset != *off)
+            })
             .map(|(tp, off)| {
-                ((group.to_string(), tp.topic.clone(), tp.partition), CommittedOffset { offset: *off, metadata: metadata.to_string(), timestamp: now })
+                (
+                    (group.to_string(), tp.topic.clone(), tp.partition),
+                    CommittedOffset {
+                        offset: *off,
+                        metadata: metadata.to_string(),
+                        timestamp: now,
+                    },
+                )
             })
             .collect();
         store.commit(entries)
@@ -287,10 +362,15 @@ impl Coordinator {
     /// Sets committed offsets explicitly (may rewind). Only for groups with no active member.
     pub fn reset_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<()> {
         let mut store = self.store();
-        if self.groups().get(group).is_some_and(|g| !g.members.is_empty()) {
+        if self
+            .groups()
+            .get(group)
+            .is_some_and(|g| !g.members.is_empty())
+        {
             return Err(LogError::Group {
                 group: group.to_string(),
-                reason: "cannot reset offsets while the group has active members; stop them first".into(),
+                reason: "cannot reset offsets while the group has active members; stop them first"
+                    .into(),
                 retriable: true,
             });
         }
@@ -298,7 +378,16 @@ impl Coordinator {
         store.commit(
             offsets
                 .iter()
-                .map(|(tp, o)| ((group.to_string(), tp.topic.clone(), tp.partition), CommittedOffset { offset: *o, metadata: "reset".into(), timestamp: now }))
+                .map(|(tp, o)| {
+                    (
+                        (group.to_string(), tp.topic.clone(), tp.partition),
+                        CommittedOffset {
+                            offset: *o,
+                            metadata: "reset".into(),
+                            timestamp: now,
+                        },
+                    )
+                })
                 .collect(),
         )
     }
@@ -311,7 +400,12 @@ impl Coordinator {
     /// Every group known: with members now, or with committed offsets.
     pub fn list(&self) -> Vec<String> {
         let mut names: BTreeSet<String> = self.store().all().keys().map(|k| k.0.clone()).collect();
-        names.extend(self.groups().iter().filter(|(_, g)| !g.members.is_empty()).map(|(n, _)| n.clone()));
+        names.extend(
+            self.groups()
+                .iter()
+                .filter(|(_, g)| !g.members.is_empty())
+                .map(|(n, _)| n.clone()),
+        );
         names.into_iter().collect()
     }
 
@@ -326,7 +420,13 @@ impl Coordinator {
             .collect();
         let groups = self.groups();
         let Some(g) = groups.get(group) else {
-            return GroupDescription { group: group.to_string(), generation: 0, state: "Empty", members: vec![], offsets };
+            return GroupDescription {
+                group: group.to_string(),
+                generation: 0,
+                state: "Empty",
+                members: vec![],
+                offsets,
+            };
         };
         let members = g
             .members
@@ -336,21 +436,49 @@ impl Coordinator {
                 client_id: m.client_id.clone(),
                 topics: m.topics.clone(),
                 owned: {
-                    let mut o: Vec<_> = g.owners.iter().filter(|(_, x)| *x == id).map(|(tp, _)| tp.clone()).collect();
+                    let mut o: Vec<_> = g
+                        .owners
+                        .iter()
+                        .filter(|(_, x)| *x == id)
+                        .map(|(tp, _)| tp.clone())
+                        .collect();
                     o.sort();
                     o
                 },
             })
             .collect::<Vec<_>>();
-        let settled = g.target.iter().all(|(m, tps)| tps.iter().all(|tp| g.owners.get(tp) == Some(m)));
-        let state = if g.members.is_empty() { "Empty" } else if settled { "Stable" } else { "Rebalancing" };
-        GroupDescription { group: group.to_string(), generation: g.generation, state, members, offsets }
+        let settled = g
+            .target
+            .iter()
+            .all(|(m, tps)| tps.iter().all(|tp| g.owners.get(tp) == Some(m)));
+        let state = if g.members.is_empty() {
+            "Empty"
+        } else if settled {
+            "Stable"
+        } else {
+            "Rebalancing"
+        };
+        GroupDescription {
+            group: group.to_string(),
+            generation: g.generation,
+            state,
+            members,
+            offsets,
+        }
     }
 
     /// Deletes a group's committed offsets. Only for groups with no active member.
     pub fn delete_group(&self, group: &str) -> Result<()> {
-        if self.groups().get(group).is_some_and(|g| !g.members.is_empty()) {
-            return Err(LogError::Group { group: group.into(), reason: "the group has active members".into(), retriable: true });
+        if self
+            .groups()
+            .get(group)
+            .is_some_and(|g| !g.members.is_empty())
+        {
+            return Err(LogError::Group {
+                group: group.into(),
+                reason: "the group has active members".into(),
+                retriable: true,
+            });
         }
         self.store().delete_group(group)
     }
@@ -362,9 +490,17 @@ impl Coordinator {
 
 fn rebalance(g: &mut Group) {
     g.generation += 1;
-    let subs: Subscriptions = g.members.iter().map(|(id, m)| (id.clone(), m.topics.clone())).collect();
-    let counts: BTreeMap<String, u32> =
-        g.partition_counts.iter().filter(|(t, _)| subs.values().any(|ts| ts.contains(t))).map(|(t, n)| (t.clone(), *n)).collect();
+    let subs: Subscriptions = g
+        .members
+        .iter()
+        .map(|(id, m)| (id.clone(), m.topics.clone()))
+        .collect();
+    let counts: BTreeMap<String, u32> = g
+        .partition_counts
+        .iter()
+        .filter(|(t, _)| subs.values().any(|ts| ts.contains(t)))
+        .map(|(t, n)| (t.clone(), *n))
+        .collect();
     g.target = match g.assignor {
         Assignor::Range => range(&subs, &counts),
         Assignor::CooperativeSticky => sticky(&subs, &counts, &g.target),
