@@ -74,6 +74,7 @@ pub struct Partition {
     state: Mutex<State>,
     high_watermark: AtomicU64,
     flushed: AtomicU64,
+    fsyncs: AtomicU64,
     flush_lock: Mutex<bool>,
     flush_cv: Condvar,
     last_flush: Mutex<Instant>,
@@ -168,6 +169,7 @@ impl Partition {
             }),
             high_watermark: AtomicU64::new(log_end),
             flushed: AtomicU64::new(log_end),
+            fsyncs: AtomicU64::new(0),
             flush_lock: Mutex::new(false),
             flush_cv: Condvar::new(),
             last_flush: Mutex::new(Instant::now()),
@@ -415,6 +417,11 @@ impl Partition {
         self.flush_to(target)
     }
 
+    /// How many group-commit fsync rounds ran (each covers every append waiting at the time).
+    pub fn fsync_count(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
     /// Offsets below this are known to be on stable storage.
     pub fn flushed_offset(&self) -> u64 {
         self.flushed.load(Ordering::Acquire)
@@ -437,6 +444,7 @@ impl Partition {
                     (segs, st.log_end)
                 };
                 let r = segs.iter().try_for_each(|s| s.sync());
+                self.fsyncs.fetch_add(1, Ordering::Relaxed);
                 busy = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
                 *busy = false;
                 if r.is_ok() {

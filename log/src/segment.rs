@@ -221,7 +221,12 @@ impl Segment {
             let header = match BatchHeader::parse(&head[..avail]) {
                 Ok(h) if pos + h.total_len() as u64 <= end => h,
                 Ok(h) => {
-                    self.check_tail(pos + h.total_len().max(LOG_OVERHEAD) as u64, end, pos)?;
+                    self.check_tail(
+                        pos + h.total_len().max(LOG_OVERHEAD) as u64,
+                        end,
+                        pos,
+                        Some(h.base_offset as u64),
+                    )?;
                     break;
                 }
                 Err(e) => {
@@ -245,7 +250,7 @@ impl Segment {
                         .next_offset
                         .is_none_or(|n| header.base_offset as u64 >= n);
                 if !ok {
-                    self.check_tail(pos + len as u64, end, pos)?;
+                    self.check_tail(pos + len as u64, end, pos, Some(header.base_offset as u64))?;
                     break;
                 }
             }
@@ -271,7 +276,7 @@ impl Segment {
 
     /// After an invalid batch at `bad_pos` whose claimed end is `next`: if a valid batch starts
     /// there, the damage is in the middle of the log.
-    fn check_tail(&self, next: u64, end: u64, bad_pos: u64) -> Result<()> {
+    fn check_tail(&self, next: u64, end: u64, bad_pos: u64, bad_offset: Option<u64>) -> Result<()> {
         if next + HEADER_LEN as u64 > end {
             return Ok(());
         }
@@ -287,7 +292,7 @@ impl Segment {
                     && Batch::new(Bytes::from(b)).and_then(|b| b.verify()).is_ok()
                 {
                     return Err(LogError::corrupt("invalid batch followed by valid data (corruption in the middle of the log)")
-                        .at(self.location(bad_pos, None)));
+                        .at(self.location(bad_pos, bad_offset)));
                 }
             }
         }

@@ -364,6 +364,10 @@ fn corruption_in_the_middle_is_an_error_naming_the_file() {
     let err = Log::open_with(dir.path(), quiet()).unwrap_err().to_string();
     assert!(err.contains("00000000000000000000.log"), "{err}");
     assert!(err.contains("t-0"), "{err}");
+    assert!(
+        err.contains("at offset 6"),
+        "the third batch holds offsets 6..=8: {err}"
+    );
 }
 
 #[test]
@@ -403,4 +407,33 @@ fn retention_deletes_old_and_excess_segments() {
         got.len() as u64,
         80 - log.offsets("size", 0).unwrap().log_start_offset
     );
+}
+
+#[test]
+fn group_commit_shares_fsyncs_between_waiting_appenders() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("t", 1, cfg(&[("flush.messages", "1")]))
+        .unwrap();
+    let threads = 8;
+    let per_thread = 50;
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let log = log.clone();
+            s.spawn(move || {
+                for _ in 0..per_thread {
+                    // Returns only once the append is fsynced.
+                    let info = log.append("t", 0, &mut one_batch(1, 0)).unwrap();
+                    assert!(log.partition("t", 0).unwrap().flushed_offset() > info.last_offset);
+                }
+            });
+        }
+    });
+    let p = log.partition("t", 0).unwrap();
+    assert_eq!(p.offsets().log_end_offset, threads * per_thread);
+    assert!(
+        p.fsync_count() <= threads * per_thread,
+        "at most one fsync per append"
+    );
+    assert!(p.fsync_count() > 0);
 }
