@@ -1,10 +1,16 @@
-//! Garam's core types, shared by every other crate.
+//! Garam's core: records, serdes, the Processor API, topologies, the runtime, and the backend trait.
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`record`] | [`Record`] and [`Header`]: what producers send and consumers receive |
+//! | [`record`] | [`Record`] to produce, [`ConsumedRecord`] as read, [`StreamRecord`] as operators see it |
+//! | [`serdes`] | the [`Serde`](serdes::Serde) trait; JSON, bincode, string, bytes, integers, unit, option |
 //! | [`partitioner`] | Kafka's default partitioner (murmur2), so a key lands where it would on Kafka |
-//! | [`time`] | wall-clock helpers in epoch milliseconds, the unit of every timestamp |
+//! | [`processor`] | the Processor API and the batch plumbing operators are built on |
+//! | [`topology`] | the dataflow graph, sub-topologies, `describe()` and DOT |
+//! | [`backend`] | what the runtime needs from a log (embedded log now, Kafka later) |
+//! | [`runtime`] | [`App`](runtime::App): worker threads, tasks, commits, shutdown, metrics |
+//! | [`testing`] | [`TopologyTestDriver`](testing::TopologyTestDriver): run a topology synchronously |
+//! | [`time`] | wall-clock helpers in epoch milliseconds |
 //!
 //! ```
 //! use garam_core::{partitioner, Record};
@@ -14,8 +20,16 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod backend;
+pub mod error;
 pub mod partitioner;
+pub mod processor;
 pub mod record;
+pub mod runtime;
+pub mod serdes;
+pub mod testing;
 pub mod time;
+pub mod topology;
 
-pub use record::{Header, Record};
+pub use error::{Result, StreamsError};
+pub use record::{ConsumedRecord, Header, Record, StreamRecord};

@@ -60,3 +60,45 @@ impl Record {
         self
     }
 }
+
+/// A record as a consumer reads it from a partition: offset, timestamp, and byte slices.
+///
+/// Keys, values and header values are `Bytes` slices of the fetched buffer: reading does not copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// The record's offset in its partition.
+    pub offset: u64,
+    /// Timestamp in epoch milliseconds (CreateTime, or the append time under LogAppendTime).
+    pub timestamp: i64,
+    /// Key, or `None`.
+    pub key: Option<Bytes>,
+    /// Value, or `None` for a tombstone.
+    pub value: Option<Bytes>,
+    /// Headers in order.
+    pub headers: Vec<Header>,
+}
+
+/// A typed record flowing through a topology: what every operator sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamRecord<K, V> {
+    /// The key.
+    pub key: K,
+    /// The value.
+    pub value: V,
+    /// Event time in epoch milliseconds.
+    pub timestamp: i64,
+    /// Headers, carried from input to output unless an operator changes them.
+    pub headers: Vec<Header>,
+}
+
+impl<K, V> StreamRecord<K, V> {
+    /// A record without headers.
+    pub fn new(key: K, value: V, timestamp: i64) -> Self {
+        StreamRecord { key, value, timestamp, headers: Vec::new() }
+    }
+
+    /// The same record with another key and value (timestamp and headers kept).
+    pub fn with<K2, V2>(self, key: K2, value: V2) -> StreamRecord<K2, V2> {
+        StreamRecord { key, value, timestamp: self.timestamp, headers: self.headers }
+    }
+}

@@ -11,29 +11,7 @@ use crate::log::Log;
 use crate::partition::{FetchData, Partition};
 use crate::signal::Signal;
 
-/// Where to start when a partition has no committed offset (or it fell out of range).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OffsetReset {
-    /// The log start offset.
-    Earliest,
-    /// The high watermark: only new records.
-    #[default]
-    Latest,
-    /// Fail instead of guessing.
-    None,
-}
-
-impl OffsetReset {
-    /// Parses `earliest`, `latest` or `none`.
-    pub fn parse(s: &str) -> Option<OffsetReset> {
-        match s {
-            "earliest" => Some(OffsetReset::Earliest),
-            "latest" => Some(OffsetReset::Latest),
-            "none" => Some(OffsetReset::None),
-            _ => None,
-        }
-    }
-}
+pub use garam_core::backend::OffsetReset;
 
 /// Consumer settings (Kafka's names where they exist).
 #[derive(Debug, Clone)]
@@ -56,6 +34,9 @@ pub struct ConsumerConfig {
     pub fetch_max_bytes: usize,
     /// `check.crcs`: verify each batch's CRC as it is read.
     pub check_crcs: bool,
+    /// `max.poll.records`: stop adding partitions to a poll once this many records are in it
+    /// (whole batches are returned, so a poll may hold a few more).
+    pub max_poll_records: Option<usize>,
 }
 
 impl Default for ConsumerConfig {
@@ -70,6 +51,7 @@ impl Default for ConsumerConfig {
             max_partition_fetch_bytes: 1 << 20,
             fetch_max_bytes: 8 << 20,
             check_crcs: true,
+            max_poll_records: None,
         }
     }
 }
@@ -410,6 +392,7 @@ impl Consumer {
     fn fetch_available(&mut self) -> Result<Vec<PartitionRecords>> {
         let mut out = Vec::new();
         let mut budget = self.config.fetch_max_bytes;
+        let mut records_left = self.config.max_poll_records.unwrap_or(usize::MAX);
         let n = self.positions.len();
         if n == 0 {
             return Ok(out);
@@ -418,7 +401,7 @@ impl Consumer {
         let start = self.rr % n;
         self.rr = self.rr.wrapping_add(1);
         for i in 0..n {
-            if budget == 0 {
+            if budget == 0 || records_left == 0 {
                 break;
             }
             let tp = &keys[(start + i) % n];
@@ -451,6 +434,8 @@ impl Consumer {
                 continue;
             }
             budget = budget.saturating_sub(data.batches.len());
+            let count: usize = BatchIter::new(data.batches.clone()).flatten().map(|b| b.header().record_count.max(0) as usize).sum();
+            records_left = records_left.saturating_sub(count);
             let recs = PartitionRecords {
                 tp: tp.clone(),
                 from_offset: s.position,

@@ -10,6 +10,7 @@
 //! | [`group`] | consumer groups: coordinator, assignors, committed offsets |
 //! | [`producer`], [`consumer`] | the client side: batching producer, long-polling consumer |
 //! | [`Log`] | a data directory: topics, lock file, background maintenance |
+//! | `backend` | `Log` as the streams runtime's [`Backend`](garam_core::backend::Backend) |
 //!
 //! ```
 //! use std::time::Duration;
@@ -36,6 +37,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod backend;
 pub mod batch;
 pub mod compaction;
 pub mod config;

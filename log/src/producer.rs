@@ -128,10 +128,24 @@ impl Producer {
 
     /// Queues a record for an explicit partition, or the partitioner's choice when `None`.
     pub fn send_to(&mut self, topic: &str, partition: Option<u32>, record: Record) -> Result<()> {
+        let ts = record.timestamp.unwrap_or_else(garam_core::time::now_ms);
+        self.send_raw(topic, partition, record.key.as_deref(), record.value.as_deref(), ts, &record.headers)
+    }
+
+    /// Queues a record given as byte slices (copied into the batch; nothing else is allocated).
+    pub fn send_raw(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: i64,
+        headers: &[garam_core::Header],
+    ) -> Result<()> {
         let batch_size = self.config.batch_size;
         let st = self.topic_state(topic)?;
         let n = st.batches.len() as u32;
-        let p = match (partition, &record.key) {
+        let p = match (partition, key) {
             (Some(p), _) if p < n => p,
             (Some(p), _) => {
                 return Err(LogError::UnknownPartition {
@@ -143,16 +157,10 @@ impl Producer {
             (None, Some(k)) => partition_for_key(k, n),
             (None, None) => st.sticky,
         };
-        let ts = record.timestamp.unwrap_or_else(garam_core::time::now_ms);
         let pb = &mut st.batches[p as usize];
-        pb.builder.push(
-            ts,
-            record.key.as_deref(),
-            record.value.as_deref(),
-            &record.headers,
-        );
+        pb.builder.push(timestamp, key, value, headers);
         if pb.builder.size_bytes() >= batch_size {
-            if record.key.is_none() && partition.is_none() {
+            if key.is_none() && partition.is_none() {
                 st.sticky = (st.sticky + 1) % n;
             }
             self.append_partition(topic, p)?;

@@ -15,20 +15,7 @@ pub struct Batch {
     header: BatchHeader,
 }
 
-/// A record as a consumer sees it. Key, value and header values are slices of the fetched buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsumedRecord {
-    /// The record's offset in its partition.
-    pub offset: u64,
-    /// Timestamp in epoch milliseconds (CreateTime, or the append time under LogAppendTime).
-    pub timestamp: i64,
-    /// Key, or `None`.
-    pub key: Option<Bytes>,
-    /// Value, or `None` for a tombstone.
-    pub value: Option<Bytes>,
-    /// Headers in order.
-    pub headers: Vec<Header>,
-}
+pub use garam_core::record::ConsumedRecord;
 
 impl Batch {
     /// Wraps the bytes of exactly one batch, checking header and length (not the CRC).

@@ -1,0 +1,155 @@
+//! What the runtime needs from a log: the backend traits.
+//!
+//! Shaped after Kafka's client semantics as rdkafka exposes them — topic metadata and creation,
+//! a batching producer (with transactions for exactly-once), and a consumer-group member whose
+//! `poll` runs rebalance callbacks — so the embedded log (`garam-log`) and a Kafka backend plug in
+//! without any change to the runtime.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::record::{ConsumedRecord, Header};
+
+/// A topic and partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+}
+
+impl TopicPartition {
+    /// A topic-partition.
+    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
+        TopicPartition { topic: topic.into(), partition }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// Where to start when a partition has no committed offset (or it fell out of range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// The log start offset.
+    Earliest,
+    /// The high watermark: only new records.
+    #[default]
+    Latest,
+    /// Fail instead of guessing.
+    None,
+}
+
+impl OffsetReset {
+    /// Parses `earliest`, `latest` or `none`.
+    pub fn parse(s: &str) -> Option<OffsetReset> {
+        match s {
+            "earliest" => Some(OffsetReset::Earliest),
+            "latest" => Some(OffsetReset::Latest),
+            "none" => Some(OffsetReset::None),
+            _ => None,
+        }
+    }
+}
+
+/// Records fetched from one partition.
+#[derive(Debug, Clone)]
+pub struct PolledRecords {
+    /// Where they come from.
+    pub tp: TopicPartition,
+    /// The records, in offset order.
+    pub records: Vec<ConsumedRecord>,
+}
+
+/// Settings of a group member.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// `group.id` (the application id for a Streams app).
+    pub group: String,
+    /// `client.id`.
+    pub client_id: String,
+    /// Topics to subscribe to.
+    pub topics: Vec<String>,
+    /// `auto.offset.reset`.
+    pub auto_offset_reset: OffsetReset,
+    /// `max.poll.records` (approximate: whole batches are returned).
+    pub max_poll_records: usize,
+    /// `session.timeout.ms`.
+    pub session_timeout: Duration,
+}
+
+/// Lets a revoke callback commit before its partitions go.
+pub trait OffsetCommitter {
+    /// The next offset to read from a partition (what has been returned by `poll` so far).
+    fn position(&self, tp: &TopicPartition) -> Option<u64>;
+    /// Commits offsets (next offset to read) for partitions this member still owns.
+    fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<()>;
+}
+
+/// Called by a consumer's `poll` around rebalances.
+pub trait RebalanceListener: Send {
+    /// Partitions newly assigned.
+    fn on_assigned(&mut self, partitions: &[TopicPartition]);
+    /// Partitions about to be revoked: finish, flush and commit them through `committer`.
+    fn on_revoked(&mut self, partitions: &[TopicPartition], committer: &mut dyn OffsetCommitter);
+    /// Partitions lost without a chance to commit (session expired).
+    fn on_lost(&mut self, partitions: &[TopicPartition]);
+}
+
+/// A consumer-group member.
+pub trait BackendConsumer: Send {
+    /// Fetches what is available, waiting up to `timeout`; runs rebalance callbacks.
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<PolledRecords>>;
+    /// Commits offsets (next offset to read).
+    fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<()>;
+    /// The next offset to read from each assigned partition.
+    fn positions(&self) -> Vec<(TopicPartition, u64)>;
+    /// Lag (high watermark − position) of each assigned partition.
+    fn lag(&self) -> Vec<(TopicPartition, u64)>;
+    /// The member id.
+    fn member_id(&self) -> String;
+    /// Leaves the group (revoke callbacks run first).
+    fn close(&mut self) -> Result<()>;
+}
+
+/// A producer. Records are buffered into batches and appended on `flush` or when batches fill.
+pub trait BackendProducer: Send {
+    /// Queues one record; `partition: None` uses Kafka's default partitioner on the key bytes.
+    fn send(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: i64,
+        headers: &[Header],
+    ) -> Result<()>;
+    /// Writes every queued record.
+    fn flush(&mut self) -> Result<()>;
+}
+
+/// A log the runtime can run on: the embedded log or Kafka.
+pub trait Backend: Send + Sync + 'static {
+    /// "embedded" or "kafka".
+    fn name(&self) -> &'static str;
+    /// Partition count of a topic, `None` when it does not exist.
+    fn partition_count(&self, topic: &str) -> Result<Option<u32>>;
+    /// Creates the topic unless it exists (internal topics are created by the runtime).
+    fn ensure_topic(&self, topic: &str, partitions: u32, config: &BTreeMap<String, String>) -> Result<()>;
+    /// A new producer.
+    fn producer(&self) -> Result<Box<dyn BackendProducer>>;
+    /// A new group member.
+    fn consumer(&self, settings: ConsumerSettings, listener: Box<dyn RebalanceListener>) -> Result<Box<dyn BackendConsumer>>;
+    /// Committed offsets and log end offsets of a group on a topic: `(partition, committed, end)`.
+    fn group_offsets(&self, group: &str, topic: &str) -> Result<Vec<(u32, Option<u64>, u64)>>;
+    /// Where the runtime may write status files (the embedded log's data directory).
+    fn status_dir(&self) -> Option<PathBuf> {
+        None
+    }
+}

@@ -1,0 +1,280 @@
+//! The application: validation, internal topics, worker threads, shutdown, metrics, status files.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::config::{AppConfig, ProcessingGuarantee};
+use super::metrics::{Metrics, MetricsSnapshot};
+use super::worker::{self, Shared};
+use crate::backend::Backend;
+use crate::error::{Result, StreamsError};
+use crate::processor::DeserializationPolicy;
+use crate::topology::Topology;
+
+/// Where an application is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AppStatus {
+    /// Built, not started.
+    Created,
+    /// Workers are running.
+    Running,
+    /// Stopped cleanly.
+    Stopped,
+    /// A worker failed; the others were stopped.
+    Failed,
+}
+
+/// A running (or runnable) stream-processing application.
+///
+/// Several `App`s with the same `application.id` — in one process or several — form one consumer
+/// group and split the partitions between them.
+pub struct App {
+    topology: Arc<Topology>,
+    config: AppConfig,
+    backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Result<()>>>,
+    status: Arc<Mutex<AppStatus>>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl App {
+    /// An application running `topology` on `backend`.
+    pub fn new(topology: Topology, config: AppConfig, backend: Arc<dyn Backend>) -> Result<App> {
+        if config.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
+            return Err(StreamsError::Config {
+                key: "processing.guarantee".into(),
+                value: "exactly_once_v2".into(),
+                reason: "exactly-once arrives with transactions in the state issue; use at_least_once".into(),
+            });
+        }
+        Ok(App {
+            topology: Arc::new(topology),
+            config,
+            backend,
+            metrics: Arc::new(Metrics::default()),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            status: Arc::new(Mutex::new(AppStatus::Created)),
+            failure: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The topology.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The config.
+    pub fn config(&self) -> &AppConfig {
+        &self.config
+    }
+
+    /// Validates partitions, creates internal topics, and starts the worker threads.
+    pub fn start(&mut self) -> Result<()> {
+        if *self.status.lock().unwrap_or_else(|e| e.into_inner()) != AppStatus::Created {
+            return Err(StreamsError::Config { key: "start".into(), value: String::new(), reason: "already started".into() });
+        }
+        let app_id = self.config.application_id.clone();
+        let backend = self.backend.clone();
+        let count = |t: &str| backend.partition_count(t).ok().flatten();
+        let internal = self.topology.check_partitions(&app_id, &count)?;
+        for (topic, partitions) in &internal {
+            self.backend.ensure_topic(topic, *partitions, &BTreeMap::new())?;
+            tracing::info!(topic = %topic, partitions, "internal topic ready");
+        }
+        let dlq = self.config.dead_letter_topic();
+        if self.config.deserialization_policy == DeserializationPolicy::DeadLetter {
+            self.backend.ensure_topic(&dlq, 1, &BTreeMap::new())?;
+        }
+        let shared = Arc::new(Shared {
+            backend: self.backend.clone(),
+            topic_to_sub: self.topology.topic_to_subtopology(&app_id),
+            topology: self.topology.clone(),
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            dead_letter_topic: dlq,
+        });
+        for i in 0..self.config.num_threads.max(1) {
+            let (shared, backend, shutdown) = (shared.clone(), self.backend.clone(), self.shutdown.clone());
+            let (status, failure) = (self.status.clone(), self.failure.clone());
+            let name = format!("{app_id}-StreamThread-{}", i + 1);
+            let thread_name = name.clone();
+            let handle = std::thread::Builder::new()
+                .name(thread_name)
+                .spawn(move || {
+                    let r = worker::run(shared, backend, name, shutdown.clone());
+                    if let Err(e) = &r {
+                        tracing::error!(error = %e, "worker failed; stopping the application");
+                        *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                        *status.lock().unwrap_or_else(|e| e.into_inner()) = AppStatus::Failed;
+                        shutdown.store(true, Ordering::Release);
+                    }
+                    r
+                })
+                .map_err(|e| StreamsError::backend(format!("cannot spawn a worker thread: {e}"), false))?;
+            self.threads.push(handle);
+        }
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = AppStatus::Running;
+        tracing::info!(app = %app_id, threads = self.config.num_threads, "application started");
+        Ok(())
+    }
+
+    /// The application's state.
+    pub fn status(&self) -> AppStatus {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the metrics.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Stops fetching, finishes in-flight batches, flushes, commits and leaves the group.
+    /// Returns the first worker error, if any.
+    pub fn close(&mut self) -> Result<()> {
+        self.shutdown.store(true, Ordering::Release);
+        let mut first = None;
+        for h in self.threads.drain(..) {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first.get_or_insert(e);
+                }
+                Err(_) => {
+                    first.get_or_insert(StreamsError::Processor { processor: "worker".into(), message: "a worker thread panicked".into() });
+                }
+            }
+        }
+        self.write_status();
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        match first {
+            Some(e) => {
+                *status = AppStatus::Failed;
+                Err(e)
+            }
+            None => {
+                if *status != AppStatus::Failed {
+                    *status = AppStatus::Stopped;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// True once a worker failed or `close` was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Starts (if needed) and runs until Ctrl-C / SIGTERM or a worker failure, then closes.
+    pub fn run_until_shutdown(&mut self) -> Result<()> {
+        if self.status() == AppStatus::Created {
+            self.start()?;
+        }
+        let flag = self.shutdown.clone();
+        if let Err(e) = ctrlc_handler(flag) {
+            tracing::warn!(error = %e, "cannot install the Ctrl-C handler; stop the app with App::close");
+        }
+        let mut last_status = std::time::Instant::now();
+        while !self.shutdown.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(50));
+            if last_status.elapsed() >= Duration::from_secs(1) {
+                self.write_status();
+                last_status = std::time::Instant::now();
+            }
+        }
+        tracing::info!("shutting down");
+        self.close()
+    }
+
+    /// Runs until every input partition is caught up (lag 0 with nothing in flight), then closes.
+    /// For batch-like runs and tests.
+    pub fn run_until_idle(&mut self, quiet_for: Duration) -> Result<()> {
+        if self.status() == AppStatus::Created {
+            self.start()?;
+        }
+        let mut idle_since: Option<std::time::Instant> = None;
+        let mut last_in = u64::MAX;
+        while !self.shutdown.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(20));
+            let m = self.metrics();
+            let caught_up = !m.tasks.is_empty() && m.total_lag() == 0 && m.records_in == last_in;
+            last_in = m.records_in;
+            match (caught_up, idle_since) {
+                (true, None) => idle_since = Some(std::time::Instant::now()),
+                (true, Some(t)) if t.elapsed() >= quiet_for => break,
+                (false, _) => idle_since = None,
+                _ => {}
+            }
+        }
+        self.close()
+    }
+
+    /// Writes `<status_dir>/apps/<application.id>/status.json` for `garam apps describe`.
+    fn write_status(&self) {
+        let Some(dir) = self.backend.status_dir() else { return };
+        let dir: PathBuf = dir.join("apps").join(&self.config.application_id);
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        #[derive(Serialize)]
+        struct Status<'a> {
+            format_version: u32,
+            application_id: &'a str,
+            status: AppStatus,
+            updated_ms: i64,
+            pid: u32,
+            failure: Option<String>,
+            metrics: MetricsSnapshot,
+        }
+        let s = Status {
+            format_version: 1,
+            application_id: &self.config.application_id,
+            status: self.status(),
+            updated_ms: crate::time::now_ms(),
+            pid: std::process::id(),
+            failure: self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            metrics: self.metrics(),
+        };
+        if let Ok(json) = serde_json::to_vec_pretty(&s) {
+            let file = dir.join(format!("status-{}.json", std::process::id()));
+            let tmp = file.with_extension("tmp");
+            if std::fs::write(&tmp, json).is_ok() {
+                let _ = std::fs::rename(&tmp, &file);
+            }
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            let _ = self.close();
+        }
+    }
+}
+
+fn ctrlc_handler(flag: Arc<AtomicBool>) -> std::result::Result<(), String> {
+    // One process-wide handler: it sets every registered app's flag.
+    static FLAGS: Mutex<Vec<Arc<AtomicBool>>> = Mutex::new(Vec::new());
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    FLAGS.lock().unwrap_or_else(|e| e.into_inner()).push(flag);
+    let mut result = Ok(());
+    INSTALLED.call_once(|| {
+        result = ctrlc::set_handler(|| {
+            for f in FLAGS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                f.store(true, Ordering::Release);
+            }
+        })
+        .map_err(|e| e.to_string());
+    });
+    result
+}

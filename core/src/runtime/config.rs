@@ -1,0 +1,107 @@
+//! Application config, with Kafka Streams' key names.
+
+use std::time::Duration;
+
+use crate::backend::OffsetReset;
+use crate::error::{Result, StreamsError};
+use crate::processor::DeserializationPolicy;
+
+/// `processing.guarantee`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessingGuarantee {
+    /// Outputs are flushed before input offsets are committed; after a crash records may repeat.
+    #[default]
+    AtLeastOnce,
+    /// Outputs, state and offsets commit atomically (arrives with transactions, next issue).
+    ExactlyOnce,
+}
+
+/// The settings of an [`App`](super::App).
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// `application.id`: the consumer group, and the prefix of internal topics.
+    pub application_id: String,
+    /// `num.threads`: worker threads (default: available cores).
+    pub num_threads: usize,
+    /// `commit.interval.ms`.
+    pub commit_interval: Duration,
+    /// `processing.guarantee`.
+    pub processing_guarantee: ProcessingGuarantee,
+    /// `deserialization.error.handler`: `fail`, `log-and-continue`, `dead-letter`.
+    pub deserialization_policy: DeserializationPolicy,
+    /// `errors.dead.letter.queue.topic.name` (default `<application.id>-dlq`).
+    pub dead_letter_topic: Option<String>,
+    /// `auto.offset.reset` (default earliest, as in Kafka Streams).
+    pub auto_offset_reset: OffsetReset,
+    /// `max.poll.records`.
+    pub max_poll_records: usize,
+    /// How long a poll waits when there is nothing to do.
+    pub poll_timeout: Duration,
+    /// `session.timeout.ms`.
+    pub session_timeout: Duration,
+}
+
+impl AppConfig {
+    /// Defaults for an application id.
+    pub fn new(application_id: impl Into<String>) -> Self {
+        AppConfig {
+            application_id: application_id.into(),
+            num_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            commit_interval: Duration::from_millis(1000),
+            processing_guarantee: ProcessingGuarantee::AtLeastOnce,
+            deserialization_policy: DeserializationPolicy::Fail,
+            dead_letter_topic: None,
+            auto_offset_reset: OffsetReset::Earliest,
+            max_poll_records: 10_000,
+            poll_timeout: Duration::from_millis(100),
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets a key by its Kafka Streams name.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<&mut Self> {
+        let bad = |reason: &str| StreamsError::Config { key: key.into(), value: value.into(), reason: reason.into() };
+        let num = || value.parse::<u64>().map_err(|_| bad("expected a non-negative integer"));
+        match key {
+            "application.id" => {
+                if value.is_empty() {
+                    return Err(bad("must not be empty"));
+                }
+                self.application_id = value.into()
+            }
+            "num.threads" | "num.stream.threads" => {
+                let n = num()?;
+                if n == 0 {
+                    return Err(bad("must be at least 1"));
+                }
+                self.num_threads = n as usize
+            }
+            "commit.interval.ms" => self.commit_interval = Duration::from_millis(num()?),
+            "processing.guarantee" => {
+                self.processing_guarantee = match value {
+                    "at_least_once" | "at-least-once" => ProcessingGuarantee::AtLeastOnce,
+                    "exactly_once" | "exactly_once_v2" | "exactly-once" => ProcessingGuarantee::ExactlyOnce,
+                    _ => return Err(bad("expected at_least_once or exactly_once_v2")),
+                }
+            }
+            "deserialization.error.handler" | "default.deserialization.exception.handler" => {
+                self.deserialization_policy =
+                    DeserializationPolicy::parse(value).ok_or_else(|| bad("expected fail, log-and-continue or dead-letter"))?
+            }
+            "errors.dead.letter.queue.topic.name" => self.dead_letter_topic = Some(value.into()),
+            "auto.offset.reset" => {
+                self.auto_offset_reset = OffsetReset::parse(value).ok_or_else(|| bad("expected earliest, latest or none"))?
+            }
+            "max.poll.records" => self.max_poll_records = num()?.max(1) as usize,
+            "poll.ms" => self.poll_timeout = Duration::from_millis(num()?),
+            "session.timeout.ms" => self.session_timeout = Duration::from_millis(num()?.max(1)),
+            _ => return Err(bad("unknown config key")),
+        }
+        Ok(self)
+    }
+
+    /// The dead-letter topic.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}-dlq", self.application_id))
+    }
+}

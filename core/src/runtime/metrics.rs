@@ -1,0 +1,88 @@
+//! Application metrics: counters the workers update, readable through `App::metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::backend::TopicPartition;
+
+/// Live counters (atomics: workers update them without locks).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub(crate) records_in: AtomicU64,
+    pub(crate) records_out: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) process_us: AtomicU64,
+    pub(crate) commits: AtomicU64,
+    pub(crate) commit_us: AtomicU64,
+    pub(crate) commit_max_us: AtomicU64,
+    pub(crate) lag: Mutex<BTreeMap<String, BTreeMap<TopicPartition, u64>>>,
+    pub(crate) tasks: Mutex<BTreeMap<String, Vec<String>>>,
+}
+
+/// A point-in-time copy of the metrics.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct MetricsSnapshot {
+    /// Records read.
+    pub records_in: u64,
+    /// Records written.
+    pub records_out: u64,
+    /// Records skipped by `log-and-continue`.
+    pub skipped: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Batches processed.
+    pub batches: u64,
+    /// Mean processing time per batch, µs.
+    pub process_latency_avg_us: f64,
+    /// Commits done.
+    pub commits: u64,
+    /// Mean commit time, µs.
+    pub commit_latency_avg_us: f64,
+    /// Slowest commit, µs.
+    pub commit_latency_max_us: u64,
+    /// Lag per partition (`topic-partition` → records behind).
+    pub lag: BTreeMap<String, u64>,
+    /// Tasks per member.
+    pub tasks: BTreeMap<String, Vec<String>>,
+}
+
+impl MetricsSnapshot {
+    /// Total lag over every partition.
+    pub fn total_lag(&self) -> u64 {
+        self.lag.values().sum()
+    }
+}
+
+impl Metrics {
+    /// Copies the counters.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let batches = get(&self.batches);
+        let commits = get(&self.commits);
+        let lag = self
+            .lag
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flat_map(|m| m.iter().map(|(tp, l)| (tp.to_string(), *l)))
+            .collect();
+        MetricsSnapshot {
+            records_in: get(&self.records_in),
+            records_out: get(&self.records_out),
+            skipped: get(&self.skipped),
+            dead_lettered: get(&self.dead_lettered),
+            batches,
+            process_latency_avg_us: if batches == 0 { 0.0 } else { get(&self.process_us) as f64 / batches as f64 },
+            commits,
+            commit_latency_avg_us: if commits == 0 { 0.0 } else { get(&self.commit_us) as f64 / commits as f64 },
+            commit_latency_max_us: get(&self.commit_max_us),
+            lag,
+            tasks: self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! A task: the live operators of one sub-topology for one partition.
+
+use std::sync::Arc;
+
+use crate::backend::PolledRecords;
+use crate::error::{Result, StreamsError};
+use crate::processor::{DeserializationPolicy, RecordCollector, TaskContext, TaskCounters, TaskId};
+use crate::topology::{Instantiation, TaskGraph, Topology};
+
+/// What a task needs from its runner besides the collector.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskEnv<'a> {
+    /// Deserialization-error policy.
+    pub policy: DeserializationPolicy,
+    /// Dead-letter topic name.
+    pub dead_letter_topic: &'a str,
+    /// Wall clock, epoch ms.
+    pub wall_clock_ms: i64,
+}
+
+/// One task's operators and clocks.
+pub struct Task {
+    /// The task.
+    pub id: TaskId,
+    graph: TaskGraph,
+    /// Largest record timestamp seen.
+    pub stream_time: i64,
+    /// What it has done.
+    pub counters: TaskCounters,
+    initialized: bool,
+}
+
+impl Task {
+    /// Builds the task's operators.
+    pub fn new(topology: &Arc<Topology>, application_id: &str, id: TaskId) -> Result<Task> {
+        let graph = Instantiation::build(topology, application_id, id)?;
+        Ok(Task { id, graph, stream_time: -1, counters: TaskCounters::default(), initialized: false })
+    }
+
+    fn ctx<'a>(&'a mut self, collector: &'a mut dyn RecordCollector, env: &TaskEnv<'a>) -> TaskContext<'a> {
+        TaskContext {
+            task: self.id,
+            collector,
+            stream_time: self.stream_time,
+            wall_clock_ms: env.wall_clock_ms,
+            policy: env.policy,
+            dead_letter_topic: env.dead_letter_topic,
+            counters: &mut self.counters,
+        }
+    }
+
+    fn ensure_init(&mut self, collector: &mut dyn RecordCollector, env: &TaskEnv<'_>) -> Result<()> {
+        if self.initialized {
+            return Ok(());
+        }
+        self.initialized = true;
+        let lifecycles = self.graph.lifecycles.clone();
+        let mut ctx = self.ctx(collector, env);
+        for l in &lifecycles {
+            l.borrow_mut().init(&mut ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a batch of fetched records through the task.
+    pub fn process(&mut self, polled: PolledRecords, collector: &mut dyn RecordCollector, env: &TaskEnv<'_>) -> Result<()> {
+        self.ensure_init(collector, env)?;
+        let source = self.graph.sources.get(&polled.tp.topic).cloned().ok_or_else(|| {
+            StreamsError::Topology(format!("task {} has no source for topic {}", self.id, polled.tp.topic))
+        })?;
+        self.counters.records_in += polled.records.len() as u64;
+        if let Some(max) = polled.records.iter().map(|r| r.timestamp).max() {
+            self.stream_time = self.stream_time.max(max);
+        }
+        let tp = polled.tp;
+        let mut ctx = self.ctx(collector, env);
+        source.borrow_mut().push_raw(&tp, polled.records, &mut ctx)?;
+        self.punctuate(collector, env)
+    }
+
+    /// Fires due punctuations.
+    pub fn punctuate(&mut self, collector: &mut dyn RecordCollector, env: &TaskEnv<'_>) -> Result<()> {
+        self.ensure_init(collector, env)?;
+        if self.graph.lifecycles.is_empty() {
+            return Ok(());
+        }
+        let lifecycles = self.graph.lifecycles.clone();
+        let mut ctx = self.ctx(collector, env);
+        for l in &lifecycles {
+            l.borrow_mut().punctuate(&mut ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the task's operators.
+    pub fn close(&mut self) -> Result<()> {
+        for l in &self.graph.lifecycles {
+            l.borrow_mut().close()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,235 @@
+//! A worker thread: one group member running the poll → process → produce loop over its tasks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::config::AppConfig;
+use super::metrics::Metrics;
+use super::task::{Task, TaskEnv};
+use crate::backend::{Backend, BackendConsumer, BackendProducer, ConsumerSettings, OffsetCommitter, RebalanceListener, TopicPartition};
+use crate::error::Result;
+use crate::processor::{RecordCollector, TaskId};
+use crate::record::Header;
+use crate::topology::Topology;
+
+/// Sends through a backend producer, counting records out.
+pub(crate) struct ProducerCollector<'a> {
+    pub producer: &'a mut dyn BackendProducer,
+    pub out: &'a AtomicU64,
+    pub backend: &'a dyn Backend,
+}
+
+impl RecordCollector for ProducerCollector<'_> {
+    fn send(&mut self, topic: &str, partition: Option<u32>, key: Option<&[u8]>, value: Option<&[u8]>, ts: i64, headers: &[Header]) -> Result<()> {
+        self.out.fetch_add(1, Ordering::Relaxed);
+        self.producer.send(topic, partition, key, value, ts, headers)
+    }
+
+    fn partition_count(&mut self, topic: &str) -> Result<u32> {
+        self.backend
+            .partition_count(topic)?
+            .ok_or_else(|| crate::error::StreamsError::Topology(format!("output topic '{topic}' does not exist")))
+    }
+}
+
+pub(crate) struct Shared {
+    pub backend: Arc<dyn Backend>,
+    pub topology: Arc<Topology>,
+    pub config: AppConfig,
+    pub topic_to_sub: BTreeMap<String, usize>,
+    pub metrics: Arc<Metrics>,
+    pub dead_letter_topic: String,
+}
+
+/// What the rebalance listener shares with the loop: the producer, and events to apply.
+struct Shared2 {
+    producer: Box<dyn BackendProducer>,
+    events: Vec<Event>,
+}
+
+enum Event {
+    Assigned(Vec<TopicPartition>),
+    Revoked(Vec<TopicPartition>),
+}
+
+fn lock(s: &Mutex<Shared2>) -> MutexGuard<'_, Shared2> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn task_of(shared: &Shared, tp: &TopicPartition) -> Option<TaskId> {
+    shared.topic_to_sub.get(&tp.topic).map(|s| TaskId { subtopology: *s, partition: tp.partition })
+}
+
+fn close_tasks(tasks: &mut BTreeMap<TaskId, Task>, ids: &BTreeSet<TaskId>) {
+    for id in ids {
+        if let Some(mut t) = tasks.remove(id) {
+            if let Err(e) = t.close() {
+                tracing::warn!(task = %id, error = %e, "closing task failed");
+            }
+            tracing::info!(task = %id, "closed task");
+        }
+    }
+}
+
+/// Runs inside `poll`. Tasks live on the worker thread, so the listener only flushes, commits,
+/// and leaves events for the loop to apply right after `poll` returns.
+struct Listener {
+    state: Arc<Mutex<Shared2>>,
+}
+
+impl RebalanceListener for Listener {
+    fn on_assigned(&mut self, partitions: &[TopicPartition]) {
+        lock(&self.state).events.push(Event::Assigned(partitions.to_vec()));
+    }
+
+    fn on_revoked(&mut self, partitions: &[TopicPartition], committer: &mut dyn OffsetCommitter) {
+        let mut st = lock(&self.state);
+        // At-least-once: outputs first, then the offsets of what produced them. Every record
+        // returned by earlier polls has been processed, since processing is synchronous.
+        let result = st.producer.flush().and_then(|()| {
+            let offsets: Vec<_> = partitions.iter().filter_map(|tp| committer.position(tp).map(|o| (tp.clone(), o))).collect();
+            committer.commit(&offsets)
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "commit on revoke failed; records since the last commit will be reprocessed");
+        }
+        st.events.push(Event::Revoked(partitions.to_vec()));
+    }
+
+    fn on_lost(&mut self, partitions: &[TopicPartition]) {
+        lock(&self.state).events.push(Event::Revoked(partitions.to_vec()));
+    }
+}
+
+fn apply_events(shared: &Shared, state: &Mutex<Shared2>, tasks: &mut BTreeMap<TaskId, Task>) -> Result<()> {
+    let events = std::mem::take(&mut lock(state).events);
+    for e in events {
+        match e {
+            Event::Revoked(tps) => {
+                let ids: BTreeSet<TaskId> = tps.iter().filter_map(|tp| task_of(shared, tp)).collect();
+                close_tasks(tasks, &ids);
+            }
+            Event::Assigned(tps) => {
+                for id in tps.iter().filter_map(|tp| task_of(shared, tp)) {
+                    if let std::collections::btree_map::Entry::Vacant(v) = tasks.entry(id) {
+                        tracing::info!(task = %id, "created task");
+                        v.insert(Task::new(&shared.topology, &shared.config.application_id, id)?);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one worker until `shutdown` is set or an error stops it.
+pub(crate) fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, name: String, shutdown: Arc<AtomicBool>) -> Result<()> {
+    let span = tracing::info_span!("worker", app = %shared.config.application_id, thread = %name);
+    let _enter = span.enter();
+    let state = Arc::new(Mutex::new(Shared2 { producer: backend.producer()?, events: Vec::new() }));
+    let listener = Listener { state: state.clone() };
+    let settings = ConsumerSettings {
+        group: shared.config.application_id.clone(),
+        client_id: name.clone(),
+        topics: shared.topic_to_sub.keys().cloned().collect(),
+        auto_offset_reset: shared.config.auto_offset_reset,
+        max_poll_records: shared.config.max_poll_records,
+        session_timeout: shared.config.session_timeout,
+    };
+    let mut consumer = backend.consumer(settings, Box::new(listener))?;
+    let member = consumer.member_id();
+    tracing::info!(member = %member, "worker started");
+    let mut tasks: BTreeMap<TaskId, Task> = BTreeMap::new();
+    let result = run_loop(&shared, &mut *consumer, &state, &mut tasks, &member, &shutdown);
+    // Graceful stop: commit what was processed, then leave the group.
+    let commit = commit(&shared, &mut *consumer, &state);
+    let close = consumer.close();
+    let ids: BTreeSet<TaskId> = tasks.keys().copied().collect();
+    close_tasks(&mut tasks, &ids);
+    shared.metrics.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
+    shared.metrics.lag.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
+    tracing::info!(member = %member, "worker stopped");
+    result.and(commit).and(close)
+}
+
+fn run_loop(
+    shared: &Shared,
+    consumer: &mut dyn BackendConsumer,
+    state: &Arc<Mutex<Shared2>>,
+    tasks: &mut BTreeMap<TaskId, Task>,
+    member: &str,
+    shutdown: &AtomicBool,
+) -> Result<()> {
+    let mut last_commit = Instant::now();
+    let mut last_report = Instant::now();
+    let dlq = shared.dead_letter_topic.as_str();
+    while !shutdown.load(Ordering::Acquire) {
+        let polled = consumer.poll(shared.config.poll_timeout)?;
+        apply_events(shared, state, tasks)?;
+        let started = Instant::now();
+        let n = polled.len() as u64;
+        {
+            let mut st = lock(state);
+            let producer = &mut st.producer;
+            let env = TaskEnv { policy: shared.config.deserialization_policy, dead_letter_topic: dlq, wall_clock_ms: crate::time::now_ms() };
+            let mut collector =
+                ProducerCollector { producer: &mut **producer, out: &shared.metrics.records_out, backend: &*shared.backend };
+            for p in polled {
+                let Some(id) = task_of(shared, &p.tp) else { continue };
+                if !tasks.contains_key(&id) {
+                    tasks.insert(id, Task::new(&shared.topology, &shared.config.application_id, id)?);
+                }
+                let task = tasks.get_mut(&id).expect("inserted above");
+                let before = task.counters;
+                task.process(p, &mut collector, &env)?;
+                let after = task.counters;
+                let m = &shared.metrics;
+                m.records_in.fetch_add(after.records_in - before.records_in, Ordering::Relaxed);
+                m.skipped.fetch_add(after.skipped - before.skipped, Ordering::Relaxed);
+                m.dead_lettered.fetch_add(after.dead_lettered - before.dead_lettered, Ordering::Relaxed);
+            }
+            for task in tasks.values_mut() {
+                task.punctuate(&mut collector, &env)?;
+            }
+        }
+        if n > 0 {
+            shared.metrics.batches.fetch_add(n, Ordering::Relaxed);
+            shared.metrics.process_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        if last_commit.elapsed() >= shared.config.commit_interval {
+            commit(shared, consumer, state)?;
+            last_commit = Instant::now();
+        }
+        if last_report.elapsed() >= std::time::Duration::from_millis(100) {
+            report(shared, consumer, tasks, member);
+            last_report = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+/// At-least-once commit: flush outputs, then commit the positions of everything processed.
+fn commit(shared: &Shared, consumer: &mut dyn BackendConsumer, state: &Arc<Mutex<Shared2>>) -> Result<()> {
+    let started = Instant::now();
+    lock(state).producer.flush()?;
+    let positions = consumer.positions();
+    if !positions.is_empty() {
+        consumer.commit(&positions)?;
+    }
+    let us = started.elapsed().as_micros() as u64;
+    let m = &shared.metrics;
+    m.commits.fetch_add(1, Ordering::Relaxed);
+    m.commit_us.fetch_add(us, Ordering::Relaxed);
+    m.commit_max_us.fetch_max(us, Ordering::Relaxed);
+    tracing::debug!(partitions = positions.len(), us, "committed");
+    Ok(())
+}
+
+fn report(shared: &Shared, consumer: &dyn BackendConsumer, tasks: &BTreeMap<TaskId, Task>, member: &str) {
+    let lag: BTreeMap<TopicPartition, u64> = consumer.lag().into_iter().collect();
+    let tasks: Vec<String> = tasks.keys().map(|t| t.to_string()).collect();
+    shared.metrics.lag.lock().unwrap_or_else(|e| e.into_inner()).insert(member.to_string(), lag);
+    shared.metrics.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(member.to_string(), tasks);
+}

@@ -1,0 +1,288 @@
+//! The test driver: run a topology synchronously, with no threads and no backend.
+//!
+//! Modelled on Kafka Streams' `TopologyTestDriver`: pipe records with timestamps into input topics,
+//! read what reached output topics, advance the wall clock to fire punctuations. Records written to
+//! repartition topics are processed by the downstream sub-topology before `pipe` returns. Records
+//! go through the real serdes, sources and sinks, so deserialization-error policies apply too.
+//!
+//! ```
+//! use garam_core::testing::TopologyTestDriver;
+//! # fn topology() -> garam_core::topology::Topology { unimplemented!() }
+//! ```
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::backend::{PolledRecords, TopicPartition};
+use crate::error::{Result, StreamsError};
+use crate::processor::{RecordCollector, TaskCounters, TaskId};
+use crate::record::{ConsumedRecord, Header, StreamRecord};
+use crate::runtime::{AppConfig, Task, TaskEnv};
+use crate::serdes::{deserialize_opt, Serde};
+use crate::topology::Topology;
+
+struct Inner {
+    topology: Arc<Topology>,
+    config: AppConfig,
+    dead_letter_topic: String,
+    topic_to_sub: BTreeMap<String, usize>,
+    internal: Vec<String>,
+    tasks: BTreeMap<usize, Task>,
+    /// Every record written, per topic.
+    written: BTreeMap<String, Vec<ConsumedRecord>>,
+    /// Read positions of output readers.
+    read: BTreeMap<String, usize>,
+    /// Next input offset per topic.
+    next_offset: BTreeMap<String, u64>,
+    pending: VecDeque<(String, ConsumedRecord)>,
+    wall_clock_ms: i64,
+}
+
+struct Collector<'a> {
+    written: &'a mut BTreeMap<String, Vec<ConsumedRecord>>,
+    pending: &'a mut VecDeque<(String, ConsumedRecord)>,
+    internal: &'a [String],
+}
+
+impl RecordCollector for Collector<'_> {
+    fn send(&mut self, topic: &str, _p: Option<u32>, key: Option<&[u8]>, value: Option<&[u8]>, ts: i64, headers: &[Header]) -> Result<()> {
+        let log = self.written.entry(topic.to_string()).or_default();
+        let rec = ConsumedRecord {
+            offset: log.len() as u64,
+            timestamp: ts,
+            key: key.map(Bytes::copy_from_slice),
+            value: value.map(Bytes::copy_from_slice),
+            headers: headers.to_vec(),
+        };
+        if self.internal.iter().any(|t| t == topic) {
+            self.pending.push_back((topic.to_string(), rec.clone()));
+        }
+        log.push(rec);
+        Ok(())
+    }
+
+    fn partition_count(&mut self, _topic: &str) -> Result<u32> {
+        Ok(1)
+    }
+}
+
+impl Inner {
+    fn task(&mut self, sub: usize) -> Result<&mut Task> {
+        if !self.tasks.contains_key(&sub) {
+            let t = Task::new(&self.topology, &self.config.application_id, TaskId { subtopology: sub, partition: 0 })?;
+            self.tasks.insert(sub, t);
+        }
+        Ok(self.tasks.get_mut(&sub).expect("inserted above"))
+    }
+
+    fn deliver(&mut self, topic: &str, record: ConsumedRecord) -> Result<()> {
+        self.pending.push_back((topic.to_string(), record));
+        while let Some((topic, rec)) = self.pending.pop_front() {
+            let sub = *self.topic_to_sub.get(&topic).ok_or_else(|| {
+                StreamsError::Topology(format!("topic '{topic}' is not an input of this topology"))
+            })?;
+            let dlq = self.dead_letter_topic.clone();
+            let env = TaskEnv { policy: self.config.deserialization_policy, dead_letter_topic: &dlq, wall_clock_ms: self.wall_clock_ms };
+            let internal = self.internal.clone();
+            self.task(sub)?;
+            let Inner { tasks, written, pending, .. } = self;
+            let task = tasks.get_mut(&sub).expect("created above");
+            let mut c = Collector { written, pending, internal: &internal };
+            task.process(PolledRecords { tp: TopicPartition::new(topic, 0), records: vec![rec] }, &mut c, &env)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a topology synchronously for tests.
+pub struct TopologyTestDriver {
+    inner: Rc<RefCell<Inner>>,
+}
+
+impl TopologyTestDriver {
+    /// A driver with application id `test-driver`.
+    pub fn new(topology: Topology) -> Result<Self> {
+        Self::with_config(topology, AppConfig::new("test-driver"))
+    }
+
+    /// A driver with a config (application id, deserialization policy, dead-letter topic).
+    pub fn with_config(topology: Topology, config: AppConfig) -> Result<Self> {
+        let app = config.application_id.clone();
+        let topic_to_sub = topology.topic_to_subtopology(&app);
+        let internal = topology.internal_topics().iter().map(|t| t.full_name(&app)).collect();
+        Ok(TopologyTestDriver {
+            inner: Rc::new(RefCell::new(Inner {
+                topology: Arc::new(topology),
+                dead_letter_topic: config.dead_letter_topic(),
+                config,
+                topic_to_sub,
+                internal,
+                tasks: BTreeMap::new(),
+                written: BTreeMap::new(),
+                read: BTreeMap::new(),
+                next_offset: BTreeMap::new(),
+                pending: VecDeque::new(),
+                wall_clock_ms: 0,
+            })),
+        })
+    }
+
+    /// An input topic that serializes with the given serdes.
+    pub fn input_topic<K, V>(&self, name: &str, key: impl Serde<K>, value: impl Serde<V>) -> TestInputTopic<K, V> {
+        TestInputTopic { inner: self.inner.clone(), topic: name.to_string(), key: Box::new(key), value: Box::new(value) }
+    }
+
+    /// An output topic that deserializes with the given serdes.
+    pub fn output_topic<K, V>(&self, name: &str, key: impl Serde<K>, value: impl Serde<V>) -> TestOutputTopic<K, V> {
+        TestOutputTopic { inner: self.inner.clone(), topic: name.to_string(), key: Box::new(key), value: Box::new(value), _p: PhantomData }
+    }
+
+    /// Raw records written to a topic so far (including internal and dead-letter topics).
+    pub fn written(&self, topic: &str) -> Vec<ConsumedRecord> {
+        self.inner.borrow().written.get(topic).cloned().unwrap_or_default()
+    }
+
+    /// Moves the wall clock forward and fires due wall-clock punctuations.
+    pub fn advance_wall_clock(&self, by: Duration) -> Result<()> {
+        let subs: Vec<usize> = {
+            let mut i = self.inner.borrow_mut();
+            i.wall_clock_ms += by.as_millis() as i64;
+            i.tasks.keys().copied().collect()
+        };
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        let dlq = inner.dead_letter_topic.clone();
+        let env = TaskEnv { policy: inner.config.deserialization_policy, dead_letter_topic: &dlq, wall_clock_ms: inner.wall_clock_ms };
+        let internal = inner.internal.clone();
+        for s in subs {
+            let Inner { tasks, written, pending, .. } = &mut *inner;
+            if let Some(t) = tasks.get_mut(&s) {
+                t.punctuate(&mut Collector { written, pending, internal: &internal }, &env)?;
+            }
+        }
+        // Route what punctuations wrote to repartition topics.
+        let queued: Vec<_> = inner.pending.drain(..).collect();
+        drop(guard);
+        for (topic, rec) in queued {
+            self.inner.borrow_mut().deliver(&topic, rec)?;
+        }
+        Ok(())
+    }
+
+    /// The current wall-clock time of the driver (epoch ms; starts at 0).
+    pub fn wall_clock_ms(&self) -> i64 {
+        self.inner.borrow().wall_clock_ms
+    }
+
+    /// Counters summed over every task.
+    pub fn counters(&self) -> TaskCounters {
+        let i = self.inner.borrow();
+        let mut c = TaskCounters::default();
+        for t in i.tasks.values() {
+            c.records_in += t.counters.records_in;
+            c.records_out += t.counters.records_out;
+            c.skipped += t.counters.skipped;
+            c.dead_lettered += t.counters.dead_lettered;
+        }
+        c
+    }
+}
+
+/// Pipes records into one input topic.
+pub struct TestInputTopic<K, V> {
+    inner: Rc<RefCell<Inner>>,
+    topic: String,
+    key: Box<dyn Serde<K>>,
+    value: Box<dyn Serde<V>>,
+}
+
+impl<K: 'static, V: 'static> TestInputTopic<K, V> {
+    /// Pipes a record stamped with the driver's wall clock.
+    pub fn pipe(&self, key: K, value: V) -> Result<()> {
+        let ts = self.inner.borrow().wall_clock_ms;
+        self.pipe_at(key, value, ts)
+    }
+
+    /// Pipes a record with a timestamp.
+    pub fn pipe_at(&self, key: K, value: V, timestamp: i64) -> Result<()> {
+        self.pipe_record(StreamRecord::new(key, value, timestamp))
+    }
+
+    /// Pipes a record with headers.
+    pub fn pipe_record(&self, r: StreamRecord<K, V>) -> Result<()> {
+        let ser = |what: &'static str, e: crate::serdes::SerdeError| StreamsError::Serialization { what, topic: self.topic.clone(), reason: e.to_string() };
+        let mut k = Vec::new();
+        self.key.serialize(&r.key, &mut k).map_err(|e| ser("key", e))?;
+        let mut v = Vec::new();
+        self.value.serialize(&r.value, &mut v).map_err(|e| ser("value", e))?;
+        let key = (!self.key.is_null(&r.key)).then_some(k);
+        let value = (!self.value.is_null(&r.value)).then_some(v);
+        self.pipe_raw(key.as_deref(), value.as_deref(), r.timestamp, r.headers)
+    }
+
+    /// Pipes raw bytes (to test deserialization errors).
+    pub fn pipe_raw(&self, key: Option<&[u8]>, value: Option<&[u8]>, timestamp: i64, headers: Vec<Header>) -> Result<()> {
+        let mut inner = self.inner.borrow_mut();
+        let off = inner.next_offset.entry(self.topic.clone()).or_insert(0);
+        let rec = ConsumedRecord { offset: *off, timestamp, key: key.map(Bytes::copy_from_slice), value: value.map(Bytes::copy_from_slice), headers };
+        *off += 1;
+        inner.deliver(&self.topic, rec)
+    }
+}
+
+/// Reads records that reached one output topic.
+pub struct TestOutputTopic<K, V> {
+    inner: Rc<RefCell<Inner>>,
+    topic: String,
+    key: Box<dyn Serde<K>>,
+    value: Box<dyn Serde<V>>,
+    _p: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: 'static, V: 'static> TestOutputTopic<K, V> {
+    /// Reads every record not read yet.
+    pub fn read_records(&self) -> Result<Vec<StreamRecord<K, V>>> {
+        let mut inner = self.inner.borrow_mut();
+        let all = inner.written.get(&self.topic).cloned().unwrap_or_default();
+        let pos = inner.read.entry(self.topic.clone()).or_insert(0);
+        let new = &all[*pos..];
+        *pos = all.len();
+        new.iter()
+            .map(|r| {
+                let de = |what, e: crate::serdes::SerdeError| StreamsError::Deserialization {
+                    what,
+                    topic: self.topic.clone(),
+                    partition: 0,
+                    offset: r.offset,
+                    reason: e.to_string(),
+                };
+                let key = deserialize_opt(&*self.key, r.key.as_deref()).map_err(|e| de("key", e))?;
+                let value = deserialize_opt(&*self.value, r.value.as_deref()).map_err(|e| de("value", e))?;
+                Ok(StreamRecord { key, value, timestamp: r.timestamp, headers: r.headers.clone() })
+            })
+            .collect()
+    }
+
+    /// Reads every new record as (key, value).
+    pub fn read_key_values(&self) -> Result<Vec<(K, V)>> {
+        Ok(self.read_records()?.into_iter().map(|r| (r.key, r.value)).collect())
+    }
+
+    /// Reads every new value.
+    pub fn read_values(&self) -> Result<Vec<V>> {
+        Ok(self.read_records()?.into_iter().map(|r| r.value).collect())
+    }
+
+    /// True when nothing new arrived.
+    pub fn is_empty(&self) -> bool {
+        let inner = self.inner.borrow();
+        let n = inner.written.get(&self.topic).map_or(0, Vec::len);
+        inner.read.get(&self.topic).copied().unwrap_or(0) >= n
+    }
+}

@@ -1,0 +1,243 @@
+//! The graph under construction.
+
+use std::any::Any;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use super::{InternalTopic, SubTopology};
+use crate::error::{Result, StreamsError};
+use crate::processor::RawSource;
+use crate::topology::instantiate::Instantiation;
+
+/// A node's index in the graph.
+pub type NodeId = usize;
+
+/// A topic as the program names it: a user topic, or an internal one resolved with the app id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TopicRef {
+    /// A user topic, used as named.
+    External(String),
+    /// An internal repartition topic: `<application.id>-<name>-repartition`.
+    Internal(String),
+    /// Chosen per record by a function (sinks only).
+    Dynamic,
+}
+
+impl TopicRef {
+    /// The topic's name for an application.
+    pub fn resolve(&self, application_id: &str) -> String {
+        match self {
+            TopicRef::External(t) => t.clone(),
+            TopicRef::Internal(n) => format!("{application_id}-{n}-repartition"),
+            TopicRef::Dynamic => "<chosen per record>".into(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            TopicRef::External(t) => t.clone(),
+            TopicRef::Internal(n) => format!("{n}-repartition"),
+            TopicRef::Dynamic => "<chosen per record>".into(),
+        }
+    }
+}
+
+/// What a node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeKind {
+    /// Reads topics.
+    Source {
+        /// The topics.
+        topics: Vec<TopicRef>,
+    },
+    /// Transforms records.
+    Processor {
+        /// State stores it uses (from the next issue on).
+        stores: Vec<String>,
+    },
+    /// Writes a topic.
+    Sink {
+        /// The topic.
+        topic: TopicRef,
+    },
+}
+
+/// Builds a source operator for a task.
+pub type SourceFactory = Arc<dyn Fn(&mut Instantiation<'_>, NodeId) -> Result<Box<dyn RawSource>> + Send + Sync>;
+/// Builds a processor or sink for a task; returns its input handle (`DownstreamRef<K, V>`) as `Any`.
+pub type NodeFactory = Arc<dyn Fn(&mut Instantiation<'_>, NodeId) -> Result<Box<dyn Any>> + Send + Sync>;
+
+/// The factory of a node.
+#[derive(Clone)]
+pub enum Factory {
+    /// For sources.
+    Source(SourceFactory),
+    /// For processors and sinks.
+    Node(NodeFactory),
+}
+
+/// One node of the graph.
+#[derive(Clone)]
+pub struct NodeDef {
+    /// Unique name (`KSTREAM-FILTER-0000000001` or a user-given one).
+    pub name: String,
+    /// What it is.
+    pub kind: NodeKind,
+    /// Upstream nodes.
+    pub parents: Vec<NodeId>,
+    /// Downstream nodes.
+    pub children: Vec<NodeId>,
+    /// Builds it for a task.
+    pub factory: Factory,
+}
+
+/// The graph of a topology under construction (Kafka's `InternalTopologyBuilder`).
+#[derive(Clone, Default)]
+pub struct TopologyBuilder {
+    nodes: Vec<NodeDef>,
+    names: HashSet<String>,
+    internal: Vec<InternalTopic>,
+    errors: Vec<String>,
+    counter: usize,
+}
+
+impl TopologyBuilder {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A generated processor name, Kafka style: `KSTREAM-<KIND>-0000000007`.
+    pub fn generated_name(&mut self, kind: &str) -> String {
+        let n = self.counter;
+        self.counter += 1;
+        format!("KSTREAM-{kind}-{n:010}")
+    }
+
+    /// Adds a node; duplicate names are reported by `build()`.
+    pub fn add_node(&mut self, name: String, kind: NodeKind, parents: &[NodeId], factory: Factory) -> NodeId {
+        if !self.names.insert(name.clone()) {
+            self.errors.push(format!("two nodes are named '{name}'; names must be unique"));
+        }
+        let id = self.nodes.len();
+        for p in parents {
+            self.nodes[*p].children.push(id);
+        }
+        self.nodes.push(NodeDef { name, kind, parents: parents.to_vec(), children: Vec::new(), factory });
+        id
+    }
+
+    /// Declares an internal repartition topic written by the sub-topology of `writer_node`.
+    pub fn add_internal_topic(&mut self, name: &str, partitions: Option<u32>, writer_node: NodeId) {
+        if self.internal.iter().any(|t| t.name == name) {
+            self.errors.push(format!("repartition topic '{name}' is declared twice; give each repartition its own name"));
+            return;
+        }
+        // The writer's sub-topology is resolved in `components`; remember the node for now.
+        self.internal.push(InternalTopic { name: name.to_string(), partitions, writer: writer_node });
+    }
+
+    /// Records a problem found while building, reported by `build()`.
+    pub fn add_error(&mut self, message: String) {
+        self.errors.push(message);
+    }
+
+    /// A node.
+    pub fn node(&self, id: NodeId) -> &NodeDef {
+        &self.nodes[id]
+    }
+
+    /// All nodes.
+    pub fn nodes(&self) -> &[NodeDef] {
+        &self.nodes
+    }
+
+    /// The internal topics.
+    pub fn internal_topics(&self) -> &[InternalTopic] {
+        &self.internal
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let Some(e) = self.errors.first() {
+            return Err(StreamsError::Topology(e.clone()));
+        }
+        if !self.nodes.iter().any(|n| matches!(n.kind, NodeKind::Source { .. })) {
+            return Err(StreamsError::Topology("the topology has no source: call builder.stream(...) first".into()));
+        }
+        for n in &self.nodes {
+            if let NodeKind::Source { topics } = &n.kind {
+                if topics.is_empty() {
+                    return Err(StreamsError::Topology(format!("source {} reads no topic", n.name)));
+                }
+            }
+        }
+        // Internal topics must have a reader.
+        for it in &self.internal {
+            let read = self.nodes.iter().any(|n| match &n.kind {
+                NodeKind::Source { topics } => topics.contains(&TopicRef::Internal(it.name.clone())),
+                _ => false,
+            });
+            if !read {
+                return Err(StreamsError::Topology(format!("repartition topic '{}' is written but never read", it.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits the graph into connected components, numbered so that a component writing an
+    /// internal topic comes before the one reading it; fixes up internal topics' writers.
+    pub(crate) fn components(&mut self) -> Vec<SubTopology> {
+        let n = self.nodes.len();
+        let mut comp = vec![usize::MAX; n];
+        let mut groups: Vec<Vec<NodeId>> = Vec::new();
+        for start in 0..n {
+            if comp[start] != usize::MAX {
+                continue;
+            }
+            let c = groups.len();
+            let mut stack = vec![start];
+            let mut members = BTreeSet::new();
+            while let Some(x) = stack.pop() {
+                if comp[x] != usize::MAX {
+                    continue;
+                }
+                comp[x] = c;
+                members.insert(x);
+                stack.extend(self.nodes[x].children.iter().chain(self.nodes[x].parents.iter()).copied());
+            }
+            groups.push(members.into_iter().collect());
+        }
+        // Order: by the smallest node id, which puts writers of repartition topics first because
+        // the DSL creates the repartition sink before the source that reads it.
+        groups.sort_by_key(|g| g[0]);
+        let mut id_of_group = vec![0; n];
+        for (i, g) in groups.iter().enumerate() {
+            for x in g {
+                id_of_group[*x] = i;
+            }
+        }
+        for it in &mut self.internal {
+            it.writer = id_of_group[it.writer];
+        }
+        groups
+            .into_iter()
+            .enumerate()
+            .map(|(id, nodes)| {
+                let sources = nodes.iter().copied().filter(|x| matches!(self.nodes[*x].kind, NodeKind::Source { .. })).collect();
+                SubTopology { id, nodes, sources }
+            })
+            .collect()
+    }
+
+    pub(crate) fn describe_topic(t: &TopicRef) -> String {
+        t.describe()
+    }
+}
+
+/// Helper for factories: a clonable `Any` check with a clear internal error.
+pub fn downcast<T: 'static>(b: &dyn Any, what: &str) -> Result<T>
+where
+    T: Clone,
+{
+    b.downcast_ref::<T>().cloned().ok_or_else(|| StreamsError::Topology(format!("internal: type mismatch wiring {what}")))
+}

@@ -1,0 +1,33 @@
+//! One file per operator. Each exposes a `factory` that builds the operator for a task.
+
+pub(crate) mod process;
+pub(crate) mod sink;
+pub(crate) mod source;
+pub(crate) mod split;
+pub(crate) mod stateless;
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use garam_core::processor::{Downstream, DownstreamRef, Fanout};
+use garam_core::topology::builder::Factory;
+
+use crate::Data;
+
+/// A factory for an operator `N` with input `(KIn, VIn)` and output `(KOut, VOut)`.
+pub(crate) fn node<KIn, VIn, KOut, VOut, N>(make: impl Fn(Fanout<KOut, VOut>) -> N + Send + Sync + 'static) -> Factory
+where
+    KIn: Data,
+    VIn: Data,
+    KOut: Data,
+    VOut: Data,
+    N: Downstream<KIn, VIn> + 'static,
+{
+    Factory::Node(Arc::new(move |inst, id| {
+        let next = inst.children::<KOut, VOut>(id)?;
+        let handle: DownstreamRef<KIn, VIn> = Rc::new(RefCell::new(make(next)));
+        Ok(Box::new(handle) as Box<dyn Any>)
+    }))
+}

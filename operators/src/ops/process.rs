@@ -1,0 +1,96 @@
+//! Runs a user `Processor`, with its punctuations.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use garam_core::processor::{
+    Batch, Downstream, DownstreamRef, Fanout, Lifecycle, Processor, ProcessorContext, PunctuationType, Schedule, TaskContext,
+};
+use garam_core::topology::builder::Factory;
+use garam_core::Result;
+
+use crate::Data;
+
+struct ProcessNode<P, KIn, VIn, K, V> {
+    processor: P,
+    next: Fanout<K, V>,
+    schedules: Vec<Schedule>,
+    _in: PhantomData<fn(KIn, VIn)>,
+}
+
+impl<P: Processor<KIn, VIn, K, V>, KIn, VIn, K: Data, V: Data> Downstream<KIn, VIn> for ProcessNode<P, KIn, VIn, K, V> {
+    fn push(&mut self, batch: Batch<KIn, VIn>, ctx: &mut TaskContext<'_>) -> Result<()> {
+        let mut out = Vec::with_capacity(batch.len());
+        {
+            let mut pctx = ProcessorContext::new(&mut out, &mut self.schedules, ctx.task, ctx.stream_time, ctx.wall_clock_ms);
+            for r in batch {
+                self.processor.process(r, &mut pctx)?;
+            }
+        }
+        self.next.push(out, ctx)
+    }
+}
+
+impl<P: Processor<KIn, VIn, K, V>, KIn, VIn, K: Data, V: Data> Lifecycle for ProcessNode<P, KIn, VIn, K, V> {
+    fn init(&mut self, ctx: &mut TaskContext<'_>) -> Result<()> {
+        let mut out = Vec::new();
+        {
+            let mut pctx = ProcessorContext::new(&mut out, &mut self.schedules, ctx.task, ctx.stream_time, ctx.wall_clock_ms);
+            self.processor.init(&mut pctx)?;
+        }
+        self.next.push(out, ctx)
+    }
+
+    fn punctuate(&mut self, ctx: &mut TaskContext<'_>) -> Result<()> {
+        if self.schedules.is_empty() {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        let mut schedules = std::mem::take(&mut self.schedules);
+        for s in schedules.iter_mut() {
+            let now = match s.kind {
+                PunctuationType::StreamTime => ctx.stream_time,
+                PunctuationType::WallClockTime => ctx.wall_clock_ms,
+            };
+            if now < 0 {
+                continue;
+            }
+            if s.next_ms < 0 {
+                s.next_ms = now + s.interval_ms;
+                continue;
+            }
+            if now >= s.next_ms {
+                let mut more = Vec::new();
+                let mut pctx = ProcessorContext::new(&mut out, &mut more, ctx.task, ctx.stream_time, ctx.wall_clock_ms);
+                self.processor.punctuate(s.kind, now, &mut pctx)?;
+                // Next firing: the next multiple of the interval after now.
+                s.next_ms = now + s.interval_ms;
+                self.schedules.extend(more);
+            }
+        }
+        schedules.append(&mut self.schedules);
+        self.schedules = schedules;
+        self.next.push(out, ctx)
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.processor.close()
+    }
+}
+
+pub(crate) fn factory<KIn: Data, VIn: Data, K: Data, V: Data, P>(supplier: impl Fn() -> P + Send + Sync + 'static) -> Factory
+where
+    P: Processor<KIn, VIn, K, V>,
+{
+    let supplier = Arc::new(supplier);
+    Factory::Node(Arc::new(move |inst, id| {
+        let next = inst.children::<K, V>(id)?;
+        let node = Rc::new(RefCell::new(ProcessNode { processor: supplier(), next, schedules: Vec::new(), _in: PhantomData::<fn(KIn, VIn)> }));
+        inst.register(node.clone());
+        let handle: DownstreamRef<KIn, VIn> = node;
+        Ok(Box::new(handle) as Box<dyn Any>)
+    }))
+}
