@@ -20,9 +20,7 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("batch");
     g.throughput(Throughput::Elements(RECORDS as u64));
     for codec in [Compression::None, Compression::Lz4, Compression::Zstd] {
-        g.bench_function(format!("encode/{}", codec.name()), |b| {
-            b.iter(|| build(codec))
-        });
+        g.bench_function(format!("encode/{}", codec.name()), |b| b.iter(|| build(codec)));
         let bytes = build(codec);
         g.bench_function(format!("decode/{}", codec.name()), |b| {
             b.iter(|| {
@@ -41,25 +39,13 @@ fn codec(c: &mut Criterion) {
 
 fn log(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = Log::open_with(
-        dir.path(),
-        LogOptions {
-            background: false,
-            ..Default::default()
-        },
-    )
-    .expect("open");
-    log.create_topic("t", 1, TopicConfig::default())
-        .expect("topic");
+    let log = Log::open_with(dir.path(), LogOptions { background: false, ..Default::default() }).expect("open");
+    log.create_topic("t", 1, TopicConfig::default()).expect("topic");
     let batch = build(Compression::None).to_vec();
     let mut g = c.benchmark_group("log");
     g.throughput(Throughput::Elements(RECORDS as u64));
-    g.bench_function("append/1000x100B", |b| {
-        b.iter(|| log.append("t", 0, &mut batch.clone()).expect("append"))
-    });
-    g.bench_function("read/1MiB", |b| {
-        b.iter(|| log.read("t", 0, 0, 1 << 20).expect("read").batches.len())
-    });
+    g.bench_function("append/1000x100B", |b| b.iter(|| log.append("t", 0, &mut batch.clone()).expect("append")));
+    g.bench_function("read/1MiB", |b| b.iter(|| log.read("t", 0, 0, 1 << 20).expect("read").batches.len()));
     g.finish();
 }
 

@@ -54,30 +54,23 @@ fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn log_bench(b: LogBench) -> Result<()> {
-    let compression = Compression::parse(&b.compression)
-        .ok_or_else(|| anyhow::anyhow!("unknown compression '{}'", b.compression))?;
+    let compression =
+        Compression::parse(&b.compression).ok_or_else(|| anyhow::anyhow!("unknown compression '{}'", b.compression))?;
     let _ = std::fs::remove_dir_all(&b.dir);
-    let opts = LogOptions {
-        background: true,
-        ..Default::default()
-    };
+    let opts = LogOptions { background: true, ..Default::default() };
     let log = Log::open_with(&b.dir, opts.clone())?;
     let mut topic_config = TopicConfig::default();
     if let Some(n) = b.flush_messages {
         topic_config.set("flush.messages", &n.to_string())?;
     }
     log.create_topic("bench", b.partitions, topic_config)?;
-    let value: Vec<u8> = (0..b.value_bytes)
-        .map(|i| b'a' + (i * 7 % 26) as u8)
-        .collect();
+    let value: Vec<u8> = (0..b.value_bytes).map(|i| b'a' + (i * 7 % 26) as u8).collect();
     let value = bytes::Bytes::from(value);
     let producers = b.producers.max(1);
     let start = Instant::now();
@@ -86,11 +79,7 @@ fn log_bench(b: LogBench) -> Result<()> {
             .map(|t| {
                 let (log, value) = (log.clone(), value.clone());
                 let records = b.records / producers + u64::from(t < b.records % producers);
-                let config = ProducerConfig {
-                    batch_size: b.batch_bytes,
-                    compression,
-                    idempotent: true,
-                };
+                let config = ProducerConfig { batch_size: b.batch_bytes, compression, idempotent: true };
                 scope.spawn(move || -> Result<()> {
                     let mut producer = log.producer(config)?;
                     let mut progress = crate::progress::Progress::new("produce", Some(records));
@@ -113,24 +102,13 @@ fn log_bench(b: LogBench) -> Result<()> {
             })
             .collect();
         for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("a producer thread panicked"))??;
+            h.join().map_err(|_| anyhow::anyhow!("a producer thread panicked"))??;
         }
         Ok(())
     })?;
     let produce_s = start.elapsed().as_secs_f64();
-    let fsyncs: u64 = log
-        .topic("bench")?
-        .partitions()
-        .iter()
-        .map(|p| p.fsync_count())
-        .sum();
-    let bytes: u64 = log
-        .topic("bench")?
-        .partitions()
-        .iter()
-        .map(|p| p.size_bytes())
-        .sum();
+    let fsyncs: u64 = log.topic("bench")?.partitions().iter().map(|p| p.fsync_count()).sum();
+    let bytes: u64 = log.topic("bench")?.partitions().iter().map(|p| p.size_bytes()).sum();
     println!(
         "produce: {} records in {:.2} s = {:.0} records/s, {:.1} MB/s (log bytes {:.1} MB, {producers} producer thread(s), {fsyncs} fsyncs)",
         b.records,
@@ -176,23 +154,13 @@ fn log_bench(b: LogBench) -> Result<()> {
     let start = Instant::now();
     let log = Log::open_with(&b.dir, opts)?;
     let open_s = start.elapsed().as_secs_f64();
-    println!(
-        "reopen: {:.1} MB log with intact indexes opened in {:.3} s",
-        bytes as f64 / 1e6,
-        open_s
-    );
+    println!("reopen: {:.1} MB log with intact indexes opened in {:.3} s", bytes as f64 / 1e6, open_s);
     log.close()?;
     drop(log);
     // As after a crash: no clean-shutdown marker, so every active segment is CRC-validated.
     std::fs::remove_file(b.dir.join(".clean-shutdown"))?;
     let start = Instant::now();
-    let log = Log::open_with(
-        &b.dir,
-        LogOptions {
-            background: false,
-            ..Default::default()
-        },
-    )?;
+    let log = Log::open_with(&b.dir, LogOptions { background: false, ..Default::default() })?;
     println!(
         "recovery: {:.1} MB log reopened after an unclean stop in {:.3} s",
         bytes as f64 / 1e6,

@@ -49,10 +49,7 @@ fn put_bytes(obj: &mut Map<String, Value>, name: &str, bytes: Option<&[u8]>) {
                 obj.insert(name.into(), Value::String(s.to_string()));
             }
             Err(_) => {
-                obj.insert(
-                    name.into(),
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
-                );
+                obj.insert(name.into(), Value::String(base64::engine::general_purpose::STANDARD.encode(b)));
                 obj.insert(format!("{name}_encoding"), Value::String("base64".into()));
             }
         },
@@ -85,11 +82,7 @@ pub fn record_json(topic: &str, partition: u32, r: &ConsumedRecord) -> Value {
 pub fn run(dir: &Path, args: ConsumeArgs) -> Result<()> {
     let log = crate::open_log(dir)?;
     log.topic(&args.topic)?;
-    let reset = if args.from_beginning {
-        OffsetReset::Earliest
-    } else {
-        OffsetReset::Latest
-    };
+    let reset = if args.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
     let mut consumer = log.consumer(ConsumerConfig {
         group: args.group.clone(),
         topics: vec![args.topic.clone()],
@@ -102,21 +95,13 @@ pub fn run(dir: &Path, args: ConsumeArgs) -> Result<()> {
     let mut printed: u64 = 0;
     let limit = args.max.unwrap_or(u64::MAX);
     'outer: while printed < limit {
-        let polled = consumer.poll(Duration::from_millis(if args.exit_at_end {
-            50
-        } else {
-            500
-        }))?;
+        let polled = consumer.poll(Duration::from_millis(if args.exit_at_end { 50 } else { 500 }))?;
         let mut commits = Vec::new();
         for part in &polled {
             for r in part.records() {
                 let r = r?;
                 match args.format {
-                    OutputFormat::Json => writeln!(
-                        out,
-                        "{}",
-                        record_json(&part.tp.topic, part.tp.partition, &r)
-                    )?,
+                    OutputFormat::Json => writeln!(out, "{}", record_json(&part.tp.topic, part.tp.partition, &r))?,
                     OutputFormat::Value => match &r.value {
                         Some(v) => writeln!(out, "{}", String::from_utf8_lossy(v))?,
                         None => writeln!(out, "null")?,

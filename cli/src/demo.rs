@@ -40,17 +40,11 @@ pub fn run(dir: &Path, cmd: DemoCommand) -> Result<()> {
 fn clicks(dir: &Path, d: ClicksDemo) -> Result<()> {
     let log = crate::open_log(dir)?;
     let topic = log.ensure_topic("clicks", d.partitions, TopicConfig::default())?;
-    println!(
-        "data dir {}: topic clicks with {} partitions",
-        dir.display(),
-        topic.partition_count()
-    );
+    println!("data dir {}: topic clicks with {} partitions", dir.display(), topic.partition_count());
     let mut rng = rand::rngs::SmallRng::seed_from_u64(d.seed);
     let mut producer = log.producer(Default::default())?;
     let start_ms = garam_core::time::now_ms();
-    let event_types = [
-        "view", "view", "view", "view", "view", "view", "view", "view", "click", "purchase",
-    ];
+    let event_types = ["view", "view", "view", "view", "view", "view", "view", "view", "click", "purchase"];
     for i in 0..d.events {
         let user = format!("user-{}", rng.gen_range(0..d.users));
         let ad_type = ["banner", "modal", "video"][rng.gen_range(0..3)];
@@ -63,10 +57,8 @@ fn clicks(dir: &Path, d: ClicksDemo) -> Result<()> {
             "event_time": start_ms + i as i64,
             "ip_address": format!("10.{}.{}.{}", rng.gen_range(0..256), rng.gen_range(0..256), rng.gen_range(0..256)),
         });
-        producer.send(
-            "clicks",
-            Record::new(Some(user), Some(event.to_string())).with_timestamp(start_ms + i as i64),
-        )?;
+        producer
+            .send("clicks", Record::new(Some(user), Some(event.to_string())).with_timestamp(start_ms + i as i64))?;
     }
     producer.flush()?;
     println!("produced {} click events keyed by user_id", d.events);
@@ -95,10 +87,7 @@ fn clicks(dir: &Path, d: ClicksDemo) -> Result<()> {
     consumer.close()?;
     drop(consumer);
     println!("consumed with group {}:", d.group);
-    println!(
-        "{:>9} {:>10} {:>10} {:>14} {:>6}",
-        "PARTITION", "CONSUMED", "COMMITTED", "LOG-END-OFFSET", "LAG"
-    );
+    println!("{:>9} {:>10} {:>10} {:>14} {:>6}", "PARTITION", "CONSUMED", "COMMITTED", "LOG-END-OFFSET", "LAG");
     for (p, committed, end, lag) in group_lag(&log, &d.group, "clicks")? {
         println!(
             "{:>9} {:>10} {:>10} {:>14} {:>6}",

@@ -47,10 +47,7 @@ pub fn run(dir: &Path, cmd: GroupsCommand) -> Result<()> {
             if d.offsets.is_empty() && d.members.is_empty() {
                 bail!("unknown group '{group}': no members and no committed offsets");
             }
-            println!(
-                "Group: {}\tState: {}\tGeneration: {}",
-                d.group, d.state, d.generation
-            );
+            println!("Group: {}\tState: {}\tGeneration: {}", d.group, d.state, d.generation);
             println!(
                 "{:<30} {:>9} {:>16} {:>16} {:>10}",
                 "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG"
@@ -71,23 +68,10 @@ pub fn run(dir: &Path, cmd: GroupsCommand) -> Result<()> {
             }
             for m in &d.members {
                 let owned: Vec<String> = m.owned.iter().map(|tp| tp.to_string()).collect();
-                println!(
-                    "Member: {}\tClient: {}\tPartitions: {}",
-                    m.member_id,
-                    m.client_id,
-                    owned.join(",")
-                );
+                println!("Member: {}\tClient: {}\tPartitions: {}", m.member_id, m.client_id, owned.join(","));
             }
         }
-        GroupsCommand::ResetOffsets {
-            group,
-            topic,
-            partition,
-            to_earliest,
-            to_latest,
-            to_datetime,
-            to_offset,
-        } => {
+        GroupsCommand::ResetOffsets { group, topic, partition, to_earliest, to_latest, to_datetime, to_offset } => {
             let t = log.topic(&topic)?;
             let parts: Vec<u32> = match partition {
                 Some(p) => {

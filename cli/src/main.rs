@@ -18,12 +18,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "garam", version, about)]
 struct Cli {
     /// Data directory of the embedded log.
-    #[arg(
-        long,
-        global = true,
-        env = "GARAM_DATA_DIR",
-        default_value = "./garam-data"
-    )]
+    #[arg(long, global = true, env = "GARAM_DATA_DIR", default_value = "./garam-data")]
     data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -59,10 +54,7 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GARAM_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("GARAM_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

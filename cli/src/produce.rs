@@ -44,20 +44,14 @@ pub fn run(dir: &Path, args: ProduceArgs) -> Result<()> {
     let topic = log.topic(&args.topic)?;
     if let Some(p) = args.partition {
         if p >= topic.partition_count() {
-            bail!(
-                "topic '{}' has no partition {p} (it has {})",
-                args.topic,
-                topic.partition_count()
-            );
+            bail!("topic '{}' has no partition {p} (it has {})", args.topic, topic.partition_count());
         }
     }
-    let format = args.format.unwrap_or(
-        if args.key_field.is_some() || args.timestamp_field.is_some() {
-            InputFormat::Json
-        } else {
-            InputFormat::Text
-        },
-    );
+    let format = args.format.unwrap_or(if args.key_field.is_some() || args.timestamp_field.is_some() {
+        InputFormat::Json
+    } else {
+        InputFormat::Text
+    });
     if format == InputFormat::Text && (args.key_field.is_some() || args.timestamp_field.is_some()) {
         bail!("--key-field and --timestamp-field need --format json");
     }
@@ -72,17 +66,13 @@ pub fn run(dir: &Path, args: ProduceArgs) -> Result<()> {
         }
         let lineno = i + 1;
         let record = match format {
-            InputFormat::Text => match args
-                .key_separator
-                .as_deref()
-                .and_then(|s| line.split_once(s))
-            {
+            InputFormat::Text => match args.key_separator.as_deref().and_then(|s| line.split_once(s)) {
                 Some((k, v)) => Record::new(Some(k.to_string()), Some(v.to_string())),
                 None => Record::new(None::<String>, Some(line)),
             },
             InputFormat::Json => {
-                let v: serde_json::Value = serde_json::from_str(&line)
-                    .with_context(|| format!("stdin line {lineno}: not valid JSON"))?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&line).with_context(|| format!("stdin line {lineno}: not valid JSON"))?;
                 let key = match &args.key_field {
                     None => None,
                     Some(f) => match v.get(f) {

@@ -13,12 +13,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(label: &'static str, total: Option<u64>) -> Self {
-        Progress {
-            label,
-            total,
-            last: Instant::now(),
-            enabled: std::io::stderr().is_terminal(),
-        }
+        Progress { label, total, last: Instant::now(), enabled: std::io::stderr().is_terminal() }
     }
 
     pub fn update(&mut self, done: u64) {
@@ -28,12 +23,7 @@ impl Progress {
         self.last = Instant::now();
         let mut e = std::io::stderr();
         let _ = match self.total {
-            Some(t) => write!(
-                e,
-                "\r{}: {done}/{t} ({:.0}%)   ",
-                self.label,
-                done as f64 * 100.0 / t.max(1) as f64
-            ),
+            Some(t) => write!(e, "\r{}: {done}/{t} ({:.0}%)   ", self.label, done as f64 * 100.0 / t.max(1) as f64),
             None => write!(e, "\r{}: {done}   ", self.label),
         };
     }

@@ -44,12 +44,7 @@ pub enum TopicsCommand {
 pub fn run(dir: &Path, cmd: TopicsCommand) -> Result<()> {
     let log = crate::open_log(dir)?;
     match cmd {
-        TopicsCommand::Create {
-            name,
-            partitions,
-            config,
-            if_not_exists,
-        } => {
+        TopicsCommand::Create { name, partitions, config, if_not_exists } => {
             let overrides = TopicConfig::parse_pairs(config.iter().map(String::as_str))?;
             let cfg = TopicConfig::from_overrides(&overrides)?;
             match log.create_topic(&name, partitions, cfg) {
@@ -68,17 +63,8 @@ pub fn run(dir: &Path, cmd: TopicsCommand) -> Result<()> {
         TopicsCommand::Describe { name } => {
             let t = log.topic(&name)?;
             let cfg = t.config();
-            let overrides: Vec<String> = cfg
-                .overrides()
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            println!(
-                "Topic: {}\tPartitionCount: {}\tConfigs: {}",
-                t.name(),
-                t.partition_count(),
-                overrides.join(",")
-            );
+            let overrides: Vec<String> = cfg.overrides().iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("Topic: {}\tPartitionCount: {}\tConfigs: {}", t.name(), t.partition_count(), overrides.join(","));
             for p in t.partitions() {
                 let o = p.offsets();
                 println!(
@@ -92,14 +78,8 @@ pub fn run(dir: &Path, cmd: TopicsCommand) -> Result<()> {
                 );
             }
         }
-        TopicsCommand::Alter {
-            name,
-            config,
-            delete_config,
-            partitions,
-        } => {
-            let set: BTreeMap<String, String> =
-                TopicConfig::parse_pairs(config.iter().map(String::as_str))?;
+        TopicsCommand::Alter { name, config, delete_config, partitions } => {
+            let set: BTreeMap<String, String> = TopicConfig::parse_pairs(config.iter().map(String::as_str))?;
             if !set.is_empty() || !delete_config.is_empty() {
                 log.alter_topic_config(&name, &set, &delete_config)?;
             }

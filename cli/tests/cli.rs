@@ -24,11 +24,7 @@ fn garam(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout.clone()).expect("utf-8 stdout")
 }
 
@@ -43,117 +39,34 @@ fn one_line_error(o: &Output, needle: &str) {
 #[test]
 fn produce_then_consume_json() {
     let d = tempfile::tempdir().unwrap();
-    ok(&garam(
-        d.path(),
-        &["topics", "create", "clicks", "--partitions", "3"],
-        None,
-    ));
+    ok(&garam(d.path(), &["topics", "create", "clicks", "--partitions", "3"], None));
     let input = "{\"user\":\"u1\",\"ts\":1000,\"v\":1}\n{\"user\":\"u2\",\"ts\":2000,\"v\":2}\n{\"user\":\"u1\",\"ts\":3000,\"v\":3}\n";
-    ok(&garam(
-        d.path(),
-        &[
-            "produce",
-            "clicks",
-            "--key-field",
-            "user",
-            "--timestamp-field",
-            "ts",
-        ],
-        Some(input),
-    ));
-    let out = ok(&garam(
-        d.path(),
-        &[
-            "consume",
-            "clicks",
-            "--from-beginning",
-            "--exit-at-end",
-            "--group",
-            "g",
-        ],
-        None,
-    ));
-    let rows: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    ok(&garam(d.path(), &["produce", "clicks", "--key-field", "user", "--timestamp-field", "ts"], Some(input)));
+    let out = ok(&garam(d.path(), &["consume", "clicks", "--from-beginning", "--exit-at-end", "--group", "g"], None));
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 3);
     let first = out.lines().next().unwrap();
-    let keys: Vec<&str> = [
-        "\"topic\"",
-        "\"partition\"",
-        "\"offset\"",
-        "\"timestamp\"",
-        "\"key\"",
-        "\"value\"",
-        "\"headers\"",
-    ]
-    .to_vec();
+    let keys: Vec<&str> =
+        ["\"topic\"", "\"partition\"", "\"offset\"", "\"timestamp\"", "\"key\"", "\"value\"", "\"headers\""].to_vec();
     let positions: Vec<usize> = keys.iter().map(|k| first.find(k).unwrap()).collect();
-    assert!(
-        positions.windows(2).all(|w| w[0] < w[1]),
-        "field order: {first}"
-    );
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "field order: {first}");
     let u1: Vec<&serde_json::Value> = rows.iter().filter(|r| r["key"] == "u1").collect();
     assert_eq!(u1.len(), 2);
-    assert_eq!(
-        u1[0]["partition"], u1[1]["partition"],
-        "same key, same partition"
-    );
-    let mut ts: Vec<i64> = rows
-        .iter()
-        .map(|r| r["timestamp"].as_i64().unwrap())
-        .collect();
+    assert_eq!(u1[0]["partition"], u1[1]["partition"], "same key, same partition");
+    let mut ts: Vec<i64> = rows.iter().map(|r| r["timestamp"].as_i64().unwrap()).collect();
     ts.sort();
     assert_eq!(ts, vec![1000, 2000, 3000]);
     // The group committed everything: describe shows zero lag, and a second run prints nothing.
     let desc = ok(&garam(d.path(), &["groups", "describe", "g"], None));
     assert!(desc.contains("clicks"), "{desc}");
-    assert!(
-        desc.lines()
-            .filter(|l| l.starts_with("clicks"))
-            .all(|l| l.trim_end().ends_with(" 0")),
-        "{desc}"
-    );
-    let again = ok(&garam(
-        d.path(),
-        &[
-            "consume",
-            "clicks",
-            "--from-beginning",
-            "--exit-at-end",
-            "--group",
-            "g",
-        ],
-        None,
-    ));
+    assert!(desc.lines().filter(|l| l.starts_with("clicks")).all(|l| l.trim_end().ends_with(" 0")), "{desc}");
+    let again = ok(&garam(d.path(), &["consume", "clicks", "--from-beginning", "--exit-at-end", "--group", "g"], None));
     assert!(again.is_empty());
     // Reset and read again.
-    ok(&garam(
-        d.path(),
-        &[
-            "groups",
-            "reset-offsets",
-            "g",
-            "--topic",
-            "clicks",
-            "--to-earliest",
-        ],
-        None,
-    ));
+    ok(&garam(d.path(), &["groups", "reset-offsets", "g", "--topic", "clicks", "--to-earliest"], None));
     let out = ok(&garam(
         d.path(),
-        &[
-            "consume",
-            "clicks",
-            "--exit-at-end",
-            "--group",
-            "g",
-            "--format",
-            "value",
-            "--max",
-            "2",
-        ],
+        &["consume", "clicks", "--exit-at-end", "--group", "g", "--format", "value", "--max", "2"],
         None,
     ));
     assert_eq!(out.lines().count(), 2);
@@ -172,11 +85,7 @@ fn binary_values_are_base64_with_a_marker() {
         p.flush().unwrap();
         log.close().unwrap();
     }
-    let out = ok(&garam(
-        d.path(),
-        &["consume", "b", "--from-beginning", "--exit-at-end"],
-        None,
-    ));
+    let out = ok(&garam(d.path(), &["consume", "b", "--from-beginning", "--exit-at-end"], None));
     let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(v["key"], "//4=");
     assert_eq!(v["key_encoding"], "base64");
@@ -189,38 +98,11 @@ fn binary_values_are_base64_with_a_marker() {
 #[test]
 fn topic_admin() {
     let d = tempfile::tempdir().unwrap();
-    ok(&garam(
-        d.path(),
-        &[
-            "topics",
-            "create",
-            "t",
-            "--partitions",
-            "2",
-            "--config",
-            "cleanup.policy=compact",
-        ],
-        None,
-    ));
-    ok(&garam(
-        d.path(),
-        &[
-            "topics",
-            "alter",
-            "t",
-            "--partitions",
-            "4",
-            "--config",
-            "retention.ms=1000",
-        ],
-        None,
-    ));
+    ok(&garam(d.path(), &["topics", "create", "t", "--partitions", "2", "--config", "cleanup.policy=compact"], None));
+    ok(&garam(d.path(), &["topics", "alter", "t", "--partitions", "4", "--config", "retention.ms=1000"], None));
     let desc = ok(&garam(d.path(), &["topics", "describe", "t"], None));
     assert!(desc.contains("PartitionCount: 4"), "{desc}");
-    assert!(
-        desc.contains("cleanup.policy=compact") && desc.contains("retention.ms=1000"),
-        "{desc}"
-    );
+    assert!(desc.contains("cleanup.policy=compact") && desc.contains("retention.ms=1000"), "{desc}");
     assert_eq!(ok(&garam(d.path(), &["topics", "list"], None)).trim(), "t");
     ok(&garam(d.path(), &["topics", "delete", "t"], None));
     assert_eq!(ok(&garam(d.path(), &["topics", "list"], None)).trim(), "");
@@ -229,61 +111,20 @@ fn topic_admin() {
 #[test]
 fn errors_are_one_clear_line() {
     let d = tempfile::tempdir().unwrap();
+    one_line_error(&garam(d.path(), &["consume", "nope"], None), "unknown topic 'nope'");
+    one_line_error(&garam(d.path(), &["topics", "create", "a/b"], None), "invalid topic name 'a/b'");
+    one_line_error(&garam(d.path(), &["topics", "create", "a", "--partitions", "0"], None), "partition count");
     one_line_error(
-        &garam(d.path(), &["consume", "nope"], None),
-        "unknown topic 'nope'",
-    );
-    one_line_error(
-        &garam(d.path(), &["topics", "create", "a/b"], None),
-        "invalid topic name 'a/b'",
-    );
-    one_line_error(
-        &garam(
-            d.path(),
-            &["topics", "create", "a", "--partitions", "0"],
-            None,
-        ),
-        "partition count",
-    );
-    one_line_error(
-        &garam(
-            d.path(),
-            &["topics", "create", "a", "--config", "retention.ms=soon"],
-            None,
-        ),
+        &garam(d.path(), &["topics", "create", "a", "--config", "retention.ms=soon"], None),
         "retention.ms=soon",
     );
-    ok(&garam(
-        d.path(),
-        &["topics", "create", "a", "--partitions", "2"],
-        None,
-    ));
-    one_line_error(
-        &garam(
-            d.path(),
-            &["topics", "alter", "a", "--partitions", "1"],
-            None,
-        ),
-        "can only grow",
-    );
-    one_line_error(
-        &garam(d.path(), &["produce", "a", "--partition", "9"], Some("x\n")),
-        "no partition 9",
-    );
-    one_line_error(
-        &garam(
-            d.path(),
-            &["produce", "a", "--key-field", "k"],
-            Some("not json\n"),
-        ),
-        "line 1",
-    );
+    ok(&garam(d.path(), &["topics", "create", "a", "--partitions", "2"], None));
+    one_line_error(&garam(d.path(), &["topics", "alter", "a", "--partitions", "1"], None), "can only grow");
+    one_line_error(&garam(d.path(), &["produce", "a", "--partition", "9"], Some("x\n")), "no partition 9");
+    one_line_error(&garam(d.path(), &["produce", "a", "--key-field", "k"], Some("not json\n")), "line 1");
     // A locked data dir names the holder.
     let held = garam_log::Log::open(d.path()).unwrap();
-    one_line_error(
-        &garam(d.path(), &["topics", "list"], None),
-        &std::process::id().to_string(),
-    );
+    one_line_error(&garam(d.path(), &["topics", "list"], None), &std::process::id().to_string());
     drop(held);
 }
 
@@ -294,21 +135,13 @@ fn corrupt_segment_is_reported_with_file_and_offset() {
     let lines: String = (0..50).map(|i| format!("value-{i}\n")).collect();
     // Many small appends so the segment holds many batches.
     for chunk in lines.lines().collect::<Vec<_>>().chunks(5) {
-        ok(&garam(
-            d.path(),
-            &["produce", "c"],
-            Some(&(chunk.join("\n") + "\n")),
-        ));
+        ok(&garam(d.path(), &["produce", "c"], Some(&(chunk.join("\n") + "\n"))));
     }
     let seg = d.path().join("topics/c/0/00000000000000000000.log");
     let mut raw = std::fs::read(&seg).unwrap();
     raw[150] ^= 0x55;
     std::fs::write(&seg, raw).unwrap();
-    let out = garam(
-        d.path(),
-        &["consume", "c", "--from-beginning", "--exit-at-end"],
-        None,
-    );
+    let out = garam(d.path(), &["consume", "c", "--from-beginning", "--exit-at-end"], None);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("CRC") || err.contains("corrupt"), "{err}");

@@ -145,7 +145,11 @@ pub trait Backend: Send + Sync + 'static {
     /// A new producer.
     fn producer(&self) -> Result<Box<dyn BackendProducer>>;
     /// A new group member.
-    fn consumer(&self, settings: ConsumerSettings, listener: Box<dyn RebalanceListener>) -> Result<Box<dyn BackendConsumer>>;
+    fn consumer(
+        &self,
+        settings: ConsumerSettings,
+        listener: Box<dyn RebalanceListener>,
+    ) -> Result<Box<dyn BackendConsumer>>;
     /// Committed offsets and log end offsets of a group on a topic: `(partition, committed, end)`.
     fn group_offsets(&self, group: &str, topic: &str) -> Result<Vec<(u32, Option<u64>, u64)>>;
     /// Where the runtime may write status files (the embedded log's data directory).

@@ -118,7 +118,13 @@ pub struct TaskContext<'a> {
 
 impl TaskContext<'_> {
     /// Applies the deserialization-error policy to a record that failed to decode.
-    pub fn deserialization_failed(&mut self, tp: &TopicPartition, record: &ConsumedRecord, what: &'static str, err: SerdeError) -> Result<()> {
+    pub fn deserialization_failed(
+        &mut self,
+        tp: &TopicPartition,
+        record: &ConsumedRecord,
+        what: &'static str,
+        err: SerdeError,
+    ) -> Result<()> {
         match self.policy {
             DeserializationPolicy::Fail => Err(StreamsError::Deserialization {
                 what,
@@ -236,7 +242,13 @@ pub struct ProcessorContext<'a, K, V> {
 
 impl<'a, K, V> ProcessorContext<'a, K, V> {
     /// A context writing into `out` (used by operator nodes).
-    pub fn new(out: &'a mut Vec<StreamRecord<K, V>>, schedules: &'a mut Vec<Schedule>, task: TaskId, stream_time: i64, wall_clock_ms: i64) -> Self {
+    pub fn new(
+        out: &'a mut Vec<StreamRecord<K, V>>,
+        schedules: &'a mut Vec<Schedule>,
+        task: TaskId,
+        stream_time: i64,
+        wall_clock_ms: i64,
+    ) -> Self {
         ProcessorContext { out, schedules, task, stream_time, wall_clock_ms }
     }
 
@@ -274,7 +286,12 @@ pub trait Processor<KIn, VIn, KOut, VOut>: 'static {
     /// Called for every record.
     fn process(&mut self, record: StreamRecord<KIn, VIn>, ctx: &mut ProcessorContext<'_, KOut, VOut>) -> Result<()>;
     /// Called when a scheduled punctuation fires, with the time it fired at.
-    fn punctuate(&mut self, _kind: PunctuationType, _timestamp: i64, _ctx: &mut ProcessorContext<'_, KOut, VOut>) -> Result<()> {
+    fn punctuate(
+        &mut self,
+        _kind: PunctuationType,
+        _timestamp: i64,
+        _ctx: &mut ProcessorContext<'_, KOut, VOut>,
+    ) -> Result<()> {
         Ok(())
     }
     /// Called when the task closes.

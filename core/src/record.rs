@@ -14,10 +14,7 @@ pub struct Header {
 impl Header {
     /// A header with a value.
     pub fn new(key: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        Header {
-            key: key.into(),
-            value: Some(value.into()),
-        }
+        Header { key: key.into(), value: Some(value.into()) }
     }
 }
 
@@ -40,12 +37,7 @@ pub struct Record {
 impl Record {
     /// A record from anything that converts into bytes (`&'static str`, `String`, `Vec<u8>`, `Bytes`).
     pub fn new<K: Into<Bytes>, V: Into<Bytes>>(key: Option<K>, value: Option<V>) -> Self {
-        Record {
-            key: key.map(Into::into),
-            value: value.map(Into::into),
-            timestamp: None,
-            headers: Vec::new(),
-        }
+        Record { key: key.map(Into::into), value: value.map(Into::into), timestamp: None, headers: Vec::new() }
     }
 
     /// Sets the timestamp (epoch milliseconds).

@@ -124,7 +124,10 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned + 'static> Serde<T> for B
         let (v, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
             .map_err(|e| SerdeError::Invalid { serde: "bincode", reason: e.to_string() })?;
         if used != bytes.len() {
-            return Err(SerdeError::Invalid { serde: "bincode", reason: format!("{} trailing bytes", bytes.len() - used) });
+            return Err(SerdeError::Invalid {
+                serde: "bincode",
+                reason: format!("{} trailing bytes", bytes.len() - used),
+            });
         }
         Ok(v)
     }

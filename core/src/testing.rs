@@ -51,7 +51,15 @@ struct Collector<'a> {
 }
 
 impl RecordCollector for Collector<'_> {
-    fn send(&mut self, topic: &str, _p: Option<u32>, key: Option<&[u8]>, value: Option<&[u8]>, ts: i64, headers: &[Header]) -> Result<()> {
+    fn send(
+        &mut self,
+        topic: &str,
+        _p: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        ts: i64,
+        headers: &[Header],
+    ) -> Result<()> {
         let log = self.written.entry(topic.to_string()).or_default();
         let rec = ConsumedRecord {
             offset: log.len() as u64,
@@ -84,11 +92,16 @@ impl Inner {
     fn deliver(&mut self, topic: &str, record: ConsumedRecord) -> Result<()> {
         self.pending.push_back((topic.to_string(), record));
         while let Some((topic, rec)) = self.pending.pop_front() {
-            let sub = *self.topic_to_sub.get(&topic).ok_or_else(|| {
-                StreamsError::Topology(format!("topic '{topic}' is not an input of this topology"))
-            })?;
+            let sub = *self
+                .topic_to_sub
+                .get(&topic)
+                .ok_or_else(|| StreamsError::Topology(format!("topic '{topic}' is not an input of this topology")))?;
             let dlq = self.dead_letter_topic.clone();
-            let env = TaskEnv { policy: self.config.deserialization_policy, dead_letter_topic: &dlq, wall_clock_ms: self.wall_clock_ms };
+            let env = TaskEnv {
+                policy: self.config.deserialization_policy,
+                dead_letter_topic: &dlq,
+                wall_clock_ms: self.wall_clock_ms,
+            };
             let internal = self.internal.clone();
             self.task(sub)?;
             let Inner { tasks, written, pending, .. } = self;
@@ -135,12 +148,23 @@ impl TopologyTestDriver {
 
     /// An input topic that serializes with the given serdes.
     pub fn input_topic<K, V>(&self, name: &str, key: impl Serde<K>, value: impl Serde<V>) -> TestInputTopic<K, V> {
-        TestInputTopic { inner: self.inner.clone(), topic: name.to_string(), key: Box::new(key), value: Box::new(value) }
+        TestInputTopic {
+            inner: self.inner.clone(),
+            topic: name.to_string(),
+            key: Box::new(key),
+            value: Box::new(value),
+        }
     }
 
     /// An output topic that deserializes with the given serdes.
     pub fn output_topic<K, V>(&self, name: &str, key: impl Serde<K>, value: impl Serde<V>) -> TestOutputTopic<K, V> {
-        TestOutputTopic { inner: self.inner.clone(), topic: name.to_string(), key: Box::new(key), value: Box::new(value), _p: PhantomData }
+        TestOutputTopic {
+            inner: self.inner.clone(),
+            topic: name.to_string(),
+            key: Box::new(key),
+            value: Box::new(value),
+            _p: PhantomData,
+        }
     }
 
     /// Raw records written to a topic so far (including internal and dead-letter topics).
@@ -158,7 +182,11 @@ impl TopologyTestDriver {
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
         let dlq = inner.dead_letter_topic.clone();
-        let env = TaskEnv { policy: inner.config.deserialization_policy, dead_letter_topic: &dlq, wall_clock_ms: inner.wall_clock_ms };
+        let env = TaskEnv {
+            policy: inner.config.deserialization_policy,
+            dead_letter_topic: &dlq,
+            wall_clock_ms: inner.wall_clock_ms,
+        };
         let internal = inner.internal.clone();
         for s in subs {
             let Inner { tasks, written, pending, .. } = &mut *inner;
@@ -216,7 +244,11 @@ impl<K: 'static, V: 'static> TestInputTopic<K, V> {
 
     /// Pipes a record with headers.
     pub fn pipe_record(&self, r: StreamRecord<K, V>) -> Result<()> {
-        let ser = |what: &'static str, e: crate::serdes::SerdeError| StreamsError::Serialization { what, topic: self.topic.clone(), reason: e.to_string() };
+        let ser = |what: &'static str, e: crate::serdes::SerdeError| StreamsError::Serialization {
+            what,
+            topic: self.topic.clone(),
+            reason: e.to_string(),
+        };
         let mut k = Vec::new();
         self.key.serialize(&r.key, &mut k).map_err(|e| ser("key", e))?;
         let mut v = Vec::new();
@@ -227,10 +259,22 @@ impl<K: 'static, V: 'static> TestInputTopic<K, V> {
     }
 
     /// Pipes raw bytes (to test deserialization errors).
-    pub fn pipe_raw(&self, key: Option<&[u8]>, value: Option<&[u8]>, timestamp: i64, headers: Vec<Header>) -> Result<()> {
+    pub fn pipe_raw(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: i64,
+        headers: Vec<Header>,
+    ) -> Result<()> {
         let mut inner = self.inner.borrow_mut();
         let off = inner.next_offset.entry(self.topic.clone()).or_insert(0);
-        let rec = ConsumedRecord { offset: *off, timestamp, key: key.map(Bytes::copy_from_slice), value: value.map(Bytes::copy_from_slice), headers };
+        let rec = ConsumedRecord {
+            offset: *off,
+            timestamp,
+            key: key.map(Bytes::copy_from_slice),
+            value: value.map(Bytes::copy_from_slice),
+            headers,
+        };
         *off += 1;
         inner.deliver(&self.topic, rec)
     }

@@ -6,8 +6,5 @@ use std::time::{SystemTime, UNIX_EPOCH};
 ///
 /// A clock set before 1970 reads as 0 rather than panicking.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

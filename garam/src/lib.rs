@@ -40,7 +40,10 @@ pub use garam_operators::{Consumed, Grouped, GroupedStream, Produced, Repartitio
 
 /// Opens (or creates) the embedded log in `dir` as a backend for [`App`].
 pub fn embedded(dir: impl AsRef<Path>) -> Result<Arc<dyn garam_core::backend::Backend>> {
-    let log = garam_log::Log::open(dir).map_err(|e| { let r = e.is_retriable(); StreamsError::backend(e, r) })?;
+    let log = garam_log::Log::open(dir).map_err(|e| {
+        let r = e.is_retriable();
+        StreamsError::backend(e, r)
+    })?;
     Ok(Arc::new(log))
 }
 
@@ -50,7 +53,8 @@ pub mod prelude {
     pub use garam_core::record::StreamRecord;
     pub use garam_core::runtime::{App, AppConfig};
     pub use garam_core::serdes::{
-        BincodeSerde, BytesSerde, I32Serde, I64Serde, JsonSerde, OptionSerde, Serde, StringSerde, U32Serde, U64Serde, UnitSerde,
+        BincodeSerde, BytesSerde, I32Serde, I64Serde, JsonSerde, OptionSerde, Serde, StringSerde, U32Serde, U64Serde,
+        UnitSerde,
     };
     pub use garam_core::testing::TopologyTestDriver;
     pub use garam_operators::{Consumed, Grouped, GroupedStream, Produced, Repartitioned, Stream, StreamBuilder};

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use garam_core::backend::{
-    Backend, BackendConsumer, BackendProducer, ConsumerSettings, OffsetCommitter, PolledRecords, RebalanceListener as CoreListener,
-    TopicPartition,
+    Backend, BackendConsumer, BackendProducer, ConsumerSettings, OffsetCommitter, PolledRecords,
+    RebalanceListener as CoreListener, TopicPartition,
 };
 use garam_core::{Header, StreamsError};
 
@@ -52,7 +52,11 @@ impl Backend for Log {
         Ok(Box::new(self.producer(Default::default()).map_err(to_streams)?))
     }
 
-    fn consumer(&self, s: ConsumerSettings, listener: Box<dyn CoreListener>) -> garam_core::Result<Box<dyn BackendConsumer>> {
+    fn consumer(
+        &self,
+        s: ConsumerSettings,
+        listener: Box<dyn CoreListener>,
+    ) -> garam_core::Result<Box<dyn BackendConsumer>> {
         let mut c = Log::consumer(
             self,
             ConsumerConfig {
@@ -72,7 +76,11 @@ impl Backend for Log {
     }
 
     fn group_offsets(&self, group: &str, topic: &str) -> garam_core::Result<Vec<(u32, Option<u64>, u64)>> {
-        Ok(crate::consumer::group_lag(self, group, topic).map_err(to_streams)?.into_iter().map(|(p, c, end, _)| (p, c, end)).collect())
+        Ok(crate::consumer::group_lag(self, group, topic)
+            .map_err(to_streams)?
+            .into_iter()
+            .map(|(p, c, end, _)| (p, c, end))
+            .collect())
     }
 
     fn status_dir(&self) -> Option<PathBuf> {
@@ -139,7 +147,15 @@ impl BackendConsumer for Consumer {
 }
 
 impl BackendProducer for Producer {
-    fn send(&mut self, topic: &str, partition: Option<u32>, key: Option<&[u8]>, value: Option<&[u8]>, ts: i64, headers: &[Header]) -> garam_core::Result<()> {
+    fn send(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        ts: i64,
+        headers: &[Header],
+    ) -> garam_core::Result<()> {
         self.send_raw(topic, partition, key, value, ts, headers).map_err(to_streams)
     }
 

@@ -47,17 +47,12 @@ pub(crate) fn recover_swaps(dir: &Path) -> Result<()> {
         }
     }
     for (from, to, swap) in swaps {
-        for e in fs::read_dir(dir)
-            .map_err(LogError::io("list partition dir", dir))?
-            .flatten()
-        {
+        for e in fs::read_dir(dir).map_err(LogError::io("list partition dir", dir))?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             let base = name.split('.').next().and_then(|b| b.parse::<u64>().ok());
-            let is_segment_file =
-                name.ends_with(".log") || name.ends_with(".index") || name.ends_with(".timeindex");
+            let is_segment_file = name.ends_with(".log") || name.ends_with(".index") || name.ends_with(".timeindex");
             if is_segment_file && base.is_some_and(|b| b >= from && b < to) {
-                fs::remove_file(e.path())
-                    .map_err(LogError::io("remove replaced segment", e.path()))?;
+                fs::remove_file(e.path()).map_err(LogError::io("remove replaced segment", e.path()))?;
             }
         }
         let target = dir.join(file_name(from, "log"));
@@ -99,10 +94,7 @@ pub fn compact(p: &Partition, now_ms: i64) -> Result<CompactionStats> {
     // Closed segments old enough to clean, from the start.
     let lag = config.min_compaction_lag_ms as i64;
     let closed = &segments[..segments.len() - 1];
-    let cleanable = closed
-        .iter()
-        .take_while(|s| now_ms - s.max_timestamp.load(Ordering::Acquire) >= lag)
-        .count();
+    let cleanable = closed.iter().take_while(|s| now_ms - s.max_timestamp.load(Ordering::Acquire) >= lag).count();
     let mut i = 0;
     while i < cleanable {
         // Group consecutive segments that fit one segment.
@@ -114,16 +106,7 @@ pub fn compact(p: &Partition, now_ms: i64) -> Result<CompactionStats> {
         }
         let from = segments[i].base_offset;
         let to = segments[j].base_offset;
-        clean_group(
-            p,
-            &segments[i..j],
-            from,
-            to,
-            &latest,
-            now_ms,
-            config.delete_retention_ms,
-            &mut stats,
-        )?;
+        clean_group(p, &segments[i..j], from, to, &latest, now_ms, config.delete_retention_ms, &mut stats)?;
         i = j;
     }
     Ok(stats)
@@ -189,12 +172,8 @@ fn clean_group(
                 for r in b.records()? {
                     let r = r?;
                     stats.records_read += 1;
-                    let is_latest = r
-                        .key
-                        .as_ref()
-                        .is_none_or(|k| latest.get(k.as_ref()) == Some(&r.offset));
-                    let expired_tombstone =
-                        r.value.is_none() && now_ms - r.timestamp > delete_retention_ms as i64;
+                    let is_latest = r.key.as_ref().is_none_or(|k| latest.get(k.as_ref()) == Some(&r.offset));
+                    let expired_tombstone = r.value.is_none() && now_ms - r.timestamp > delete_retention_ms as i64;
                     if is_latest && !expired_tombstone {
                         kept.push(r);
                     } else {
@@ -236,13 +215,7 @@ fn clean_group(
     let target = dir.join(file_name(from, "log"));
     fs::rename(&swap, &target).map_err(LogError::io("install compacted segment", &target))?;
     let config = p.config();
-    let (seg, _) = Segment::open(
-        &dir,
-        from,
-        &format!("{}-{}", p.topic(), p.id()),
-        true,
-        config.index_interval_bytes,
-    )?;
+    let (seg, _) = Segment::open(&dir, from, &format!("{}-{}", p.topic(), p.id()), true, config.index_interval_bytes)?;
     seg.write_indexes()?;
     p.swap_segments(from, to, seg)?;
     stats.segments += group.len();

@@ -86,10 +86,7 @@ impl TopicConfig {
             retention_bytes: None,
             segment_bytes: 1 << 30,
             segment_ms: 604_800_000,
-            cleanup_policy: CleanupPolicy {
-                delete: true,
-                compact: false,
-            },
+            cleanup_policy: CleanupPolicy { delete: true, compact: false },
             delete_retention_ms: 86_400_000,
             min_compaction_lag_ms: 0,
             timestamp_type: TimestampType::CreateTime,
@@ -105,9 +102,7 @@ impl TopicConfig {
     }
 
     /// Parses `key=value` pairs, as the CLI's `--config` takes them.
-    pub fn parse_pairs<'a>(
-        pairs: impl IntoIterator<Item = &'a str>,
-    ) -> Result<BTreeMap<String, String>> {
+    pub fn parse_pairs<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<BTreeMap<String, String>> {
         let mut map = BTreeMap::new();
         for p in pairs {
             let (k, v) = p.split_once('=').ok_or_else(|| LogError::InvalidConfig {
@@ -122,11 +117,8 @@ impl TopicConfig {
 
     /// Sets one key, validating it. The value is remembered as an override.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let bad = |reason: &str| LogError::InvalidConfig {
-            key: key.into(),
-            value: value.into(),
-            reason: reason.into(),
-        };
+        let bad =
+            |reason: &str| LogError::InvalidConfig { key: key.into(), value: value.into(), reason: reason.into() };
         let long = |min: i64| -> Result<i64> {
             let n: i64 = value.parse().map_err(|_| bad("expected an integer"))?;
             if n < min {
@@ -147,10 +139,7 @@ impl TopicConfig {
             }
             "segment.ms" => self.segment_ms = long(1)? as u64,
             "cleanup.policy" => {
-                let mut p = CleanupPolicy {
-                    delete: false,
-                    compact: false,
-                };
+                let mut p = CleanupPolicy { delete: false, compact: false };
                 for part in value.split(',').map(str::trim) {
                     match part {
                         "delete" => p.delete = true,
@@ -227,13 +216,7 @@ mod tests {
     fn validates_keys_and_values() {
         let mut c = TopicConfig::default();
         c.set("cleanup.policy", "compact,delete").unwrap();
-        assert_eq!(
-            c.cleanup_policy,
-            CleanupPolicy {
-                delete: true,
-                compact: true
-            }
-        );
+        assert_eq!(c.cleanup_policy, CleanupPolicy { delete: true, compact: true });
         c.set("retention.ms", "-1").unwrap();
         assert_eq!(c.retention_ms, None);
         assert!(c.set("retention.ms", "soon").is_err());

@@ -90,34 +90,32 @@ impl PartitionRecords {
             let at = iter.position() as u64;
             iter.next().map(|b| (at, b))
         })
-        .flat_map(
-            move |(at, b)| -> Box<dyn Iterator<Item = Result<ConsumedRecord>>> {
-                let locate = move |e: LogError, offset: Option<u64>| {
-                    e.at(BatchLocation {
-                        file: self.data.segment.clone(),
-                        partition: self.tp.to_string(),
-                        position: self.data.position + at,
-                        offset,
-                    })
-                };
-                match b.and_then(|b| {
-                    if check {
-                        b.verify()?;
-                    }
-                    Ok(b)
-                }) {
-                    Err(e) => Box::new(std::iter::once(Err(locate(e, None)))),
-                    Ok(b) if b.header().is_control() => Box::new(std::iter::empty()),
-                    Ok(b) => {
-                        let base = Some(b.header().base_offset as u64);
-                        match b.records() {
-                            Err(e) => Box::new(std::iter::once(Err(locate(e, base)))),
-                            Ok(it) => Box::new(it.map(move |r| r.map_err(|e| locate(e, base)))),
-                        }
+        .flat_map(move |(at, b)| -> Box<dyn Iterator<Item = Result<ConsumedRecord>>> {
+            let locate = move |e: LogError, offset: Option<u64>| {
+                e.at(BatchLocation {
+                    file: self.data.segment.clone(),
+                    partition: self.tp.to_string(),
+                    position: self.data.position + at,
+                    offset,
+                })
+            };
+            match b.and_then(|b| {
+                if check {
+                    b.verify()?;
+                }
+                Ok(b)
+            }) {
+                Err(e) => Box::new(std::iter::once(Err(locate(e, None)))),
+                Ok(b) if b.header().is_control() => Box::new(std::iter::empty()),
+                Ok(b) => {
+                    let base = Some(b.header().base_offset as u64);
+                    match b.records() {
+                        Err(e) => Box::new(std::iter::once(Err(locate(e, base)))),
+                        Ok(it) => Box::new(it.map(move |r| r.map_err(|e| locate(e, base)))),
                     }
                 }
-            },
-        )
+            }
+        })
         .filter(move |r| r.as_ref().map_or(true, |r| r.offset >= from))
     }
 
@@ -178,9 +176,7 @@ pub struct Consumer {
 impl Consumer {
     pub(crate) fn new(log: Log, config: ConsumerConfig) -> Result<Consumer> {
         if config.topics.is_empty() {
-            return Err(LogError::InvalidArgument(
-                "a consumer needs at least one topic".into(),
-            ));
+            return Err(LogError::InvalidArgument("a consumer needs at least one topic".into()));
         }
         let mut counts = BTreeMap::new();
         for t in &config.topics {
@@ -246,32 +242,22 @@ impl Consumer {
 
     /// Moves the position of an assigned partition.
     pub fn seek(&mut self, tp: &TopicPartition, offset: u64) -> Result<()> {
-        let s = self.positions.get_mut(tp).ok_or_else(|| {
-            LogError::InvalidArgument(format!("{tp} is not assigned to this consumer"))
-        })?;
+        let s = self
+            .positions
+            .get_mut(tp)
+            .ok_or_else(|| LogError::InvalidArgument(format!("{tp} is not assigned to this consumer")))?;
         s.position = offset;
         Ok(())
     }
 
     fn init_position(&mut self, tp: TopicPartition) -> Result<()> {
         let partition = self.log.partition(&tp.topic, tp.partition)?;
-        let committed = self
-            .config
-            .group
-            .as_ref()
-            .and_then(|g| self.log.groups().committed(g, &tp))
-            .map(|c| c.offset);
+        let committed = self.config.group.as_ref().and_then(|g| self.log.groups().committed(g, &tp)).map(|c| c.offset);
         let position = match committed {
             Some(o) => o,
             None => self.reset_position(&tp, &partition)?,
         };
-        self.positions.insert(
-            tp,
-            PartState {
-                partition,
-                position,
-            },
-        );
+        self.positions.insert(tp, PartState { partition, position });
         Ok(())
     }
 
@@ -280,9 +266,9 @@ impl Consumer {
         match self.config.auto_offset_reset {
             OffsetReset::Earliest => Ok(o.log_start_offset),
             OffsetReset::Latest => Ok(o.high_watermark),
-            OffsetReset::None => Err(LogError::InvalidArgument(format!(
-                "no committed offset for {tp} and auto.offset.reset=none"
-            ))),
+            OffsetReset::None => {
+                Err(LogError::InvalidArgument(format!("no committed offset for {tp} and auto.offset.reset=none")))
+            }
         }
     }
 
@@ -299,18 +285,11 @@ impl Consumer {
         }
         let plan = match self.log.groups().sync(&group, &member, &counts) {
             Ok(p) => p,
-            Err(LogError::Group {
-                retriable: true, ..
-            }) => {
+            Err(LogError::Group { retriable: true, .. }) => {
                 // Expired: our partitions are gone already.
                 let lost: Vec<_> = std::mem::take(&mut self.positions).into_keys().collect();
                 if !lost.is_empty() {
-                    tracing::warn!(
-                        group,
-                        member,
-                        partitions = lost.len(),
-                        "session expired; partitions lost"
-                    );
+                    tracing::warn!(group, member, partitions = lost.len(), "session expired; partitions lost");
                     if let Some(l) = self.listener.as_mut() {
                         l.on_lost(&lost);
                     }
@@ -342,13 +321,7 @@ impl Consumer {
             for tp in &got {
                 self.init_position(tp.clone())?;
             }
-            tracing::info!(
-                group,
-                member,
-                generation = plan.generation,
-                partitions = got.len(),
-                "assigned partitions"
-            );
+            tracing::info!(group, member, generation = plan.generation, partitions = got.len(), "assigned partitions");
             if let Some(l) = self.listener.as_mut() {
                 l.on_assigned(&got);
             }
@@ -377,11 +350,7 @@ impl Consumer {
             for s in self.positions.values() {
                 s.partition.register_waiter(&self.signal);
             }
-            if self
-                .positions
-                .values()
-                .any(|s| s.partition.high_watermark() > s.position)
-            {
+            if self.positions.values().any(|s| s.partition.high_watermark() > s.position) {
                 continue;
             }
             let heartbeat = now + (self.config.session_timeout / 3).max(Duration::from_millis(10));
@@ -406,24 +375,15 @@ impl Consumer {
             }
             let tp = &keys[(start + i) % n];
             let reset = self.config.auto_offset_reset;
-            let s = self
-                .positions
-                .get_mut(tp)
-                .ok_or_else(|| LogError::InvalidArgument("position vanished".into()))?;
+            let s = self.positions.get_mut(tp).ok_or_else(|| LogError::InvalidArgument("position vanished".into()))?;
             if s.partition.high_watermark() <= s.position {
                 continue;
             }
             let max = self.config.max_partition_fetch_bytes.min(budget);
             let data = match s.partition.read(s.position, max) {
                 Ok(d) => d,
-                Err(LogError::OffsetOutOfRange {
-                    log_start, log_end, ..
-                }) if reset != OffsetReset::None => {
-                    let to = if reset == OffsetReset::Earliest {
-                        log_start
-                    } else {
-                        log_end
-                    };
+                Err(LogError::OffsetOutOfRange { log_start, log_end, .. }) if reset != OffsetReset::None => {
+                    let to = if reset == OffsetReset::Earliest { log_start } else { log_end };
                     tracing::warn!(partition = %tp, from = s.position, to, "offset out of range; resetting");
                     s.position = to;
                     continue;
@@ -434,14 +394,11 @@ impl Consumer {
                 continue;
             }
             budget = budget.saturating_sub(data.batches.len());
-            let count: usize = BatchIter::new(data.batches.clone()).flatten().map(|b| b.header().record_count.max(0) as usize).sum();
+            let count: usize =
+                BatchIter::new(data.batches.clone()).flatten().map(|b| b.header().record_count.max(0) as usize).sum();
             records_left = records_left.saturating_sub(count);
-            let recs = PartitionRecords {
-                tp: tp.clone(),
-                from_offset: s.position,
-                data,
-                check_crcs: self.config.check_crcs,
-            };
+            let recs =
+                PartitionRecords { tp: tp.clone(), from_offset: s.position, data, check_crcs: self.config.check_crcs };
             s.position = recs.next_offset();
             out.push(recs);
         }
@@ -450,21 +407,17 @@ impl Consumer {
 
     /// Commits offsets (next offset to read) for partitions this member owns.
     pub fn commit(&self, offsets: &[(TopicPartition, u64)]) -> Result<()> {
-        let group = self.config.group.as_deref().ok_or_else(|| {
-            LogError::InvalidArgument("a consumer without a group cannot commit".into())
-        })?;
-        self.log
-            .groups()
-            .commit(group, self.member.as_deref(), offsets, "")
+        let group = self
+            .config
+            .group
+            .as_deref()
+            .ok_or_else(|| LogError::InvalidArgument("a consumer without a group cannot commit".into()))?;
+        self.log.groups().commit(group, self.member.as_deref(), offsets, "")
     }
 
     /// Commits the current positions of every assigned partition.
     pub fn commit_positions(&self) -> Result<()> {
-        let offsets: Vec<_> = self
-            .positions
-            .iter()
-            .map(|(tp, s)| (tp.clone(), s.position))
-            .collect();
+        let offsets: Vec<_> = self.positions.iter().map(|(tp, s)| (tp.clone(), s.position)).collect();
         self.commit(&offsets)
     }
 
@@ -472,12 +425,7 @@ impl Consumer {
     pub fn lag(&self) -> HashMap<TopicPartition, u64> {
         self.positions
             .iter()
-            .map(|(tp, s)| {
-                (
-                    tp.clone(),
-                    s.partition.high_watermark().saturating_sub(s.position),
-                )
-            })
+            .map(|(tp, s)| (tp.clone(), s.partition.high_watermark().saturating_sub(s.position)))
             .collect()
     }
 
@@ -516,16 +464,8 @@ pub fn group_lag(log: &Log, group: &str, topic: &str) -> Result<Vec<(u32, Option
         .iter()
         .map(|p| {
             let hw = p.high_watermark();
-            let c = log
-                .groups()
-                .committed(group, &TopicPartition::new(topic, p.id()))
-                .map(|c| c.offset);
-            (
-                p.id(),
-                c,
-                hw,
-                hw.saturating_sub(c.unwrap_or(p.offsets().log_start_offset)),
-            )
+            let c = log.groups().committed(group, &TopicPartition::new(topic, p.id())).map(|c| c.offset);
+            (p.id(), c, hw, hw.saturating_sub(c.unwrap_or(p.offsets().log_start_offset)))
         })
         .collect())
 }

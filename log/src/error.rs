@@ -169,19 +169,8 @@ fn location_suffix(loc: &Option<BatchLocation>) -> String {
     match loc {
         None => String::new(),
         Some(l) => match l.offset {
-            Some(o) => format!(
-                " in {} ({}) at offset {} (byte {})",
-                l.file.display(),
-                l.partition,
-                o,
-                l.position
-            ),
-            None => format!(
-                " in {} ({}) at byte {}",
-                l.file.display(),
-                l.partition,
-                l.position
-            ),
+            Some(o) => format!(" in {} ({}) at offset {} (byte {})", l.file.display(), l.partition, o, l.position),
+            None => format!(" in {} ({}) at byte {}", l.file.display(), l.partition, l.position),
         },
     }
 }
@@ -207,35 +196,21 @@ impl LogError {
         }
     }
 
-    pub(crate) fn io(
-        context: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> LogError {
+    pub(crate) fn io(context: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> LogError {
         let path = path.into();
-        move |source| LogError::Io {
-            context,
-            path,
-            source,
-        }
+        move |source| LogError::Io { context, path, source }
     }
 
     pub(crate) fn corrupt(reason: impl Into<String>) -> LogError {
-        LogError::CorruptBatch {
-            location: None,
-            reason: reason.into(),
-        }
+        LogError::CorruptBatch { location: None, reason: reason.into() }
     }
 
     /// Attaches a location to a corrupt-batch error that lacks one; other errors pass through.
     pub fn at(self, location: BatchLocation) -> LogError {
         match self {
-            LogError::CorruptBatch {
-                location: None,
-                reason,
-            } => LogError::CorruptBatch {
-                location: Some(location),
-                reason,
-            },
+            LogError::CorruptBatch { location: None, reason } => {
+                LogError::CorruptBatch { location: Some(location), reason }
+            }
             other => other,
         }
     }

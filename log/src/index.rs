@@ -30,11 +30,7 @@ pub struct TimeIndex {
 impl OffsetIndex {
     /// Adds an entry; entries must grow in both offset and position.
     pub fn push(&mut self, rel_offset: u32, position: u32) {
-        if self
-            .entries
-            .last()
-            .is_none_or(|&(o, p)| rel_offset > o && position > p)
-        {
+        if self.entries.last().is_none_or(|&(o, p)| rel_offset > o && position > p) {
             self.entries.push((rel_offset, position));
         }
     }
@@ -80,18 +76,11 @@ impl OffsetIndex {
     /// Entries must be strictly increasing and point inside a segment of `segment_len` bytes.
     pub fn read(path: &Path, segment_len: u64) -> Option<OffsetIndex> {
         let raw = read_checked(path, OFFSET_MAGIC, 8)?;
-        let mut idx = OffsetIndex {
-            entries: Vec::with_capacity(raw.len() / 8),
-        };
+        let mut idx = OffsetIndex { entries: Vec::with_capacity(raw.len() / 8) };
         for c in raw.chunks_exact(8) {
             let o = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
             let p = u32::from_be_bytes([c[4], c[5], c[6], c[7]]);
-            if p as u64 >= segment_len
-                || idx
-                    .entries
-                    .last()
-                    .is_some_and(|&(lo, lp)| o <= lo || p <= lp)
-            {
+            if p as u64 >= segment_len || idx.entries.last().is_some_and(|&(lo, lp)| o <= lo || p <= lp) {
                 return None;
             }
             idx.entries.push((o, p));
@@ -103,12 +92,7 @@ impl OffsetIndex {
 impl TimeIndex {
     /// Records that the batch at `rel_offset` raised the largest timestamp to `ts`.
     pub fn push(&mut self, ts: i64, rel_offset: u32) {
-        if self
-            .entries
-            .last()
-            .is_none_or(|&(t, o)| ts > t && rel_offset > o)
-            || self.entries.is_empty()
-        {
+        if self.entries.last().is_none_or(|&(t, o)| ts > t && rel_offset > o) || self.entries.is_empty() {
             self.entries.push((ts, rel_offset));
         }
     }
@@ -142,19 +126,13 @@ impl TimeIndex {
     /// Reads a time index; `None` when missing or damaged.
     pub fn read(path: &Path) -> Option<TimeIndex> {
         let raw = read_checked(path, TIME_MAGIC, 12)?;
-        let mut idx = TimeIndex {
-            entries: Vec::with_capacity(raw.len() / 12),
-        };
+        let mut idx = TimeIndex { entries: Vec::with_capacity(raw.len() / 12) };
         for c in raw.chunks_exact(12) {
             let mut t = [0u8; 8];
             t.copy_from_slice(&c[..8]);
             let t = i64::from_be_bytes(t);
             let o = u32::from_be_bytes([c[8], c[9], c[10], c[11]]);
-            if idx
-                .entries
-                .last()
-                .is_some_and(|&(lt, lo)| t <= lt || o <= lo)
-            {
+            if idx.entries.last().is_some_and(|&(lt, lo)| t <= lt || o <= lo) {
                 return None;
             }
             idx.entries.push((t, o));
@@ -202,10 +180,7 @@ mod tests {
         let p = dir.path().join("a.index");
         oi.write(&p).unwrap();
         assert_eq!(OffsetIndex::read(&p, 10_000).unwrap().len(), 2);
-        assert!(
-            OffsetIndex::read(&p, 8000).is_none(),
-            "entry past the segment end"
-        );
+        assert!(OffsetIndex::read(&p, 8000).is_none(), "entry past the segment end");
         let mut raw = fs::read(&p).unwrap();
         raw.pop();
         fs::write(&p, &raw).unwrap();

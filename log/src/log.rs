@@ -36,10 +36,7 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions {
-            background: true,
-            retention_check_interval: Duration::from_secs(30),
-        }
+        LogOptions { background: true, retention_check_interval: Duration::from_secs(30) }
     }
 }
 
@@ -92,8 +89,7 @@ impl Log {
         let marker = dir.join(CLEAN_MARKER);
         let clean = marker.exists();
         if clean {
-            fs::remove_file(&marker)
-                .map_err(LogError::io("remove clean-shutdown marker", &marker))?;
+            fs::remove_file(&marker).map_err(LogError::io("remove clean-shutdown marker", &marker))?;
         }
         let started = Instant::now();
         let mut topics = BTreeMap::new();
@@ -123,15 +119,9 @@ impl Log {
             }),
         };
         if options.background {
-            let handle = spawn_background(
-                Arc::downgrade(&log.inner),
-                log.inner.stop.clone(),
-                options.retention_check_interval,
-            );
-            *log.inner
-                .background
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(handle);
+            let handle =
+                spawn_background(Arc::downgrade(&log.inner), log.inner.stop.clone(), options.retention_check_interval);
+            *log.inner.background.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         }
         Ok(log)
     }
@@ -149,41 +139,24 @@ impl Log {
     }
 
     /// Creates a topic with `partitions` partitions (at least 1).
-    pub fn create_topic(
-        &self,
-        name: &str,
-        partitions: u32,
-        config: TopicConfig,
-    ) -> Result<Arc<Topic>> {
+    pub fn create_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<Arc<Topic>> {
         self.check_open()?;
         validate_topic_name(name)?;
         if partitions == 0 || partitions > 100_000 {
-            return Err(LogError::InvalidArgument(format!(
-                "partition count must be 1..=100000, got {partitions}"
-            )));
+            return Err(LogError::InvalidArgument(format!("partition count must be 1..=100000, got {partitions}")));
         }
         let mut topics = self.inner.topics.write().unwrap_or_else(|e| e.into_inner());
         if topics.contains_key(name) {
             return Err(LogError::TopicExists(name.to_string()));
         }
-        let t = Arc::new(Topic::create(
-            self.inner.dir.join("topics").join(name),
-            name,
-            partitions,
-            config,
-        )?);
+        let t = Arc::new(Topic::create(self.inner.dir.join("topics").join(name), name, partitions, config)?);
         topics.insert(name.to_string(), t.clone());
         tracing::info!(topic = name, partitions, "created topic");
         Ok(t)
     }
 
     /// Creates the topic unless it exists; returns it either way.
-    pub fn ensure_topic(
-        &self,
-        name: &str,
-        partitions: u32,
-        config: TopicConfig,
-    ) -> Result<Arc<Topic>> {
+    pub fn ensure_topic(&self, name: &str, partitions: u32, config: TopicConfig) -> Result<Arc<Topic>> {
         match self.create_topic(name, partitions, config) {
             Err(LogError::TopicExists(_)) => self.topic(name),
             r => r,
@@ -203,23 +176,12 @@ impl Log {
 
     /// Every topic, by name.
     pub fn topics(&self) -> Vec<Arc<Topic>> {
-        self.inner
-            .topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
     /// Partition count of a topic, if it exists.
     pub fn partition_count(&self, name: &str) -> Option<u32> {
-        self.inner
-            .topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .map(|t| t.partition_count())
+        self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).get(name).map(|t| t.partition_count())
     }
 
     /// One partition.
@@ -247,12 +209,7 @@ impl Log {
     }
 
     /// Sets and unsets config keys of a topic (validated; persisted).
-    pub fn alter_topic_config(
-        &self,
-        name: &str,
-        set: &BTreeMap<String, String>,
-        unset: &[String],
-    ) -> Result<()> {
+    pub fn alter_topic_config(&self, name: &str, set: &BTreeMap<String, String>, unset: &[String]) -> Result<()> {
         self.check_open()?;
         self.topic(name)?.alter_config(set, unset)
     }
@@ -270,13 +227,7 @@ impl Log {
     }
 
     /// Reads whole batches from `offset` (see [`Partition::read`]).
-    pub fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max_bytes: usize,
-    ) -> Result<FetchData> {
+    pub fn read(&self, topic: &str, partition: u32, offset: u64, max_bytes: usize) -> Result<FetchData> {
         self.partition(topic, partition)?.read(offset, max_bytes)
     }
 
@@ -292,11 +243,7 @@ impl Log {
 
     /// A fresh producer id and epoch for an idempotent producer.
     pub fn init_producer_id(&self) -> Result<(i64, i16)> {
-        let mut ids = self
-            .inner
-            .producer_ids
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut ids = self.inner.producer_ids.lock().unwrap_or_else(|e| e.into_inner());
         if ids.0 >= ids.1 {
             let next = allocate_pid_block(&self.inner.dir, ids.1)?;
             *ids = (next, next + PRODUCER_ID_BLOCK);
@@ -363,23 +310,12 @@ impl Inner {
             *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
             cv.notify_all();
         }
-        if let Some(h) = self
-            .background
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(h) = self.background.lock().unwrap_or_else(|e| e.into_inner()).take() {
             if h.thread().id() != std::thread::current().id() {
                 let _ = h.join();
             }
         }
-        let topics: Vec<_> = self
-            .topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let topics: Vec<_> = self.topics.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for t in topics {
             t.close()?;
         }
@@ -415,23 +351,12 @@ fn lock_dir(dir: &Path) -> Result<File> {
             let pid = pid.trim();
             return Err(LogError::Locked {
                 path: dir.to_path_buf(),
-                pid: if pid.is_empty() {
-                    "unknown".into()
-                } else {
-                    pid.to_string()
-                },
+                pid: if pid.is_empty() { "unknown".into() } else { pid.to_string() },
             });
         }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(LogError::Io {
-                context: "lock",
-                path,
-                source: e,
-            })
-        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(LogError::Io { context: "lock", path, source: e }),
     }
-    f.set_len(0)
-        .map_err(LogError::io("write lock file", &path))?;
+    f.set_len(0).map_err(LogError::io("write lock file", &path))?;
     f.rewind().map_err(LogError::io("write lock file", &path))?;
     writeln!(f, "{}", std::process::id()).map_err(LogError::io("write lock file", &path))?;
     Ok(f)
@@ -442,25 +367,14 @@ fn allocate_pid_block(dir: &Path, at_least: i64) -> Result<i64> {
     let path = dir.join(PRODUCER_ID_FILE);
     let stored = fs::read_to_string(&path)
         .ok()
-        .and_then(|s| {
-            s.trim()
-                .strip_prefix("v1 ")
-                .and_then(|n| n.parse::<i64>().ok())
-        })
+        .and_then(|s| s.trim().strip_prefix("v1 ").and_then(|n| n.parse::<i64>().ok()))
         .unwrap_or(0);
     let start = stored.max(at_least);
-    write_atomically(
-        &path,
-        format!("v1 {}\n", start + PRODUCER_ID_BLOCK).as_bytes(),
-    )?;
+    write_atomically(&path, format!("v1 {}\n", start + PRODUCER_ID_BLOCK).as_bytes())?;
     Ok(start)
 }
 
-fn spawn_background(
-    log: Weak<Inner>,
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    retention_every: Duration,
-) -> JoinHandle<()> {
+fn spawn_background(log: Weak<Inner>, stop: Arc<(Mutex<bool>, Condvar)>, retention_every: Duration) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("garam-log-maintenance".into())
         .spawn(move || {

@@ -13,12 +13,7 @@ pub const MAX_NAME_LEN: usize = 249;
 /// assert!(garam_log::validate_topic_name("a/b").is_err());
 /// ```
 pub fn validate_topic_name(name: &str) -> Result<()> {
-    let bad = |reason| {
-        Err(LogError::InvalidTopicName {
-            name: name.to_string(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(LogError::InvalidTopicName { name: name.to_string(), reason });
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -28,10 +23,7 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
     if name.len() > MAX_NAME_LEN {
         return bad("it is longer than 249 characters");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
         return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
     }
     Ok(())

@@ -85,9 +85,7 @@ pub struct Partition {
 
 impl std::fmt::Debug for Partition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Partition")
-            .field("name", &self.name)
-            .finish()
+        f.debug_struct("Partition").field("name", &self.name).finish()
     }
 }
 
@@ -96,13 +94,7 @@ const PRODUCER_SNAPSHOT: &str = "producer-state.snapshot";
 impl Partition {
     /// Opens (or creates) the partition in `dir`. `clean` says the log was closed cleanly, so intact
     /// indexes are trusted; otherwise the active segment is validated batch by batch.
-    pub(crate) fn open(
-        topic: &str,
-        id: u32,
-        dir: PathBuf,
-        config: Arc<TopicConfig>,
-        clean: bool,
-    ) -> Result<Partition> {
+    pub(crate) fn open(topic: &str, id: u32, dir: PathBuf, config: Arc<TopicConfig>, clean: bool) -> Result<Partition> {
         fs::create_dir_all(&dir).map_err(LogError::io("create partition dir", &dir))?;
         let name = format!("{topic}-{id}");
         crate::compaction::recover_swaps(&dir)?;
@@ -124,11 +116,7 @@ impl Partition {
         let interval = config.index_interval_bytes;
         let mut segments = Vec::with_capacity(bases.len().max(1));
         let mut producers = ProducerTable::default();
-        let snapshot = if clean {
-            read_producer_snapshot(&dir.join(PRODUCER_SNAPSHOT))
-        } else {
-            None
-        };
+        let snapshot = if clean { read_producer_snapshot(&dir.join(PRODUCER_SNAPSHOT)) } else { None };
         let last = bases.len().saturating_sub(1);
         for (i, base) in bases.iter().enumerate() {
             let active = i == last;
@@ -147,12 +135,8 @@ impl Partition {
         if segments.is_empty() {
             segments.push(Arc::new(Segment::create(&dir, 0, &name, now)?));
         }
-        let log_start = read_log_start(&dir)
-            .unwrap_or(0)
-            .max(segments[0].base_offset);
-        let log_end = segments
-            .last()
-            .map_or(0, |s| s.next_offset.load(Ordering::Acquire));
+        let log_start = read_log_start(&dir).unwrap_or(0).max(segments[0].base_offset);
+        let log_end = segments.last().map_or(0, |s| s.next_offset.load(Ordering::Acquire));
         let log_start = log_start.min(log_end);
         Ok(Partition {
             topic: topic.to_string(),
@@ -160,13 +144,7 @@ impl Partition {
             name,
             dir,
             config: RwLock::new(config),
-            state: Mutex::new(State {
-                segments,
-                log_start,
-                log_end,
-                unsynced: Vec::new(),
-                producers,
-            }),
+            state: Mutex::new(State { segments, log_start, log_end, unsynced: Vec::new(), producers }),
             high_watermark: AtomicU64::new(log_end),
             flushed: AtomicU64::new(log_end),
             fsyncs: AtomicU64::new(0),
@@ -198,10 +176,7 @@ impl Partition {
     }
 
     pub(crate) fn config(&self) -> Arc<TopicConfig> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(crate) fn set_config(&self, c: Arc<TopicConfig>) {
@@ -230,11 +205,7 @@ impl Partition {
 
     /// Base offsets of the segments, oldest first; the last is the active segment.
     pub fn segment_base_offsets(&self) -> Vec<u64> {
-        self.state()
-            .segments
-            .iter()
-            .map(|s| s.base_offset)
-            .collect()
+        self.state().segments.iter().map(|s| s.base_offset).collect()
     }
 
     /// Number of segments.
@@ -256,10 +227,9 @@ impl Partition {
             let h = BatchHeader::parse(&data[pos..]).map_err(|e| self.rejected(e))?;
             let len = h.total_len();
             if pos + len > data.len() {
-                return Err(self.rejected(LogError::corrupt(format!(
-                    "batch claims {len} bytes, {} present",
-                    data.len() - pos
-                ))));
+                return Err(
+                    self.rejected(LogError::corrupt(format!("batch claims {len} bytes, {} present", data.len() - pos)))
+                );
             }
             if len as u64 > config.max_message_bytes {
                 return Err(LogError::InvalidArgument(format!(
@@ -269,9 +239,7 @@ impl Partition {
             }
             let crc = crc32c::crc32c(&data[pos + 21..pos + len]);
             if crc != h.crc {
-                return Err(self.rejected(LogError::corrupt(format!(
-                    "CRC mismatch in produced batch at byte {pos}"
-                ))));
+                return Err(self.rejected(LogError::corrupt(format!("CRC mismatch in produced batch at byte {pos}"))));
             }
             headers.push((pos, h));
             pos += len;
@@ -326,15 +294,9 @@ impl Partition {
             next = h.next_offset();
         }
         self.maybe_roll(&mut st, &config, data.len() as u64, now)?;
-        let active = st
-            .segments
-            .last()
-            .cloned()
-            .ok_or_else(|| LogError::corrupt("partition has no segment"))?;
+        let active = st.segments.last().cloned().ok_or_else(|| LogError::corrupt("partition has no segment"))?;
         if active.len() + data.len() as u64 > u32::MAX as u64 {
-            return Err(LogError::InvalidArgument(
-                "segment would exceed 4 GiB".into(),
-            ));
+            return Err(LogError::InvalidArgument("segment would exceed 4 GiB".into()));
         }
         let start = active.append(data)?;
         for (p, h) in &headers {
@@ -368,22 +330,11 @@ impl Partition {
         }
     }
 
-    fn maybe_roll(
-        &self,
-        st: &mut State,
-        config: &TopicConfig,
-        incoming: u64,
-        now: i64,
-    ) -> Result<()> {
-        let active = st
-            .segments
-            .last()
-            .cloned()
-            .ok_or_else(|| LogError::corrupt("partition has no segment"))?;
+    fn maybe_roll(&self, st: &mut State, config: &TopicConfig, incoming: u64, now: i64) -> Result<()> {
+        let active = st.segments.last().cloned().ok_or_else(|| LogError::corrupt("partition has no segment"))?;
         let size = active.len();
         let too_big = size > 0 && size + incoming > config.segment_bytes;
-        let too_old =
-            size > 0 && now - active.created_ms.load(Ordering::Acquire) >= config.segment_ms as i64;
+        let too_old = size > 0 && now - active.created_ms.load(Ordering::Acquire) >= config.segment_ms as i64;
         if too_big || too_old {
             self.roll_locked(st, now)?;
         }
@@ -452,9 +403,7 @@ impl Partition {
                     *self.last_flush.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                 } else {
                     // Put them back so the next flush retries.
-                    self.state()
-                        .unsynced
-                        .extend(segs.into_iter().filter(|s| s.len() > 0));
+                    self.state().unsynced.extend(segs.into_iter().filter(|s| s.len() > 0));
                 }
                 self.flush_cv.notify_all();
                 r?;
@@ -473,13 +422,7 @@ impl Partition {
         if hw <= self.flushed_offset() {
             return Ok(());
         }
-        let due = self
-            .last_flush
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
-            .as_millis() as u64
-            >= ms;
+        let due = self.last_flush.lock().unwrap_or_else(|e| e.into_inner()).elapsed().as_millis() as u64 >= ms;
         if due {
             self.flush_to(hw)?;
         }
@@ -501,15 +444,8 @@ impl Partition {
                     log_end: st.log_end,
                 });
             }
-            let i = st
-                .segments
-                .partition_point(|s| s.base_offset <= offset)
-                .saturating_sub(1);
-            (
-                st.segments[i..].iter().take(4).cloned().collect::<Vec<_>>(),
-                st.log_start,
-                hw,
-            )
+            let i = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
+            (st.segments[i..].iter().take(4).cloned().collect::<Vec<_>>(), st.log_start, hw)
         };
         let empty = |segment: PathBuf| FetchData {
             batches: Bytes::new(),
@@ -545,10 +481,7 @@ impl Partition {
             let st = self.state();
             (st.segments.clone(), st.log_start)
         };
-        for seg in segs
-            .iter()
-            .filter(|s| s.max_timestamp.load(Ordering::Acquire) >= ts)
-        {
+        for seg in segs.iter().filter(|s| s.max_timestamp.load(Ordering::Acquire) >= ts) {
             let limit = seg.len();
             let Some(pos) = seg.position_of_time(ts, limit)? else {
                 continue;
@@ -606,9 +539,7 @@ impl Partition {
                     let max = seg.max_timestamp.load(Ordering::Acquire);
                     max >= 0 && now_ms - max > ms as i64 || max < 0 && seg.len() == 0
                 });
-                let by_size = config
-                    .retention_bytes
-                    .is_some_and(|limit| total - seg.len() >= limit);
+                let by_size = config.retention_bytes.is_some_and(|limit| total - seg.len() >= limit);
                 if !(by_time || by_size) {
                     break;
                 }
@@ -620,8 +551,7 @@ impl Partition {
             }
             let doomed: Vec<_> = st.segments.drain(..n).collect();
             st.log_start = st.log_start.max(st.segments[0].base_offset);
-            st.unsynced
-                .retain(|u| !doomed.iter().any(|d| Arc::ptr_eq(u, d)));
+            st.unsynced.retain(|u| !doomed.iter().any(|d| Arc::ptr_eq(u, d)));
             write_log_start(&self.dir, st.log_start)?;
             doomed
         };
@@ -636,10 +566,7 @@ impl Partition {
     pub fn delete_records_before(&self, offset: u64) -> Result<()> {
         let mut st = self.state();
         if offset > st.log_end {
-            return Err(LogError::InvalidArgument(format!(
-                "offset {offset} is past the log end {}",
-                st.log_end
-            )));
+            return Err(LogError::InvalidArgument(format!("offset {offset} is past the log end {}", st.log_end)));
         }
         st.log_start = st.log_start.max(offset);
         write_log_start(&self.dir, st.log_start)
@@ -651,26 +578,15 @@ impl Partition {
     }
 
     /// Swaps compacted segment `new` in for the segments with base offsets in `[from, to)`.
-    pub(crate) fn swap_segments(
-        &self,
-        from: u64,
-        to: u64,
-        new: Segment,
-    ) -> Result<Vec<Arc<Segment>>> {
+    pub(crate) fn swap_segments(&self, from: u64, to: u64, new: Segment) -> Result<Vec<Arc<Segment>>> {
         let mut st = self.state();
         let first = st.segments.partition_point(|s| s.base_offset < from);
         let end = st.segments.partition_point(|s| s.base_offset < to);
         if end >= st.segments.len() {
-            return Err(LogError::InvalidArgument(
-                "compaction may not replace the active segment".into(),
-            ));
+            return Err(LogError::InvalidArgument("compaction may not replace the active segment".into()));
         }
-        let old: Vec<_> = st
-            .segments
-            .splice(first..end, std::iter::once(Arc::new(new)))
-            .collect();
-        st.unsynced
-            .retain(|u| !old.iter().any(|d| Arc::ptr_eq(u, d)));
+        let old: Vec<_> = st.segments.splice(first..end, std::iter::once(Arc::new(new))).collect();
+        st.unsynced.retain(|u| !old.iter().any(|d| Arc::ptr_eq(u, d)));
         Ok(old)
     }
 
@@ -704,10 +620,7 @@ fn read_log_start(dir: &Path) -> Option<u64> {
 }
 
 fn write_log_start(dir: &Path, offset: u64) -> Result<()> {
-    write_atomically(
-        &dir.join("log-start-offset"),
-        format!("v1 {offset}\n").as_bytes(),
-    )
+    write_atomically(&dir.join("log-start-offset"), format!("v1 {offset}\n").as_bytes())
 }
 
 fn write_producer_snapshot(path: &Path, t: &ProducerTable) -> Result<()> {
@@ -752,8 +665,7 @@ fn read_producer_snapshot(path: &Path) -> Option<ProducerTable> {
             crc: 0,
             attributes: 0,
             last_offset_delta: (u64::from_be_bytes(c[26..34].try_into().ok()?)
-                - u64::from_be_bytes(c[18..26].try_into().ok()?))
-                as i32,
+                - u64::from_be_bytes(c[18..26].try_into().ok()?)) as i32,
             base_timestamp: 0,
             max_timestamp: 0,
             producer_id: i64::from_be_bytes(c[0..8].try_into().ok()?),

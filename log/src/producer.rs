@@ -25,11 +25,7 @@ pub struct ProducerConfig {
 
 impl Default for ProducerConfig {
     fn default() -> Self {
-        ProducerConfig {
-            batch_size: 64 * 1024,
-            compression: Compression::None,
-            idempotent: true,
-        }
+        ProducerConfig { batch_size: 64 * 1024, compression: Compression::None, idempotent: true }
     }
 }
 
@@ -60,19 +56,8 @@ pub struct Producer {
 
 impl Producer {
     pub(crate) fn new(log: Log, config: ProducerConfig) -> Result<Producer> {
-        let (producer_id, epoch) = if config.idempotent {
-            log.init_producer_id()?
-        } else {
-            (-1, -1)
-        };
-        Ok(Producer {
-            log,
-            config,
-            producer_id,
-            epoch,
-            topics: HashMap::new(),
-            buf: Vec::new(),
-        })
+        let (producer_id, epoch) = if config.idempotent { log.init_producer_id()? } else { (-1, -1) };
+        Ok(Producer { log, config, producer_id, epoch, topics: HashMap::new(), buf: Vec::new() })
     }
 
     /// The producer id (-1 when not idempotent).
@@ -93,19 +78,9 @@ impl Producer {
                 })
                 .collect();
             let sticky = (garam_core::time::now_ms() as u32) % t.partition_count().max(1);
-            self.topics.insert(
-                topic.to_string(),
-                TopicState {
-                    topic: t,
-                    batches,
-                    sticky,
-                },
-            );
+            self.topics.insert(topic.to_string(), TopicState { topic: t, batches, sticky });
         }
-        let st = self
-            .topics
-            .get_mut(topic)
-            .ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
+        let st = self.topics.get_mut(topic).ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
         // Pick up partitions added since.
         let n = st.topic.partition_count() as usize;
         if st.batches.len() < n {
@@ -148,11 +123,7 @@ impl Producer {
         let p = match (partition, key) {
             (Some(p), _) if p < n => p,
             (Some(p), _) => {
-                return Err(LogError::UnknownPartition {
-                    topic: topic.to_string(),
-                    partition: p,
-                    partitions: n,
-                });
+                return Err(LogError::UnknownPartition { topic: topic.to_string(), partition: p, partitions: n });
             }
             (None, Some(k)) => partition_for_key(k, n),
             (None, None) => st.sticky,
@@ -170,10 +141,7 @@ impl Producer {
 
     fn append_partition(&mut self, topic: &str, p: u32) -> Result<Option<AppendInfo>> {
         let (pid, epoch) = (self.producer_id, self.epoch);
-        let st = self
-            .topics
-            .get_mut(topic)
-            .ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
+        let st = self.topics.get_mut(topic).ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
         let pb = &mut st.batches[p as usize];
         if pb.builder.is_empty() {
             return Ok(None);

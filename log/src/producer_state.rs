@@ -54,26 +54,12 @@ impl ProducerTable {
             return SeqCheck::Fenced { current: e.epoch };
         }
         if h.producer_epoch > e.epoch {
-            return if h.base_sequence == 0 {
-                SeqCheck::Append
-            } else {
-                SeqCheck::OutOfOrder { expected: 0 }
-            };
+            return if h.base_sequence == 0 { SeqCheck::Append } else { SeqCheck::OutOfOrder { expected: 0 } };
         }
-        if let Some(b) = e
-            .batches
-            .iter()
-            .find(|b| b.first_seq == h.base_sequence && b.last_seq == h.last_sequence())
-        {
+        if let Some(b) = e.batches.iter().find(|b| b.first_seq == h.base_sequence && b.last_seq == h.last_sequence()) {
             return SeqCheck::Duplicate(*b);
         }
-        let expected = e.batches.back().map_or(0, |b| {
-            if b.last_seq == i32::MAX {
-                0
-            } else {
-                b.last_seq + 1
-            }
-        });
+        let expected = e.batches.back().map_or(0, |b| if b.last_seq == i32::MAX { 0 } else { b.last_seq + 1 });
         if h.base_sequence == expected {
             SeqCheck::Append
         } else {
@@ -136,19 +122,11 @@ mod tests {
         let b1 = header(7, 0, 0, 3, 0);
         assert_eq!(t.check(&b1), SeqCheck::Append);
         t.record(&b1);
-        assert!(
-            matches!(t.check(&header(7, 0, 0, 3, 99)), SeqCheck::Duplicate(b) if b.base_offset == 0)
-        );
-        assert_eq!(
-            t.check(&header(7, 0, 5, 1, 0)),
-            SeqCheck::OutOfOrder { expected: 3 }
-        );
+        assert!(matches!(t.check(&header(7, 0, 0, 3, 99)), SeqCheck::Duplicate(b) if b.base_offset == 0));
+        assert_eq!(t.check(&header(7, 0, 5, 1, 0)), SeqCheck::OutOfOrder { expected: 3 });
         assert_eq!(t.check(&header(7, 0, 3, 1, 0)), SeqCheck::Append);
         t.record(&header(7, 1, 0, 1, 3));
-        assert_eq!(
-            t.check(&header(7, 0, 4, 1, 0)),
-            SeqCheck::Fenced { current: 1 }
-        );
+        assert_eq!(t.check(&header(7, 0, 4, 1, 0)), SeqCheck::Fenced { current: 1 });
         assert_eq!(t.check(&header(-1, -1, -1, 1, 0)), SeqCheck::Append);
     }
 }

@@ -68,16 +68,7 @@ impl Segment {
             .truncate(true)
             .open(&path)
             .map_err(LogError::io("create segment", &path))?;
-        Ok(Segment::with_file(
-            base_offset,
-            path,
-            file,
-            partition,
-            0,
-            base_offset,
-            -1,
-            now_ms,
-        ))
+        Ok(Segment::with_file(base_offset, path, file, partition, 0, base_offset, -1, now_ms))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -118,37 +109,21 @@ impl Segment {
         index_interval: u64,
     ) -> Result<(Segment, ScanResult)> {
         let path = dir.join(file_name(base_offset, "log"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(LogError::io("open segment", &path))?;
-        let file_len = file
-            .metadata()
-            .map_err(LogError::io("stat segment", &path))?
-            .len();
+        let file =
+            OpenOptions::new().read(true).write(true).open(&path).map_err(LogError::io("open segment", &path))?;
+        let file_len = file.metadata().map_err(LogError::io("stat segment", &path))?.len();
         let mtime = file
             .metadata()
             .ok()
             .and_then(|m| m.modified().ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as i64);
-        let seg = Segment::with_file(
-            base_offset,
-            path.clone(),
-            file,
-            partition,
-            0,
-            base_offset,
-            -1,
-            mtime,
-        );
+        let seg = Segment::with_file(base_offset, path.clone(), file, partition, 0, base_offset, -1, mtime);
         let loaded = if validate {
             None
         } else {
-            OffsetIndex::read(&dir.join(file_name(base_offset, "index")), file_len).zip(
-                TimeIndex::read(&dir.join(file_name(base_offset, "timeindex"))),
-            )
+            OffsetIndex::read(&dir.join(file_name(base_offset, "index")), file_len)
+                .zip(TimeIndex::read(&dir.join(file_name(base_offset, "timeindex"))))
         };
         let scan = match loaded {
             Some((offsets, times)) => {
@@ -160,10 +135,7 @@ impl Segment {
                 ix.offsets = offsets;
                 ix.times = times;
                 drop(ix);
-                ScanResult {
-                    max_timestamp: max_ts,
-                    ..scan
-                }
+                ScanResult { max_timestamp: max_ts, ..scan }
             }
             None => {
                 let mut ix = Indexes::default();
@@ -174,50 +146,29 @@ impl Segment {
         };
         if scan.valid_len < file_len {
             tracing::warn!(file = %path.display(), valid = scan.valid_len, len = file_len, "truncating a torn segment tail");
-            seg.file
-                .set_len(scan.valid_len)
-                .map_err(LogError::io("truncate segment", &path))?;
+            seg.file.set_len(scan.valid_len).map_err(LogError::io("truncate segment", &path))?;
         }
         seg.size.store(scan.valid_len, Ordering::Release);
-        seg.next_offset
-            .store(scan.next_offset.unwrap_or(base_offset), Ordering::Release);
-        seg.max_timestamp
-            .store(scan.max_timestamp, Ordering::Release);
+        seg.next_offset.store(scan.next_offset.unwrap_or(base_offset), Ordering::Release);
+        seg.max_timestamp.store(scan.max_timestamp, Ordering::Release);
         Ok((seg, scan))
     }
 
     fn location(&self, position: u64, offset: Option<u64>) -> BatchLocation {
-        BatchLocation {
-            file: self.path.clone(),
-            partition: self.partition.clone(),
-            position,
-            offset,
-        }
+        BatchLocation { file: self.path.clone(), partition: self.partition.clone(), position, offset }
     }
 
     /// Scans batches from `start` to `end`. A torn tail (incomplete or corrupt last batch) stops the
     /// scan and is reported through `valid_len`; a corrupt batch followed by a valid one is corruption
     /// in the middle of the log, and an error.
-    fn scan(
-        &self,
-        start: u64,
-        end: u64,
-        verify: bool,
-        mut rebuild: Option<(&mut Indexes, u64)>,
-    ) -> Result<ScanResult> {
-        let mut res = ScanResult {
-            valid_len: start,
-            max_timestamp: -1,
-            ..Default::default()
-        };
+    fn scan(&self, start: u64, end: u64, verify: bool, mut rebuild: Option<(&mut Indexes, u64)>) -> Result<ScanResult> {
+        let mut res = ScanResult { valid_len: start, max_timestamp: -1, ..Default::default() };
         let mut pos = start;
         let mut buf = Vec::new();
         while pos + LOG_OVERHEAD as u64 <= end {
             let mut head = [0u8; HEADER_LEN];
             let avail = (end - pos).min(HEADER_LEN as u64) as usize;
-            self.file
-                .read_exact_at(&mut head[..avail], pos)
-                .map_err(LogError::io("read segment", &self.path))?;
+            self.file.read_exact_at(&mut head[..avail], pos).map_err(LogError::io("read segment", &self.path))?;
             let header = match BatchHeader::parse(&head[..avail]) {
                 Ok(h) if pos + h.total_len() as u64 <= end => h,
                 Ok(h) => {
@@ -240,15 +191,9 @@ impl Segment {
             let len = header.total_len();
             if verify {
                 buf.resize(len, 0);
-                self.file
-                    .read_exact_at(&mut buf, pos)
-                    .map_err(LogError::io("read segment", &self.path))?;
-                let ok = Batch::new(Bytes::copy_from_slice(&buf))
-                    .and_then(|b| b.verify())
-                    .is_ok()
-                    && res
-                        .next_offset
-                        .is_none_or(|n| header.base_offset as u64 >= n);
+                self.file.read_exact_at(&mut buf, pos).map_err(LogError::io("read segment", &self.path))?;
+                let ok = Batch::new(Bytes::copy_from_slice(&buf)).and_then(|b| b.verify()).is_ok()
+                    && res.next_offset.is_none_or(|n| header.base_offset as u64 >= n);
                 if !ok {
                     self.check_tail(pos + len as u64, end, pos, Some(header.base_offset as u64))?;
                     break;
@@ -291,8 +236,10 @@ impl Segment {
                 if self.file.read_exact_at(&mut b, next).is_ok()
                     && Batch::new(Bytes::from(b)).and_then(|b| b.verify()).is_ok()
                 {
-                    return Err(LogError::corrupt("invalid batch followed by valid data (corruption in the middle of the log)")
-                        .at(self.location(bad_pos, bad_offset)));
+                    return Err(LogError::corrupt(
+                        "invalid batch followed by valid data (corruption in the middle of the log)",
+                    )
+                    .at(self.location(bad_pos, bad_offset)));
                 }
             }
         }
@@ -304,11 +251,7 @@ impl Segment {
         let pos = self.size.load(Ordering::Acquire);
         if let Err(e) = self.file.write_all_at(data, pos) {
             let _ = self.file.set_len(pos);
-            return Err(LogError::Io {
-                context: "append to segment",
-                path: self.path.clone(),
-                source: e,
-            });
+            return Err(LogError::Io { context: "append to segment", path: self.path.clone(), source: e });
         }
         self.size.store(pos + data.len() as u64, Ordering::Release);
         Ok(pos)
@@ -326,8 +269,7 @@ impl Segment {
             ix.times.push(header.max_timestamp, rel);
         }
         ix.bytes_since_entry += header.total_len() as u64;
-        self.max_timestamp
-            .fetch_max(header.max_timestamp, Ordering::AcqRel);
+        self.max_timestamp.fetch_max(header.max_timestamp, Ordering::AcqRel);
     }
 
     /// Byte position of the first batch whose last offset is ≥ `offset`, or `None` past the end.
@@ -336,40 +278,21 @@ impl Segment {
             return Ok(Some(0).filter(|_| limit > 0));
         }
         let rel = (offset - self.base_offset).min(u32::MAX as u64) as u32;
-        let (_, start) = self
-            .indexes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .offsets
-            .lookup(rel);
+        let (_, start) = self.indexes.read().unwrap_or_else(|e| e.into_inner()).offsets.lookup(rel);
         self.find_from(start as u64, limit, |h| h.last_offset() as u64 >= offset)
     }
 
     /// Byte position of the first batch whose max timestamp is ≥ `ts`.
     pub fn position_of_time(&self, ts: i64, limit: u64) -> Result<Option<u64>> {
-        let rel = self
-            .indexes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .times
-            .lookup(ts);
-        let start = self
-            .position_of(self.base_offset + rel as u64, limit)?
-            .unwrap_or(limit);
+        let rel = self.indexes.read().unwrap_or_else(|e| e.into_inner()).times.lookup(ts);
+        let start = self.position_of(self.base_offset + rel as u64, limit)?.unwrap_or(limit);
         self.find_from(start, limit, |h| h.max_timestamp >= ts)
     }
 
-    fn find_from(
-        &self,
-        mut pos: u64,
-        limit: u64,
-        pred: impl Fn(&BatchHeader) -> bool,
-    ) -> Result<Option<u64>> {
+    fn find_from(&self, mut pos: u64, limit: u64, pred: impl Fn(&BatchHeader) -> bool) -> Result<Option<u64>> {
         let mut head = [0u8; HEADER_LEN];
         while pos + HEADER_LEN as u64 <= limit {
-            self.file
-                .read_exact_at(&mut head, pos)
-                .map_err(LogError::io("read segment", &self.path))?;
+            self.file.read_exact_at(&mut head, pos).map_err(LogError::io("read segment", &self.path))?;
             let h = BatchHeader::parse(&head).map_err(|e| e.at(self.location(pos, None)))?;
             if pred(&h) {
                 return Ok(Some(pos));
@@ -386,34 +309,22 @@ impl Segment {
             return Ok(Bytes::new());
         }
         let mut head = [0u8; LOG_OVERHEAD];
-        self.file
-            .read_exact_at(&mut head, pos)
-            .map_err(LogError::io("read segment", &self.path))?;
+        self.file.read_exact_at(&mut head, pos).map_err(LogError::io("read segment", &self.path))?;
         let first = i32::from_be_bytes([head[8], head[9], head[10], head[11]]);
-        if first < (HEADER_LEN - LOG_OVERHEAD) as i32
-            || pos + first as u64 + LOG_OVERHEAD as u64 > limit
-        {
-            return Err(LogError::corrupt(format!(
-                "batch length {first} does not fit the segment"
-            ))
-            .at(self.location(pos, None)));
+        if first < (HEADER_LEN - LOG_OVERHEAD) as i32 || pos + first as u64 + LOG_OVERHEAD as u64 > limit {
+            return Err(LogError::corrupt(format!("batch length {first} does not fit the segment"))
+                .at(self.location(pos, None)));
         }
-        let want = (max_bytes as u64)
-            .max(first as u64 + LOG_OVERHEAD as u64)
-            .min(limit - pos) as usize;
+        let want = (max_bytes as u64).max(first as u64 + LOG_OVERHEAD as u64).min(limit - pos) as usize;
         let mut buf = vec![0u8; want];
-        self.file
-            .read_exact_at(&mut buf, pos)
-            .map_err(LogError::io("read segment", &self.path))?;
+        self.file.read_exact_at(&mut buf, pos).map_err(LogError::io("read segment", &self.path))?;
         // Cut to whole batches.
         let mut end = 0usize;
         while end + LOG_OVERHEAD <= buf.len() {
             let l = i32::from_be_bytes([buf[end + 8], buf[end + 9], buf[end + 10], buf[end + 11]]);
             if l < (HEADER_LEN - LOG_OVERHEAD) as i32 {
-                return Err(LogError::corrupt(format!(
-                    "batch length {l} is shorter than a header"
-                ))
-                .at(self.location(pos + end as u64, None)));
+                return Err(LogError::corrupt(format!("batch length {l} is shorter than a header"))
+                    .at(self.location(pos + end as u64, None)));
             }
             let next = end + l as usize + LOG_OVERHEAD;
             if next > buf.len() {
@@ -429,18 +340,14 @@ impl Segment {
     pub fn write_indexes(&self) -> Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let ix = self.indexes.read().unwrap_or_else(|e| e.into_inner());
-        ix.offsets
-            .write(&dir.join(file_name(self.base_offset, "index")))?;
-        ix.times
-            .write(&dir.join(file_name(self.base_offset, "timeindex")))?;
+        ix.offsets.write(&dir.join(file_name(self.base_offset, "index")))?;
+        ix.times.write(&dir.join(file_name(self.base_offset, "timeindex")))?;
         Ok(())
     }
 
     /// fsyncs the segment's data.
     pub fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(LogError::io("fsync segment", &self.path))
+        self.file.sync_data().map_err(LogError::io("fsync segment", &self.path))
     }
 
     /// Removes the segment's files (open handles keep working until dropped).
@@ -451,13 +358,7 @@ impl Segment {
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(LogError::Io {
-                        context: "delete segment",
-                        path: p,
-                        source: e,
-                    })
-                }
+                Err(e) => return Err(LogError::Io { context: "delete segment", path: p, source: e }),
             }
         }
         Ok(())

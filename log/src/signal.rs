@@ -26,11 +26,7 @@ impl Signal {
             if now >= deadline {
                 return false;
             }
-            s = self
-                .cv
-                .wait_timeout(s, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            s = self.cv.wait_timeout(s, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
         *s = false;
         true

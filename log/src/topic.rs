@@ -35,19 +35,11 @@ pub struct Topic {
 }
 
 impl Topic {
-    pub(crate) fn create(
-        dir: PathBuf,
-        name: &str,
-        partitions: u32,
-        config: TopicConfig,
-    ) -> Result<Topic> {
+    pub(crate) fn create(dir: PathBuf, name: &str, partitions: u32, config: TopicConfig) -> Result<Topic> {
         fs::create_dir_all(&dir).map_err(LogError::io("create topic dir", &dir))?;
         let config = Arc::new(config);
         let parts = (0..partitions)
-            .map(|p| {
-                Partition::open(name, p, dir.join(p.to_string()), config.clone(), true)
-                    .map(Arc::new)
-            })
+            .map(|p| Partition::open(name, p, dir.join(p.to_string()), config.clone(), true).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         let t = Topic {
             name: name.to_string(),
@@ -63,33 +55,21 @@ impl Topic {
     pub(crate) fn open(dir: PathBuf, clean: bool) -> Result<Topic> {
         let path = dir.join(META);
         let raw = fs::read(&path).map_err(LogError::io("read topic metadata", &path))?;
-        let meta: TopicMeta =
-            serde_json::from_slice(&raw).map_err(|e| LogError::InvalidConfig {
-                key: path.display().to_string(),
-                value: String::new(),
-                reason: format!("unreadable topic metadata: {e}"),
-            })?;
+        let meta: TopicMeta = serde_json::from_slice(&raw).map_err(|e| LogError::InvalidConfig {
+            key: path.display().to_string(),
+            value: String::new(),
+            reason: format!("unreadable topic metadata: {e}"),
+        })?;
         if meta.format_version != FORMAT_VERSION {
             return Err(LogError::InvalidConfig {
                 key: path.display().to_string(),
                 value: meta.format_version.to_string(),
-                reason: format!(
-                    "unsupported topic metadata version (this build reads {FORMAT_VERSION})"
-                ),
+                reason: format!("unsupported topic metadata version (this build reads {FORMAT_VERSION})"),
             });
         }
         let config = Arc::new(TopicConfig::from_overrides(&meta.config)?);
         let parts = (0..meta.partitions)
-            .map(|p| {
-                Partition::open(
-                    &meta.name,
-                    p,
-                    dir.join(p.to_string()),
-                    config.clone(),
-                    clean,
-                )
-                .map(Arc::new)
-            })
+            .map(|p| Partition::open(&meta.name, p, dir.join(p.to_string()), config.clone(), clean).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         Ok(Topic {
             name: meta.name,
@@ -108,8 +88,7 @@ impl Topic {
             config: self.config().overrides().clone(),
             created_ms: self.created_ms,
         };
-        let json = serde_json::to_vec_pretty(&meta)
-            .map_err(|e| LogError::InvalidArgument(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| LogError::InvalidArgument(e.to_string()))?;
         write_atomically(&self.dir.join(META), &json)
     }
 
@@ -125,46 +104,30 @@ impl Topic {
 
     /// The current config.
     pub fn config(&self) -> Arc<TopicConfig> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Number of partitions.
     pub fn partition_count(&self) -> u32 {
-        self.partitions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .len() as u32
+        self.partitions.read().unwrap_or_else(|e| e.into_inner()).len() as u32
     }
 
     /// All partitions.
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
-        self.partitions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.partitions.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// One partition.
     pub fn partition(&self, p: u32) -> Result<Arc<Partition>> {
         let parts = self.partitions.read().unwrap_or_else(|e| e.into_inner());
-        parts
-            .get(p as usize)
-            .cloned()
-            .ok_or_else(|| LogError::UnknownPartition {
-                topic: self.name.clone(),
-                partition: p,
-                partitions: parts.len() as u32,
-            })
+        parts.get(p as usize).cloned().ok_or_else(|| LogError::UnknownPartition {
+            topic: self.name.clone(),
+            partition: p,
+            partitions: parts.len() as u32,
+        })
     }
 
-    pub(crate) fn alter_config(
-        &self,
-        set: &BTreeMap<String, String>,
-        unset: &[String],
-    ) -> Result<()> {
+    pub(crate) fn alter_config(&self, set: &BTreeMap<String, String>, unset: &[String]) -> Result<()> {
         let mut c = (*self.config()).clone();
         for k in unset {
             c.unset(k)?;
@@ -190,13 +153,7 @@ impl Topic {
             )));
         }
         for p in have..total {
-            parts.push(Arc::new(Partition::open(
-                &self.name,
-                p,
-                self.dir.join(p.to_string()),
-                self.config(),
-                true,
-            )?));
+            parts.push(Arc::new(Partition::open(&self.name, p, self.dir.join(p.to_string()), self.config(), true)?));
         }
         drop(parts);
         self.write_meta()

@@ -26,11 +26,7 @@ fn read_all(log: &Log) -> Vec<(u64, Vec<u8>, Option<Vec<u8>>)> {
         for part in polled {
             for r in part.records() {
                 let r = r.unwrap();
-                out.push((
-                    r.offset,
-                    r.key.unwrap().to_vec(),
-                    r.value.map(|v| v.to_vec()),
-                ));
+                out.push((r.offset, r.key.unwrap().to_vec(), r.value.map(|v| v.to_vec())));
             }
         }
     }

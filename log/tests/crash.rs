@@ -27,58 +27,28 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let log = Log::open_with(
-        &dir,
-        LogOptions {
-            background: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let log = Log::open_with(&dir, LogOptions { background: true, ..Default::default() }).unwrap();
     log.ensure_topic("t", PARTITIONS, small_segments()).unwrap();
     let mut producer = log.producer(Default::default()).unwrap();
     // Continue each partition's sequence where the log ends: the log is a prefix of what was sent.
-    let mut next: Vec<u64> = (0..PARTITIONS)
-        .map(|p| log.offsets("t", p).unwrap().log_end_offset)
-        .collect();
+    let mut next: Vec<u64> = (0..PARTITIONS).map(|p| log.offsets("t", p).unwrap().log_end_offset).collect();
     let mut out = std::io::stdout().lock();
     let mut rng = rand::rngs::SmallRng::from_entropy();
     loop {
         for p in 0..PARTITIONS {
             for _ in 0..rng.gen_range(1..50) {
                 let v = format!("{p}:{}", next[p as usize]);
-                producer
-                    .send_to("t", Some(p), Record::new(Some(v.clone()), Some(v)))
-                    .unwrap();
+                producer.send_to("t", Some(p), Record::new(Some(v.clone()), Some(v))).unwrap();
                 next[p as usize] += 1;
             }
         }
         producer.flush_durable().unwrap();
         // Everything up to `next` is fsynced: tell the parent.
-        writeln!(
-            out,
-            "flushed {}",
-            next.iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(" ")
-        )
-        .unwrap();
+        writeln!(out, "flushed {}", next.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")).unwrap();
         // Commit, per partition, an offset that only grows.
-        let offsets: Vec<_> = (0..PARTITIONS)
-            .map(|p| (TopicPartition::new("t", p), next[p as usize] / 2))
-            .collect();
+        let offsets: Vec<_> = (0..PARTITIONS).map(|p| (TopicPartition::new("t", p), next[p as usize] / 2)).collect();
         log.groups().commit("g", None, &offsets, "").unwrap();
-        writeln!(
-            out,
-            "committed {}",
-            offsets
-                .iter()
-                .map(|o| o.1.to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
-        )
-        .unwrap();
+        writeln!(out, "committed {}", offsets.iter().map(|o| o.1.to_string()).collect::<Vec<_>>().join(" ")).unwrap();
         out.flush().unwrap();
     }
 }
@@ -128,14 +98,7 @@ fn log_survives_sigkill_at_random_moments() {
             }
         }
 
-        let log = Log::open_with(
-            dir.path(),
-            LogOptions {
-                background: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let log = Log::open_with(dir.path(), LogOptions { background: false, ..Default::default() }).unwrap();
         if log.topic("t").is_err() {
             continue; // killed before the topic existed
         }
@@ -146,9 +109,7 @@ fn log_survives_sigkill_at_random_moments() {
                 ..Default::default()
             })
             .unwrap();
-        let ends: Vec<u64> = (0..PARTITIONS)
-            .map(|p| log.offsets("t", p).unwrap().log_end_offset)
-            .collect();
+        let ends: Vec<u64> = (0..PARTITIONS).map(|p| log.offsets("t", p).unwrap().log_end_offset).collect();
         let mut seen = vec![0u64; PARTITIONS as usize];
         let deadline = Instant::now() + Duration::from_secs(30);
         while seen != ends && Instant::now() < deadline {
@@ -176,22 +137,12 @@ fn log_survives_sigkill_at_random_moments() {
                 ends[p],
                 flushed[p]
             );
-            let got = log
-                .groups()
-                .committed("g", &TopicPartition::new("t", p as u32))
-                .map_or(0, |c| c.offset);
-            assert!(
-                got >= committed[p],
-                "round {round}: committed offset went backwards ({got} < {})",
-                committed[p]
-            );
+            let got = log.groups().committed("g", &TopicPartition::new("t", p as u32)).map_or(0, |c| c.offset);
+            assert!(got >= committed[p], "round {round}: committed offset went backwards ({got} < {})", committed[p]);
             committed[p] = got;
         }
         drop(c);
         log.close().unwrap();
     }
-    assert!(
-        flushed.iter().sum::<u64>() > 0,
-        "the child never got to flush"
-    );
+    assert!(flushed.iter().sum::<u64>() > 0, "the child never got to flush");
 }

@@ -19,26 +19,16 @@ struct CommitOnRevoke;
 
 impl RebalanceListener for CommitOnRevoke {
     fn on_revoked(&mut self, partitions: &[TopicPartition], commits: &mut RevokeCommits<'_>) {
-        let offsets: Vec<_> = partitions
-            .iter()
-            .filter_map(|tp| commits.position(tp).map(|o| (tp.clone(), o)))
-            .collect();
+        let offsets: Vec<_> =
+            partitions.iter().filter_map(|tp| commits.position(tp).map(|o| (tp.clone(), o))).collect();
         commits.commit(&offsets).unwrap();
     }
 }
 
 fn run(assignor: Assignor) {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open_with(
-        dir.path(),
-        LogOptions {
-            background: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    log.create_topic("t", PARTITIONS, TopicConfig::default())
-        .unwrap();
+    let log = Log::open_with(dir.path(), LogOptions { background: true, ..Default::default() }).unwrap();
+    log.create_topic("t", PARTITIONS, TopicConfig::default()).unwrap();
 
     // Who is processing which partition right now: a second owner is a violation.
     let processing: Arc<Mutex<HashMap<u32, String>>> = Arc::default();
@@ -50,8 +40,7 @@ fn run(assignor: Assignor) {
         std::thread::spawn(move || {
             let mut p = log.producer(Default::default()).unwrap();
             for i in 0..RECORDS {
-                p.send("t", Record::new(Some(format!("k{i}")), Some(i.to_string())))
-                    .unwrap();
+                p.send("t", Record::new(Some(format!("k{i}")), Some(i.to_string()))).unwrap();
                 if i % 500 == 0 {
                     p.flush().unwrap();
                     std::thread::sleep(Duration::from_millis(2));
@@ -62,8 +51,7 @@ fn run(assignor: Assignor) {
     };
 
     let member = |name: String, lifetime: Duration| {
-        let (log, processing, seen, stop) =
-            (log.clone(), processing.clone(), seen.clone(), stop.clone());
+        let (log, processing, seen, stop) = (log.clone(), processing.clone(), seen.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut c = log
                 .consumer(ConsumerConfig {
@@ -112,11 +100,7 @@ fn run(assignor: Assignor) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let committed: u64 = (0..PARTITIONS)
-            .map(|p| {
-                log.groups()
-                    .committed("g", &TopicPartition::new("t", p))
-                    .map_or(0, |c| c.offset)
-            })
+            .map(|p| log.groups().committed("g", &TopicPartition::new("t", p)).map_or(0, |c| c.offset))
             .sum();
         if committed == RECORDS || Instant::now() > deadline {
             break;
@@ -137,11 +121,7 @@ fn run(assignor: Assignor) {
         for o in 0..end {
             assert!(seen.contains(&(p, o)), "record {p}@{o} was skipped");
         }
-        let c = log
-            .groups()
-            .committed("g", &TopicPartition::new("t", p))
-            .unwrap()
-            .offset;
+        let c = log.groups().committed("g", &TopicPartition::new("t", p)).unwrap().offset;
         assert_eq!(c, end, "partition {p} fully committed");
     }
     assert_eq!(seen.len() as u64, RECORDS);
@@ -160,35 +140,18 @@ fn range_group_survives_churn() {
 #[test]
 fn expired_member_loses_partitions_and_cannot_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open_with(
-        dir.path(),
-        LogOptions {
-            background: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let log = Log::open_with(dir.path(), LogOptions { background: false, ..Default::default() }).unwrap();
     log.create_topic("t", 2, TopicConfig::default()).unwrap();
-    let cfg = ConsumerConfig {
-        session_timeout: Duration::from_millis(100),
-        ..ConsumerConfig::group("g", &["t"])
-    };
+    let cfg = ConsumerConfig { session_timeout: Duration::from_millis(100), ..ConsumerConfig::group("g", &["t"]) };
     let mut zombie = log.consumer(cfg.clone()).unwrap();
     zombie.poll(Duration::from_millis(1)).unwrap();
     assert_eq!(zombie.assignment().len(), 2);
     std::thread::sleep(Duration::from_millis(200));
     let mut fresh = log.consumer(cfg).unwrap();
     fresh.poll(Duration::from_millis(1)).unwrap();
-    assert_eq!(
-        fresh.assignment().len(),
-        2,
-        "the expired member's partitions moved"
-    );
+    assert_eq!(fresh.assignment().len(), 2, "the expired member's partitions moved");
     let tp = TopicPartition::new("t", 0);
-    assert!(
-        zombie.commit(&[(tp.clone(), 0)]).is_err(),
-        "a zombie cannot commit"
-    );
+    assert!(zombie.commit(&[(tp.clone(), 0)]).is_err(), "a zombie cannot commit");
     fresh.commit(&[(tp.clone(), 0)]).unwrap();
     // Offsets never go backwards by accident; an explicit reset can rewind a stopped group.
     log.append("t", 0, &mut {
@@ -200,10 +163,7 @@ fn expired_member_loses_partitions_and_cannot_commit() {
     .unwrap();
     fresh.commit(&[(tp.clone(), 2)]).unwrap();
     assert!(fresh.commit(&[(tp.clone(), 1)]).is_err());
-    assert!(
-        log.groups().reset_offsets("g", &[(tp.clone(), 0)]).is_err(),
-        "members are active"
-    );
+    assert!(log.groups().reset_offsets("g", &[(tp.clone(), 0)]).is_err(), "members are active");
     drop(fresh);
     drop(zombie);
     log.groups().reset_offsets("g", &[(tp.clone(), 0)]).unwrap();

@@ -11,10 +11,7 @@ use garam_log::consumer::{ConsumerConfig, OffsetReset};
 use garam_log::{Log, LogError, LogOptions, TopicConfig};
 
 fn quiet() -> LogOptions {
-    LogOptions {
-        background: false,
-        ..Default::default()
-    }
+    LogOptions { background: false, ..Default::default() }
 }
 
 fn cfg(pairs: &[(&str, &str)]) -> TopicConfig {
@@ -42,12 +39,7 @@ fn read_all(log: &Log, topic: &str) -> Vec<(u32, u64, Option<Vec<u8>>, Option<Ve
         for part in polled {
             for r in part.records() {
                 let r = r.unwrap();
-                out.push((
-                    part.tp.partition,
-                    r.offset,
-                    r.key.map(|k| k.to_vec()),
-                    r.value.map(|v| v.to_vec()),
-                ));
+                out.push((part.tp.partition, r.offset, r.key.map(|k| k.to_vec()), r.value.map(|v| v.to_vec())));
             }
         }
     }
@@ -58,12 +50,7 @@ fn read_all(log: &Log, topic: &str) -> Vec<(u32, u64, Option<Vec<u8>>, Option<Ve
 fn one_batch(n: usize, ts: i64) -> Vec<u8> {
     let mut b = BatchBuilder::new(Compression::None);
     for i in 0..n {
-        b.push(
-            ts + i as i64,
-            Some(format!("k{i}").as_bytes()),
-            Some(format!("v{i}").as_bytes()),
-            &[],
-        );
+        b.push(ts + i as i64, Some(format!("k{i}").as_bytes()), Some(format!("v{i}").as_bytes()), &[]);
     }
     b.finish().unwrap().to_vec()
 }
@@ -73,32 +60,19 @@ fn topics_persist_and_validate() {
     let dir = tempfile::tempdir().unwrap();
     {
         let log = Log::open_with(dir.path(), quiet()).unwrap();
-        log.create_topic("a", 2, cfg(&[("cleanup.policy", "compact")]))
-            .unwrap();
-        assert!(matches!(
-            log.create_topic("a", 1, TopicConfig::default()),
-            Err(LogError::TopicExists(_))
-        ));
-        assert!(matches!(
-            log.create_topic("b/c", 1, TopicConfig::default()),
-            Err(LogError::InvalidTopicName { .. })
-        ));
+        log.create_topic("a", 2, cfg(&[("cleanup.policy", "compact")])).unwrap();
+        assert!(matches!(log.create_topic("a", 1, TopicConfig::default()), Err(LogError::TopicExists(_))));
+        assert!(matches!(log.create_topic("b/c", 1, TopicConfig::default()), Err(LogError::InvalidTopicName { .. })));
         assert!(log.create_topic("z", 0, TopicConfig::default()).is_err());
         log.add_partitions("a", 4).unwrap();
-        assert!(
-            log.add_partitions("a", 3).is_err(),
-            "partitions never shrink"
-        );
+        assert!(log.add_partitions("a", 3).is_err(), "partitions never shrink");
         let set = BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]);
         log.alter_topic_config("a", &set, &[]).unwrap();
         let bad = BTreeMap::from([("retention.ms".to_string(), "x".to_string())]);
         assert!(log.alter_topic_config("a", &bad, &[]).is_err());
         log.create_topic("gone", 1, TopicConfig::default()).unwrap();
         log.delete_topic("gone").unwrap();
-        assert!(matches!(
-            log.delete_topic("gone"),
-            Err(LogError::UnknownTopic(_))
-        ));
+        assert!(matches!(log.delete_topic("gone"), Err(LogError::UnknownTopic(_))));
         log.close().unwrap();
     }
     let log = Log::open_with(dir.path(), quiet()).unwrap();
@@ -125,8 +99,7 @@ fn keyed_records_land_where_kafka_puts_them() {
     log.create_topic("t", 7, TopicConfig::default()).unwrap();
     let mut p = log.producer(Default::default()).unwrap();
     for i in 0..500 {
-        p.send("t", Record::new(Some(format!("user-{i}")), Some("x")))
-            .unwrap();
+        p.send("t", Record::new(Some(format!("user-{i}")), Some("x"))).unwrap();
     }
     p.flush().unwrap();
     let all = read_all(&log, "t");
@@ -141,20 +114,12 @@ fn keyless_records_stick_then_spread() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     log.create_topic("t", 4, TopicConfig::default()).unwrap();
-    let mut p = log
-        .producer(garam_log::producer::ProducerConfig {
-            batch_size: 1024,
-            ..Default::default()
-        })
-        .unwrap();
+    let mut p = log.producer(garam_log::producer::ProducerConfig { batch_size: 1024, ..Default::default() }).unwrap();
     for _ in 0..2000 {
-        p.send("t", Record::new(None::<&str>, Some("some value bytes")))
-            .unwrap();
+        p.send("t", Record::new(None::<&str>, Some("some value bytes"))).unwrap();
     }
     p.flush().unwrap();
-    let ends: Vec<u64> = (0..4)
-        .map(|i| log.offsets("t", i).unwrap().log_end_offset)
-        .collect();
+    let ends: Vec<u64> = (0..4).map(|i| log.offsets("t", i).unwrap().log_end_offset).collect();
     assert_eq!(ends.iter().sum::<u64>(), 2000);
     assert!(ends.iter().all(|e| *e > 0), "{ends:?}");
 }
@@ -173,19 +138,13 @@ fn idempotent_retries_are_not_written_twice() {
     let first = log.append("t", 0, &mut batch.clone()).unwrap();
     let retry = log.append("t", 0, &mut batch.clone()).unwrap();
     assert!(!first.duplicate && retry.duplicate);
-    assert_eq!(
-        (retry.base_offset, retry.last_offset),
-        (first.base_offset, first.last_offset)
-    );
+    assert_eq!((retry.base_offset, retry.last_offset), (first.base_offset, first.last_offset));
     assert_eq!(log.offsets("t", 0).unwrap().log_end_offset, 2);
     // A gap in sequence is refused.
     b.producer(pid, epoch, 5);
     b.push(3, None, Some(b"v"), &[]);
     let mut gap = b.finish().unwrap().to_vec();
-    assert!(matches!(
-        log.append("t", 0, &mut gap),
-        Err(LogError::OutOfOrderSequence { expected: 2, .. })
-    ));
+    assert!(matches!(log.append("t", 0, &mut gap), Err(LogError::OutOfOrderSequence { expected: 2, .. })));
     // The retry is still recognised after a clean reopen.
     log.close().unwrap();
     drop(log);
@@ -197,17 +156,13 @@ fn idempotent_retries_are_not_written_twice() {
 fn produced_garbage_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
-    log.create_topic("t", 1, cfg(&[("max.message.bytes", "1000")]))
-        .unwrap();
+    log.create_topic("t", 1, cfg(&[("max.message.bytes", "1000")])).unwrap();
     let mut bad = one_batch(3, 0);
     let last = bad.len() - 1;
     bad[last] ^= 1;
     assert!(log.append("t", 0, &mut bad).is_err(), "bad CRC");
     assert!(log.append("t", 0, &mut vec![1, 2, 3]).is_err(), "truncated");
-    assert!(
-        log.append("t", 0, &mut one_batch(200, 0)).is_err(),
-        "too large"
-    );
+    assert!(log.append("t", 0, &mut one_batch(200, 0)).is_err(), "too large");
     assert_eq!(log.offsets("t", 0).unwrap().log_end_offset, 0);
 }
 
@@ -215,8 +170,7 @@ fn produced_garbage_is_rejected() {
 fn log_append_time_stamps_batches() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
-    log.create_topic("t", 1, cfg(&[("message.timestamp.type", "LogAppendTime")]))
-        .unwrap();
+    log.create_topic("t", 1, cfg(&[("message.timestamp.type", "LogAppendTime")])).unwrap();
     let before = garam_core::time::now_ms();
     let info = log.append("t", 0, &mut one_batch(3, 5)).unwrap();
     assert!(info.log_append_time >= before);
@@ -234,15 +188,9 @@ fn log_append_time_stamps_batches() {
 fn offsets_for_times_and_fetch_ranges() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
-    log.create_topic(
-        "t",
-        1,
-        cfg(&[("segment.bytes", "1024"), ("index.interval.bytes", "100")]),
-    )
-    .unwrap();
+    log.create_topic("t", 1, cfg(&[("segment.bytes", "1024"), ("index.interval.bytes", "100")])).unwrap();
     for i in 0..50 {
-        log.append("t", 0, &mut one_batch(2, 1000 + i * 10))
-            .unwrap();
+        log.append("t", 0, &mut one_batch(2, 1000 + i * 10)).unwrap();
     }
     let p = log.partition("t", 0).unwrap();
     assert!(p.segment_count() > 3);
@@ -258,10 +206,7 @@ fn offsets_for_times_and_fetch_ranges() {
         let b = BatchIter::new(d.batches).next().unwrap().unwrap();
         assert!(b.header().base_offset as u64 <= o && o <= b.header().last_offset() as u64);
     }
-    assert!(matches!(
-        log.read("t", 0, 101, 100),
-        Err(LogError::OffsetOutOfRange { .. })
-    ));
+    assert!(matches!(log.read("t", 0, 101, 100), Err(LogError::OffsetOutOfRange { .. })));
     assert!(log.read("t", 0, 100, 100).unwrap().batches.is_empty());
 }
 
@@ -270,12 +215,7 @@ fn a_caught_up_consumer_waits_for_new_data() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     log.create_topic("t", 2, TopicConfig::default()).unwrap();
-    let mut c = log
-        .consumer(ConsumerConfig {
-            topics: vec!["t".into()],
-            ..Default::default()
-        })
-        .unwrap();
+    let mut c = log.consumer(ConsumerConfig { topics: vec!["t".into()], ..Default::default() }).unwrap();
     let l2 = log.clone();
     let writer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
@@ -285,10 +225,7 @@ fn a_caught_up_consumer_waits_for_new_data() {
     let got = c.poll(Duration::from_secs(20)).unwrap();
     writer.join().unwrap();
     assert_eq!(got.iter().map(|p| p.records().count()).sum::<usize>(), 1);
-    assert!(
-        start.elapsed() < Duration::from_secs(15),
-        "woken by the append, not the deadline"
-    );
+    assert!(start.elapsed() < Duration::from_secs(15), "woken by the append, not the deadline");
     // And an empty poll returns at its deadline.
     assert!(c.poll(Duration::from_millis(50)).unwrap().is_empty());
 }
@@ -309,12 +246,7 @@ fn torn_tail_is_truncated_and_indexes_rebuilt() {
     let pdir;
     {
         let log = Log::open_with(dir.path(), quiet()).unwrap();
-        log.create_topic(
-            "t",
-            1,
-            cfg(&[("segment.bytes", "2048"), ("index.interval.bytes", "64")]),
-        )
-        .unwrap();
+        log.create_topic("t", 1, cfg(&[("segment.bytes", "2048"), ("index.interval.bytes", "64")])).unwrap();
         for i in 0..40 {
             log.append("t", 0, &mut one_batch(3, i)).unwrap();
         }
@@ -332,10 +264,7 @@ fn torn_tail_is_truncated_and_indexes_rebuilt() {
 
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     let end = log.offsets("t", 0).unwrap().log_end_offset;
-    assert_eq!(
-        end, 117,
-        "the torn last batch (3 records) is gone, the rest is intact"
-    );
+    assert_eq!(end, 117, "the torn last batch (3 records) is gone, the rest is intact");
     let all = read_all(&log, "t");
     assert_eq!(all.len(), 117);
     assert!(all.iter().enumerate().all(|(i, r)| r.1 == i as u64));
@@ -364,28 +293,15 @@ fn corruption_in_the_middle_is_an_error_naming_the_file() {
     let err = Log::open_with(dir.path(), quiet()).unwrap_err().to_string();
     assert!(err.contains("00000000000000000000.log"), "{err}");
     assert!(err.contains("t-0"), "{err}");
-    assert!(
-        err.contains("at offset 6"),
-        "the third batch holds offsets 6..=8: {err}"
-    );
+    assert!(err.contains("at offset 6"), "the third batch holds offsets 6..=8: {err}");
 }
 
 #[test]
 fn retention_deletes_old_and_excess_segments() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
-    log.create_topic(
-        "time",
-        1,
-        cfg(&[("segment.bytes", "1024"), ("retention.ms", "60000")]),
-    )
-    .unwrap();
-    log.create_topic(
-        "size",
-        1,
-        cfg(&[("segment.bytes", "1024"), ("retention.bytes", "2048")]),
-    )
-    .unwrap();
+    log.create_topic("time", 1, cfg(&[("segment.bytes", "1024"), ("retention.ms", "60000")])).unwrap();
+    log.create_topic("size", 1, cfg(&[("segment.bytes", "1024"), ("retention.bytes", "2048")])).unwrap();
     let now = garam_core::time::now_ms();
     for i in 0..40 {
         // The first half is two hours old.
@@ -403,18 +319,14 @@ fn retention_deletes_old_and_excess_segments() {
     assert!(log.offsets("size", 0).unwrap().log_start_offset > 0);
     // A consumer that was behind the log start is reset, not stuck.
     let got = read_all(&log, "size");
-    assert_eq!(
-        got.len() as u64,
-        80 - log.offsets("size", 0).unwrap().log_start_offset
-    );
+    assert_eq!(got.len() as u64, 80 - log.offsets("size", 0).unwrap().log_start_offset);
 }
 
 #[test]
 fn group_commit_shares_fsyncs_between_waiting_appenders() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
-    log.create_topic("t", 1, cfg(&[("flush.messages", "1")]))
-        .unwrap();
+    log.create_topic("t", 1, cfg(&[("flush.messages", "1")])).unwrap();
     let threads = 8;
     let per_thread = 50;
     std::thread::scope(|s| {
@@ -431,9 +343,6 @@ fn group_commit_shares_fsyncs_between_waiting_appenders() {
     });
     let p = log.partition("t", 0).unwrap();
     assert_eq!(p.offsets().log_end_offset, threads * per_thread);
-    assert!(
-        p.fsync_count() <= threads * per_thread,
-        "at most one fsync per append"
-    );
+    assert!(p.fsync_count() <= threads * per_thread, "at most one fsync per append");
     assert!(p.fsync_count() > 0);
 }

@@ -143,7 +143,11 @@ impl StreamBuilder {
         self.stream_from(topics.iter().map(|t| TopicRef::External(t.to_string())).collect(), consumed)
     }
 
-    pub(crate) fn stream_from<K: Data, V: Data>(&self, topics: Vec<TopicRef>, consumed: Consumed<K, V>) -> Stream<K, V> {
+    pub(crate) fn stream_from<K: Data, V: Data>(
+        &self,
+        topics: Vec<TopicRef>,
+        consumed: Consumed<K, V>,
+    ) -> Stream<K, V> {
         let mut g = self.graph.borrow_mut();
         let name = consumed.name.clone().unwrap_or_else(|| g.generated_name("SOURCE"));
         let (key, value) = (consumed.key.clone(), consumed.value.clone());

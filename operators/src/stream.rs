@@ -139,7 +139,12 @@ impl<K: Data, V: Data> Stream<K, V> {
     pub fn merge(&self, other: &Stream<K, V>) -> Stream<K, V> {
         let mut g = self.graph.borrow_mut();
         let name = g.generated_name("MERGE");
-        let id = g.add_node(name, NodeKind::Processor { stores: vec![] }, &[self.node, other.node], stateless::pass::<K, V>());
+        let id = g.add_node(
+            name,
+            NodeKind::Processor { stores: vec![] },
+            &[self.node, other.node],
+            stateless::pass::<K, V>(),
+        );
         drop(g);
         let key_serde = self.key_serde.clone().or_else(|| other.key_serde.clone());
         let value_serde = self.value_serde.clone().or_else(|| other.value_serde.clone());
@@ -151,7 +156,12 @@ impl<K: Data, V: Data> Stream<K, V> {
         let mut g = self.graph.borrow_mut();
         let name = produced.name.clone().unwrap_or_else(|| g.generated_name("SINK"));
         let topic_ref = TopicRef::External(topic.to_string());
-        let f = sink::factory(sink::Destination::Fixed(topic_ref.clone()), produced.key, produced.value, produced.partitioner);
+        let f = sink::factory(
+            sink::Destination::Fixed(topic_ref.clone()),
+            produced.key,
+            produced.value,
+            produced.partitioner,
+        );
         g.add_node(name, NodeKind::Sink { topic: topic_ref }, &[self.node], f);
     }
 
@@ -159,7 +169,12 @@ impl<K: Data, V: Data> Stream<K, V> {
     pub fn to_dynamic(&self, choose: impl Fn(&K, &V) -> String + Send + Sync + 'static, produced: Produced<K, V>) {
         let mut g = self.graph.borrow_mut();
         let name = produced.name.clone().unwrap_or_else(|| g.generated_name("SINK"));
-        let f = sink::factory(sink::Destination::PerRecord(Arc::new(choose)), produced.key, produced.value, produced.partitioner);
+        let f = sink::factory(
+            sink::Destination::PerRecord(Arc::new(choose)),
+            produced.key,
+            produced.value,
+            produced.partitioner,
+        );
         g.add_node(name, NodeKind::Sink { topic: TopicRef::Dynamic }, &[self.node], f);
     }
 
@@ -216,7 +231,11 @@ impl<K: Data, V: Data> Stream<K, V> {
 
     /// Groups by a new key computed from each record; always repartitions through
     /// `<application.id>-<name>-repartition`.
-    pub fn group_by<K2: Data>(&self, f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static, grouped: Grouped<K2, V>) -> GroupedStream<K2, V> {
+    pub fn group_by<K2: Data>(
+        &self,
+        f: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,
+        grouped: Grouped<K2, V>,
+    ) -> GroupedStream<K2, V> {
         let keyed = self.select_key(f);
         let name = grouped.name.clone();
         let mut r = Repartitioned::named(&name);
@@ -226,18 +245,31 @@ impl<K: Data, V: Data> Stream<K, V> {
     }
 
     /// Runs a user [`Processor`]; `supplier` makes one instance per task.
-    pub fn process<K2: Data, V2: Data, P>(&self, name: &str, supplier: impl Fn() -> P + Send + Sync + 'static) -> Stream<K2, V2>
+    pub fn process<K2: Data, V2: Data, P>(
+        &self,
+        name: &str,
+        supplier: impl Fn() -> P + Send + Sync + 'static,
+    ) -> Stream<K2, V2>
     where
         P: Processor<K, V, K2, V2>,
     {
         let mut g = self.graph.borrow_mut();
-        let id = g.add_node(name.to_string(), NodeKind::Processor { stores: vec![] }, &[self.node], process::factory(supplier));
+        let id = g.add_node(
+            name.to_string(),
+            NodeKind::Processor { stores: vec![] },
+            &[self.node],
+            process::factory(supplier),
+        );
         drop(g);
         self.derive(id, None, None, true)
     }
 
     /// Sets serdes for the current key and value types (after a `map`, before `repartition`).
-    pub fn with_serdes(mut self, key: impl garam_core::serdes::Serde<K>, value: impl garam_core::serdes::Serde<V>) -> Self {
+    pub fn with_serdes(
+        mut self,
+        key: impl garam_core::serdes::Serde<K>,
+        value: impl garam_core::serdes::Serde<V>,
+    ) -> Self {
         self.key_serde = Some(Arc::new(key));
         self.value_serde = Some(Arc::new(value));
         self
@@ -273,11 +305,17 @@ impl<K: Data, V: Data> Splitter<K, V> {
         let preds: Vec<Option<split::Predicate<K, V>>> = self.branches.iter().map(|(_, p)| p.clone()).collect();
         let mut g = self.stream.graph.borrow_mut();
         let split_name = format!("{}split", self.prefix);
-        let split_id = g.add_node(split_name, NodeKind::Processor { stores: vec![] }, &[self.stream.node], split::factory(preds));
+        let split_id =
+            g.add_node(split_name, NodeKind::Processor { stores: vec![] }, &[self.stream.node], split::factory(preds));
         let mut out = BTreeMap::new();
         for (name, _) in &self.branches {
             let full = format!("{}{}", self.prefix, name);
-            let id = g.add_node(full.clone(), NodeKind::Processor { stores: vec![] }, &[split_id], stateless::pass::<K, V>());
+            let id = g.add_node(
+                full.clone(),
+                NodeKind::Processor { stores: vec![] },
+                &[split_id],
+                stateless::pass::<K, V>(),
+            );
             out.insert(
                 full,
                 Stream::new(

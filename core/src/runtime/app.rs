@@ -80,7 +80,11 @@ impl App {
     /// Validates partitions, creates internal topics, and starts the worker threads.
     pub fn start(&mut self) -> Result<()> {
         if *self.status.lock().unwrap_or_else(|e| e.into_inner()) != AppStatus::Created {
-            return Err(StreamsError::Config { key: "start".into(), value: String::new(), reason: "already started".into() });
+            return Err(StreamsError::Config {
+                key: "start".into(),
+                value: String::new(),
+                reason: "already started".into(),
+            });
         }
         let app_id = self.config.application_id.clone();
         let backend = self.backend.clone();
@@ -149,7 +153,10 @@ impl App {
                     first.get_or_insert(e);
                 }
                 Err(_) => {
-                    first.get_or_insert(StreamsError::Processor { processor: "worker".into(), message: "a worker thread panicked".into() });
+                    first.get_or_insert(StreamsError::Processor {
+                        processor: "worker".into(),
+                        message: "a worker thread panicked".into(),
+                    });
                 }
             }
         }

@@ -85,12 +85,13 @@ impl AppConfig {
                 }
             }
             "deserialization.error.handler" | "default.deserialization.exception.handler" => {
-                self.deserialization_policy =
-                    DeserializationPolicy::parse(value).ok_or_else(|| bad("expected fail, log-and-continue or dead-letter"))?
+                self.deserialization_policy = DeserializationPolicy::parse(value)
+                    .ok_or_else(|| bad("expected fail, log-and-continue or dead-letter"))?
             }
             "errors.dead.letter.queue.topic.name" => self.dead_letter_topic = Some(value.into()),
             "auto.offset.reset" => {
-                self.auto_offset_reset = OffsetReset::parse(value).ok_or_else(|| bad("expected earliest, latest or none"))?
+                self.auto_offset_reset =
+                    OffsetReset::parse(value).ok_or_else(|| bad("expected earliest, latest or none"))?
             }
             "max.poll.records" => self.max_poll_records = num()?.max(1) as usize,
             "poll.ms" => self.poll_timeout = Duration::from_millis(num()?),

@@ -63,7 +63,12 @@ impl Task {
     }
 
     /// Runs a batch of fetched records through the task.
-    pub fn process(&mut self, polled: PolledRecords, collector: &mut dyn RecordCollector, env: &TaskEnv<'_>) -> Result<()> {
+    pub fn process(
+        &mut self,
+        polled: PolledRecords,
+        collector: &mut dyn RecordCollector,
+        env: &TaskEnv<'_>,
+    ) -> Result<()> {
         self.ensure_init(collector, env)?;
         let source = self.graph.sources.get(&polled.tp.topic).cloned().ok_or_else(|| {
             StreamsError::Topology(format!("task {} has no source for topic {}", self.id, polled.tp.topic))

@@ -8,7 +8,9 @@ use std::time::Instant;
 use super::config::AppConfig;
 use super::metrics::Metrics;
 use super::task::{Task, TaskEnv};
-use crate::backend::{Backend, BackendConsumer, BackendProducer, ConsumerSettings, OffsetCommitter, RebalanceListener, TopicPartition};
+use crate::backend::{
+    Backend, BackendConsumer, BackendProducer, ConsumerSettings, OffsetCommitter, RebalanceListener, TopicPartition,
+};
 use crate::error::Result;
 use crate::processor::{RecordCollector, TaskId};
 use crate::record::Header;
@@ -22,7 +24,15 @@ pub(crate) struct ProducerCollector<'a> {
 }
 
 impl RecordCollector for ProducerCollector<'_> {
-    fn send(&mut self, topic: &str, partition: Option<u32>, key: Option<&[u8]>, value: Option<&[u8]>, ts: i64, headers: &[Header]) -> Result<()> {
+    fn send(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        ts: i64,
+        headers: &[Header],
+    ) -> Result<()> {
         self.out.fetch_add(1, Ordering::Relaxed);
         self.producer.send(topic, partition, key, value, ts, headers)
     }
@@ -89,7 +99,8 @@ impl RebalanceListener for Listener {
         // At-least-once: outputs first, then the offsets of what produced them. Every record
         // returned by earlier polls has been processed, since processing is synchronous.
         let result = st.producer.flush().and_then(|()| {
-            let offsets: Vec<_> = partitions.iter().filter_map(|tp| committer.position(tp).map(|o| (tp.clone(), o))).collect();
+            let offsets: Vec<_> =
+                partitions.iter().filter_map(|tp| committer.position(tp).map(|o| (tp.clone(), o))).collect();
             committer.commit(&offsets)
         });
         if let Err(e) = result {
@@ -125,7 +136,12 @@ fn apply_events(shared: &Shared, state: &Mutex<Shared2>, tasks: &mut BTreeMap<Ta
 }
 
 /// Runs one worker until `shutdown` is set or an error stops it.
-pub(crate) fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>, name: String, shutdown: Arc<AtomicBool>) -> Result<()> {
+pub(crate) fn run(
+    shared: Arc<Shared>,
+    backend: Arc<dyn Backend>,
+    name: String,
+    shutdown: Arc<AtomicBool>,
+) -> Result<()> {
     let span = tracing::info_span!("worker", app = %shared.config.application_id, thread = %name);
     let _enter = span.enter();
     let state = Arc::new(Mutex::new(Shared2 { producer: backend.producer()?, events: Vec::new() }));
@@ -173,9 +189,16 @@ fn run_loop(
         {
             let mut st = lock(state);
             let producer = &mut st.producer;
-            let env = TaskEnv { policy: shared.config.deserialization_policy, dead_letter_topic: dlq, wall_clock_ms: crate::time::now_ms() };
-            let mut collector =
-                ProducerCollector { producer: &mut **producer, out: &shared.metrics.records_out, backend: &*shared.backend };
+            let env = TaskEnv {
+                policy: shared.config.deserialization_policy,
+                dead_letter_topic: dlq,
+                wall_clock_ms: crate::time::now_ms(),
+            };
+            let mut collector = ProducerCollector {
+                producer: &mut **producer,
+                out: &shared.metrics.records_out,
+                backend: &*shared.backend,
+            };
             for p in polled {
                 let Some(id) = task_of(shared, &p.tp) else { continue };
                 if !tasks.contains_key(&id) {

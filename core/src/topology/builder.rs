@@ -130,7 +130,8 @@ impl TopologyBuilder {
     /// Declares an internal repartition topic written by the sub-topology of `writer_node`.
     pub fn add_internal_topic(&mut self, name: &str, partitions: Option<u32>, writer_node: NodeId) {
         if self.internal.iter().any(|t| t.name == name) {
-            self.errors.push(format!("repartition topic '{name}' is declared twice; give each repartition its own name"));
+            self.errors
+                .push(format!("repartition topic '{name}' is declared twice; give each repartition its own name"));
             return;
         }
         // The writer's sub-topology is resolved in `components`; remember the node for now.
@@ -178,7 +179,10 @@ impl TopologyBuilder {
                 _ => false,
             });
             if !read {
-                return Err(StreamsError::Topology(format!("repartition topic '{}' is written but never read", it.name)));
+                return Err(StreamsError::Topology(format!(
+                    "repartition topic '{}' is written but never read",
+                    it.name
+                )));
             }
         }
         Ok(())
@@ -223,7 +227,8 @@ impl TopologyBuilder {
             .into_iter()
             .enumerate()
             .map(|(id, nodes)| {
-                let sources = nodes.iter().copied().filter(|x| matches!(self.nodes[*x].kind, NodeKind::Source { .. })).collect();
+                let sources =
+                    nodes.iter().copied().filter(|x| matches!(self.nodes[*x].kind, NodeKind::Source { .. })).collect();
                 SubTopology { id, nodes, sources }
             })
             .collect()
@@ -239,5 +244,7 @@ pub fn downcast<T: 'static>(b: &dyn Any, what: &str) -> Result<T>
 where
     T: Clone,
 {
-    b.downcast_ref::<T>().cloned().ok_or_else(|| StreamsError::Topology(format!("internal: type mismatch wiring {what}")))
+    b.downcast_ref::<T>()
+        .cloned()
+        .ok_or_else(|| StreamsError::Topology(format!("internal: type mismatch wiring {what}")))
 }

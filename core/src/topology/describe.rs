@@ -28,7 +28,13 @@ impl Topology {
                         let _ = writeln!(s, "    Sink: {} (topic: {})", n.name, TopologyBuilder::describe_topic(topic));
                     }
                 }
-                let _ = writeln!(s, "      --> {}", if children.is_empty() { "none".to_string() } else { children.join(", ") });
+                if !matches!(n.kind, NodeKind::Sink { .. }) {
+                    let _ = writeln!(
+                        s,
+                        "      --> {}",
+                        if children.is_empty() { "none".to_string() } else { children.join(", ") }
+                    );
+                }
                 if !parents.is_empty() {
                     let _ = writeln!(s, "      <-- {}", parents.join(", "));
                 }
@@ -39,7 +45,11 @@ impl Topology {
             s.push_str("Internal topics:\n");
             for t in self.internal_topics() {
                 let parts = t.partitions.map_or("as many as its input".to_string(), |p| p.to_string());
-                let _ = writeln!(s, "    <application.id>-{}-repartition (written by sub-topology {}, partitions: {parts})", t.name, t.writer);
+                let _ = writeln!(
+                    s,
+                    "    <application.id>-{}-repartition (written by sub-topology {}, partitions: {parts})",
+                    t.name, t.writer
+                );
             }
         }
         s

@@ -113,7 +113,11 @@ impl Topology {
     /// Checks partition counts: the sources of one sub-topology must be co-partitioned (equal
     /// counts), and every external source and sink topic must exist. `count` answers a topic's
     /// partition count (`None`: missing). Returns each internal topic's partition count.
-    pub fn check_partitions(&self, application_id: &str, count: &dyn Fn(&str) -> Option<u32>) -> Result<BTreeMap<String, u32>> {
+    pub fn check_partitions(
+        &self,
+        application_id: &str,
+        count: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<BTreeMap<String, u32>> {
         let mut internal: BTreeMap<String, u32> = BTreeMap::new();
         let internal_names: Vec<String> = self.internal_topics().iter().map(|t| t.full_name(application_id)).collect();
         // Sub-topologies are numbered so that writers come before readers of internal topics.

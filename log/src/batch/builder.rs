@@ -98,13 +98,7 @@ impl BatchBuilder {
     }
 
     /// Appends a record with the next offset delta.
-    pub fn push(
-        &mut self,
-        timestamp: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: &[Header],
-    ) {
+    pub fn push(&mut self, timestamp: i64, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[Header]) {
         self.push_with_offset_delta(self.count, timestamp, key, value, headers)
     }
 
@@ -175,11 +169,7 @@ impl BatchBuilder {
         self.finish_with_last_delta(out, last_delta)
     }
 
-    pub(crate) fn finish_with_last_delta(
-        &mut self,
-        out: &mut Vec<u8>,
-        last_offset_delta: i32,
-    ) -> Result<()> {
+    pub(crate) fn finish_with_last_delta(&mut self, out: &mut Vec<u8>, last_offset_delta: i32) -> Result<()> {
         let start = out.len();
         if self.compression == Compression::None {
             out.extend_from_slice(&self.buf);
@@ -196,19 +186,13 @@ impl BatchBuilder {
         if self.control {
             attrs |= attributes::CONTROL;
         }
-        let max_ts = if self.count == 0 {
-            -1
-        } else {
-            self.max_timestamp
-        };
+        let max_ts = if self.count == 0 { -1 } else { self.max_timestamp };
         b[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&0i64.to_be_bytes());
-        b[BATCH_LENGTH..BATCH_LENGTH + 4]
-            .copy_from_slice(&((total - LOG_OVERHEAD) as i32).to_be_bytes());
+        b[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&((total - LOG_OVERHEAD) as i32).to_be_bytes());
         b[LEADER_EPOCH..LEADER_EPOCH + 4].copy_from_slice(&0i32.to_be_bytes());
         b[MAGIC_POS] = MAGIC as u8;
         b[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attrs.to_be_bytes());
-        b[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4]
-            .copy_from_slice(&last_offset_delta.to_be_bytes());
+        b[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4].copy_from_slice(&last_offset_delta.to_be_bytes());
         b[BASE_TIMESTAMP..BASE_TIMESTAMP + 8].copy_from_slice(&self.base_timestamp.to_be_bytes());
         b[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&max_ts.to_be_bytes());
         b[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&self.producer_id.to_be_bytes());

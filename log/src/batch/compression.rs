@@ -46,11 +46,7 @@ impl Compression {
             2 => Compression::Snappy,
             3 => Compression::Lz4,
             4 => Compression::Zstd,
-            other => {
-                return Err(LogError::corrupt(format!(
-                    "unknown compression codec {other}"
-                )))
-            }
+            other => return Err(LogError::corrupt(format!("unknown compression codec {other}"))),
         })
     }
 
@@ -83,8 +79,7 @@ const XERIAL_BLOCK: usize = 32 * 1024;
 
 /// Compresses `input`, appending to `out`.
 pub fn compress(codec: Compression, input: &[u8], out: &mut Vec<u8>) -> Result<()> {
-    let io =
-        |e: std::io::Error| LogError::corrupt(format!("{} compression failed: {e}", codec.name()));
+    let io = |e: std::io::Error| LogError::corrupt(format!("{} compression failed: {e}", codec.name()));
     match codec {
         Compression::None => out.extend_from_slice(input),
         Compression::Gzip => {
@@ -98,9 +93,7 @@ pub fn compress(codec: Compression, input: &[u8], out: &mut Vec<u8>) -> Result<(
             out.extend_from_slice(&1i32.to_be_bytes());
             let mut enc = snap::raw::Encoder::new();
             for chunk in input.chunks(XERIAL_BLOCK) {
-                let block = enc
-                    .compress_vec(chunk)
-                    .map_err(|e| LogError::corrupt(format!("snappy: {e}")))?;
+                let block = enc.compress_vec(chunk).map_err(|e| LogError::corrupt(format!("snappy: {e}")))?;
                 out.extend_from_slice(&(block.len() as i32).to_be_bytes());
                 out.extend_from_slice(&block);
             }
@@ -108,8 +101,7 @@ pub fn compress(codec: Compression, input: &[u8], out: &mut Vec<u8>) -> Result<(
         Compression::Lz4 => {
             let mut enc = lz4_flex::frame::FrameEncoder::new(out);
             enc.write_all(input).map_err(io)?;
-            enc.finish()
-                .map_err(|e| LogError::corrupt(format!("lz4: {e}")))?;
+            enc.finish().map_err(|e| LogError::corrupt(format!("lz4: {e}")))?;
         }
         Compression::Zstd => {
             let c = zstd::bulk::compress(input, 1).map_err(io)?;
@@ -121,18 +113,12 @@ pub fn compress(codec: Compression, input: &[u8], out: &mut Vec<u8>) -> Result<(
 
 /// Decompresses a batch's records section, refusing to produce more than `limit` bytes.
 pub fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<u8>> {
-    let err = |e: std::io::Error| {
-        LogError::corrupt(format!("{} decompression failed: {e}", codec.name()))
-    };
+    let err = |e: std::io::Error| LogError::corrupt(format!("{} decompression failed: {e}", codec.name()));
     let mut out = Vec::with_capacity(input.len().saturating_mul(2).min(limit));
     match codec {
         Compression::None => out.extend_from_slice(input),
-        Compression::Gzip => {
-            read_bounded(flate2::read::GzDecoder::new(input), limit, &mut out).map_err(err)?
-        }
-        Compression::Lz4 => {
-            read_bounded(lz4_flex::frame::FrameDecoder::new(input), limit, &mut out).map_err(err)?
-        }
+        Compression::Gzip => read_bounded(flate2::read::GzDecoder::new(input), limit, &mut out).map_err(err)?,
+        Compression::Lz4 => read_bounded(lz4_flex::frame::FrameDecoder::new(input), limit, &mut out).map_err(err)?,
         Compression::Zstd => {
             let dec = zstd::stream::read::Decoder::with_buffer(input).map_err(err)?;
             read_bounded(dec, limit, &mut out).map_err(err)?
@@ -145,17 +131,13 @@ pub fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<
                     let len_bytes: [u8; 4] = input
                         .get(pos..pos + 4)
                         .and_then(|s| s.try_into().ok())
-                        .ok_or_else(|| {
-                            LogError::corrupt("snappy: truncated xerial block length")
-                        })?;
+                        .ok_or_else(|| LogError::corrupt("snappy: truncated xerial block length"))?;
                     let len = i32::from_be_bytes(len_bytes);
                     pos += 4;
                     let block = usize::try_from(len)
                         .ok()
                         .and_then(|l| input.get(pos..pos + l))
-                        .ok_or_else(|| {
-                            LogError::corrupt("snappy: xerial block runs past the batch")
-                        })?;
+                        .ok_or_else(|| LogError::corrupt("snappy: xerial block runs past the batch"))?;
                     pos += block.len();
                     append_snappy_block(&mut dec, block, limit, &mut out)?;
                 }
@@ -167,24 +149,14 @@ pub fn decompress(codec: Compression, input: &[u8], limit: usize) -> Result<Vec<
     Ok(out)
 }
 
-fn append_snappy_block(
-    dec: &mut snap::raw::Decoder,
-    block: &[u8],
-    limit: usize,
-    out: &mut Vec<u8>,
-) -> Result<()> {
-    let n =
-        snap::raw::decompress_len(block).map_err(|e| LogError::corrupt(format!("snappy: {e}")))?;
+fn append_snappy_block(dec: &mut snap::raw::Decoder, block: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<()> {
+    let n = snap::raw::decompress_len(block).map_err(|e| LogError::corrupt(format!("snappy: {e}")))?;
     if out.len() + n > limit {
-        return Err(LogError::corrupt(format!(
-            "decompressed batch exceeds the {limit}-byte limit"
-        )));
+        return Err(LogError::corrupt(format!("decompressed batch exceeds the {limit}-byte limit")));
     }
     let start = out.len();
     out.resize(start + n, 0);
-    let written = dec
-        .decompress(block, &mut out[start..])
-        .map_err(|e| LogError::corrupt(format!("snappy: {e}")))?;
+    let written = dec.decompress(block, &mut out[start..]).map_err(|e| LogError::corrupt(format!("snappy: {e}")))?;
     out.truncate(start + written);
     Ok(())
 }
@@ -193,9 +165,7 @@ fn read_bounded<R: Read>(reader: R, limit: usize, out: &mut Vec<u8>) -> std::io:
     let mut limited = reader.take(limit as u64 + 1);
     limited.read_to_end(out)?;
     if out.len() > limit {
-        return Err(std::io::Error::other(format!(
-            "decompressed batch exceeds the {limit}-byte limit"
-        )));
+        return Err(std::io::Error::other(format!("decompressed batch exceeds the {limit}-byte limit")));
     }
     Ok(())
 }
@@ -206,16 +176,8 @@ mod tests {
 
     #[test]
     fn every_codec_roundtrips() {
-        let input: Vec<u8> = (0..100_000u32)
-            .flat_map(|i| (i % 251).to_le_bytes())
-            .collect();
-        for codec in [
-            Compression::None,
-            Compression::Gzip,
-            Compression::Snappy,
-            Compression::Lz4,
-            Compression::Zstd,
-        ] {
+        let input: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        for codec in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
             let mut c = Vec::new();
             compress(codec, &input, &mut c).unwrap();
             let d = decompress(codec, &c, MAX_DECOMPRESSED_BYTES).unwrap();
@@ -227,21 +189,13 @@ mod tests {
     fn raw_snappy_is_read_too() {
         let input = b"hello hello hello hello".repeat(10);
         let raw = snap::raw::Encoder::new().compress_vec(&input).unwrap();
-        assert_eq!(
-            decompress(Compression::Snappy, &raw, 1 << 20).unwrap(),
-            input
-        );
+        assert_eq!(decompress(Compression::Snappy, &raw, 1 << 20).unwrap(), input);
     }
 
     #[test]
     fn bombs_are_refused() {
         let input = vec![0u8; 1 << 20];
-        for codec in [
-            Compression::Gzip,
-            Compression::Snappy,
-            Compression::Lz4,
-            Compression::Zstd,
-        ] {
+        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
             let mut c = Vec::new();
             compress(codec, &input, &mut c).unwrap();
             assert!(decompress(codec, &c, 1000).is_err(), "{codec:?}");
@@ -250,16 +204,8 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        for codec in [
-            Compression::Gzip,
-            Compression::Snappy,
-            Compression::Lz4,
-            Compression::Zstd,
-        ] {
-            assert!(
-                decompress(codec, b"\x82SNAPPY\0garbage-garbage", 1 << 20).is_err(),
-                "{codec:?}"
-            );
+        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+            assert!(decompress(codec, b"\x82SNAPPY\0garbage-garbage", 1 << 20).is_err(), "{codec:?}");
         }
     }
 }

@@ -89,10 +89,7 @@ impl BatchHeader {
     /// It does not verify the CRC; [`super::Batch::verify`] does.
     pub fn parse(b: &[u8]) -> Result<BatchHeader> {
         if b.len() < HEADER_LEN {
-            return Err(LogError::corrupt(format!(
-                "batch header needs {HEADER_LEN} bytes, found {}",
-                b.len()
-            )));
+            return Err(LogError::corrupt(format!("batch header needs {HEADER_LEN} bytes, found {}", b.len())));
         }
         let h = BatchHeader {
             base_offset: i64_at(b, BASE_OFFSET),
@@ -110,22 +107,13 @@ impl BatchHeader {
             record_count: i32_at(b, RECORD_COUNT),
         };
         if h.magic != MAGIC {
-            return Err(LogError::corrupt(format!(
-                "unsupported batch magic {} (expected {MAGIC})",
-                h.magic
-            )));
+            return Err(LogError::corrupt(format!("unsupported batch magic {} (expected {MAGIC})", h.magic)));
         }
         if (h.batch_length as i64) < (HEADER_LEN - LOG_OVERHEAD) as i64 {
-            return Err(LogError::corrupt(format!(
-                "batch length {} is shorter than a header",
-                h.batch_length
-            )));
+            return Err(LogError::corrupt(format!("batch length {} is shorter than a header", h.batch_length)));
         }
         if h.base_offset < 0 {
-            return Err(LogError::corrupt(format!(
-                "negative base offset {}",
-                h.base_offset
-            )));
+            return Err(LogError::corrupt(format!("negative base offset {}", h.base_offset)));
         }
         if h.last_offset_delta < 0 || h.record_count < 0 {
             return Err(LogError::corrupt(format!(

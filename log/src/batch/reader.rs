@@ -67,10 +67,7 @@ impl Batch {
             remaining: self.header.record_count,
             base_offset: self.header.base_offset,
             base_timestamp: self.header.base_timestamp,
-            append_time: self
-                .header
-                .is_log_append_time()
-                .then_some(self.header.max_timestamp),
+            append_time: self.header.is_log_append_time().then_some(self.header.max_timestamp),
             last_offset_delta: self.header.last_offset_delta,
         })
     }
@@ -96,9 +93,7 @@ impl RecordIter {
         }
         let len = len as usize;
         if self.pos + len > end {
-            return Err(LogError::corrupt(format!(
-                "{what} length {len} runs past the end of its record"
-            )));
+            return Err(LogError::corrupt(format!("{what} length {len} runs past the end of its record")));
         }
         let b = self.body.slice(self.pos..self.pos + len);
         self.pos += len;
@@ -108,9 +103,7 @@ impl RecordIter {
     fn next_record(&mut self) -> Result<ConsumedRecord> {
         let len = get_varint(&self.body, &mut self.pos)?;
         if len < 0 || self.pos + len as usize > self.body.len() {
-            return Err(LogError::corrupt(format!(
-                "record length {len} runs past the end of its batch"
-            )));
+            return Err(LogError::corrupt(format!("record length {len} runs past the end of its batch")));
         }
         let end = self.pos + len as usize;
         self.pos += 1; // attributes
@@ -126,17 +119,12 @@ impl RecordIter {
         let value = self.read_bytes(end, "value")?;
         let header_count = get_varint(&self.body, &mut self.pos)?;
         if header_count < 0 || header_count as usize > end - self.pos {
-            return Err(LogError::corrupt(format!(
-                "header count {header_count} is impossible here"
-            )));
+            return Err(LogError::corrupt(format!("header count {header_count} is impossible here")));
         }
         let mut headers = Vec::new();
         for _ in 0..header_count {
-            let k = self
-                .read_bytes(end, "header key")?
-                .ok_or_else(|| LogError::corrupt("null header key"))?;
-            let key = String::from_utf8(k.to_vec())
-                .map_err(|_| LogError::corrupt("header key is not UTF-8"))?;
+            let k = self.read_bytes(end, "header key")?.ok_or_else(|| LogError::corrupt("null header key"))?;
+            let key = String::from_utf8(k.to_vec()).map_err(|_| LogError::corrupt("header key is not UTF-8"))?;
             let value = self.read_bytes(end, "header value")?;
             headers.push(Header { key, value });
         }
@@ -148,9 +136,7 @@ impl RecordIter {
         }
         Ok(ConsumedRecord {
             offset: (self.base_offset + offset_delta as i64) as u64,
-            timestamp: self
-                .append_time
-                .unwrap_or(self.base_timestamp.wrapping_add(ts_delta)),
+            timestamp: self.append_time.unwrap_or(self.base_timestamp.wrapping_add(ts_delta)),
             key,
             value,
             headers,
@@ -165,17 +151,13 @@ impl Iterator for RecordIter {
         if self.remaining <= 0 {
             if self.pos < self.body.len() {
                 self.pos = self.body.len();
-                return Some(Err(LogError::corrupt(
-                    "bytes left over after the batch's last record",
-                )));
+                return Some(Err(LogError::corrupt("bytes left over after the batch's last record")));
             }
             return None;
         }
         if self.pos >= self.body.len() {
             self.remaining = 0;
-            return Some(Err(LogError::corrupt(
-                "batch ends before its record count is reached",
-            )));
+            return Some(Err(LogError::corrupt("batch ends before its record count is reached")));
         }
         self.remaining -= 1;
         let r = self.next_record();
@@ -220,9 +202,7 @@ impl Iterator for BatchIter {
         let len = i32_at(rest, BATCH_LENGTH);
         if (len as i64) < (HEADER_LEN - LOG_OVERHEAD) as i64 {
             self.pos = self.buf.len();
-            return Some(Err(LogError::corrupt(format!(
-                "batch length {len} is shorter than a header"
-            ))));
+            return Some(Err(LogError::corrupt(format!("batch length {len} is shorter than a header"))));
         }
         let total = len as usize + LOG_OVERHEAD;
         if rest.len() < total {

@@ -6,23 +6,13 @@ use proptest::prelude::*;
 
 use super::*;
 
-type Rec = (
-    i64,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-    Vec<(String, Option<Vec<u8>>)>,
-);
+type Rec = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>);
 
 fn build(records: &[Rec], codec: Compression) -> Bytes {
     let mut b = BatchBuilder::new(codec);
     for (ts, k, v, hs) in records {
-        let headers: Vec<Header> = hs
-            .iter()
-            .map(|(k, v)| Header {
-                key: k.clone(),
-                value: v.clone().map(Bytes::from),
-            })
-            .collect();
+        let headers: Vec<Header> =
+            hs.iter().map(|(k, v)| Header { key: k.clone(), value: v.clone().map(Bytes::from) }).collect();
         b.push(*ts, k.as_deref(), v.as_deref(), &headers);
     }
     b.finish().unwrap()
@@ -151,9 +141,7 @@ fn batches_iterate_in_sequence() {
         b.push(i, Some(b"k"), Some(format!("v{i}").as_bytes()), &[]);
         b.finish_into(&mut buf).unwrap();
     }
-    let batches: Vec<Batch> = BatchIter::new(Bytes::from(buf))
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let batches: Vec<Batch> = BatchIter::new(Bytes::from(buf)).collect::<Result<_, _>>().unwrap();
     assert_eq!(batches.len(), 3);
     for b in &batches {
         b.verify().unwrap();

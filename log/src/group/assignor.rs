@@ -40,11 +40,7 @@ pub type Assignment = BTreeMap<String, BTreeSet<TopicPartition>>;
 pub fn range(subs: &Subscriptions, partitions: &BTreeMap<String, u32>) -> Assignment {
     let mut out: Assignment = subs.keys().map(|m| (m.clone(), BTreeSet::new())).collect();
     for (topic, &n) in partitions {
-        let members: Vec<&String> = subs
-            .iter()
-            .filter(|(_, ts)| ts.contains(topic))
-            .map(|(m, _)| m)
-            .collect();
+        let members: Vec<&String> = subs.iter().filter(|(_, ts)| ts.contains(topic)).map(|(m, _)| m).collect();
         if members.is_empty() {
             continue;
         }
@@ -66,13 +62,8 @@ pub fn range(subs: &Subscriptions, partitions: &BTreeMap<String, u32>) -> Assign
 /// Sticky and balanced: start from `previous`, drop what is no longer valid, hand out unassigned
 /// partitions to the least-loaded eligible member, then move partitions from the most to the least
 /// loaded member until no move improves the balance.
-pub fn sticky(
-    subs: &Subscriptions,
-    partitions: &BTreeMap<String, u32>,
-    previous: &Assignment,
-) -> Assignment {
-    let eligible =
-        |m: &str, tp: &TopicPartition| subs.get(m).is_some_and(|ts| ts.contains(&tp.topic));
+pub fn sticky(subs: &Subscriptions, partitions: &BTreeMap<String, u32>, previous: &Assignment) -> Assignment {
+    let eligible = |m: &str, tp: &TopicPartition| subs.get(m).is_some_and(|ts| ts.contains(&tp.topic));
     let all: BTreeSet<TopicPartition> = partitions
         .iter()
         .filter(|(t, _)| subs.values().any(|ts| ts.contains(t)))
@@ -90,21 +81,14 @@ pub fn sticky(
         }
     }
     for tp in all.iter().filter(|tp| !taken.contains(*tp)) {
-        if let Some((m, _)) = out
-            .iter()
-            .filter(|(m, _)| eligible(m, tp))
-            .min_by_key(|(m, s)| (s.len(), (*m).clone()))
-        {
+        if let Some((m, _)) = out.iter().filter(|(m, _)| eligible(m, tp)).min_by_key(|(m, s)| (s.len(), (*m).clone())) {
             let m = m.clone();
             out.entry(m).or_default().insert(tp.clone());
         }
     }
     // Balance: bounded by the number of partitions.
     for _ in 0..=all.len() {
-        let Some((max_m, _)) = out
-            .iter()
-            .max_by_key(|(m, s)| (s.len(), std::cmp::Reverse((*m).clone())))
-        else {
+        let Some((max_m, _)) = out.iter().max_by_key(|(m, s)| (s.len(), std::cmp::Reverse((*m).clone()))) else {
             break;
         };
         let max_m = max_m.clone();
@@ -136,15 +120,7 @@ mod tests {
     use super::*;
 
     fn subs(members: &[&str], topics: &[&str]) -> Subscriptions {
-        members
-            .iter()
-            .map(|m| {
-                (
-                    m.to_string(),
-                    topics.iter().map(|t| t.to_string()).collect(),
-                )
-            })
-            .collect()
+        members.iter().map(|m| (m.to_string(), topics.iter().map(|t| t.to_string()).collect())).collect()
     }
 
     #[test]
@@ -167,12 +143,8 @@ mod tests {
         assert!(two["a"].is_subset(&one["a"]), "a keeps what it had");
         let three = sticky(&subs(&["a", "b", "c"], &["t"]), &parts, &two);
         let sizes: Vec<usize> = three.values().map(BTreeSet::len).collect();
-        assert!(
-            sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
-            "{sizes:?}"
-        );
-        let moved =
-            three["a"].difference(&two["a"]).count() + three["b"].difference(&two["b"]).count();
+        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{sizes:?}");
+        let moved = three["a"].difference(&two["a"]).count() + three["b"].difference(&two["b"]).count();
         assert_eq!(moved, 0, "a and b only lose partitions to c");
         let total: usize = sizes.iter().sum();
         assert_eq!(total, 8);

@@ -114,10 +114,7 @@ impl Coordinator {
         signal: Arc<Signal>,
         partition_counts: BTreeMap<String, u32>,
     ) -> String {
-        let id = format!(
-            "{client_id}-{}",
-            self.next_member.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = format!("{client_id}-{}", self.next_member.fetch_add(1, Ordering::Relaxed));
         let mut groups = self.groups();
         let g = groups.entry(group.to_string()).or_default();
         if g.members.is_empty() {
@@ -145,30 +142,18 @@ impl Coordinator {
     fn member_gone(group: &str, member: &str) -> LogError {
         LogError::Group {
             group: group.to_string(),
-            reason: format!(
-                "member {member} is not in the group (session expired or left); rejoin"
-            ),
+            reason: format!("member {member} is not in the group (session expired or left); rejoin"),
             retriable: true,
         }
     }
 
     /// Heartbeat plus the partitions the member must revoke now. `counts` refreshes topic sizes
     /// (a topic that gained partitions triggers a rebalance).
-    pub(crate) fn sync(
-        &self,
-        group: &str,
-        member: &str,
-        counts: &BTreeMap<String, u32>,
-    ) -> Result<SyncPlan> {
+    pub(crate) fn sync(&self, group: &str, member: &str, counts: &BTreeMap<String, u32>) -> Result<SyncPlan> {
         self.expire_sessions();
         let mut groups = self.groups();
-        let g = groups
-            .get_mut(group)
-            .ok_or_else(|| Self::member_gone(group, member))?;
-        if counts
-            .iter()
-            .any(|(t, n)| g.partition_counts.get(t) != Some(n))
-        {
+        let g = groups.get_mut(group).ok_or_else(|| Self::member_gone(group, member))?;
+        if counts.iter().any(|(t, n)| g.partition_counts.get(t) != Some(n)) {
             for (t, n) in counts {
                 g.partition_counts.insert(t.clone(), *n);
             }
@@ -176,24 +161,14 @@ impl Coordinator {
         }
         let generation = g.generation;
         let eager = g.assignor.is_eager();
-        let m = g
-            .members
-            .get_mut(member)
-            .ok_or_else(|| Self::member_gone(group, member))?;
+        let m = g.members.get_mut(member).ok_or_else(|| Self::member_gone(group, member))?;
         m.last_seen = Instant::now();
         let newly = m.synced_generation != generation;
         m.synced_generation = generation;
         let target = g.target.get(member).cloned().unwrap_or_default();
-        let owned = g
-            .owners
-            .iter()
-            .filter(|(_, o)| o.as_str() == member)
-            .map(|(tp, _)| tp.clone());
-        let revoke: Vec<TopicPartition> = if eager && newly {
-            owned.collect()
-        } else {
-            owned.filter(|tp| !target.contains(tp)).collect()
-        };
+        let owned = g.owners.iter().filter(|(_, o)| o.as_str() == member).map(|(tp, _)| tp.clone());
+        let revoke: Vec<TopicPartition> =
+            if eager && newly { owned.collect() } else { owned.filter(|tp| !target.contains(tp)).collect() };
         Ok(SyncPlan { generation, revoke })
     }
 
@@ -210,11 +185,7 @@ impl Coordinator {
         }
         // Wake the members that were waiting for these partitions.
         for (id, m) in &g.members {
-            if id != member
-                && g.target
-                    .get(id)
-                    .is_some_and(|t| tps.iter().any(|tp| t.contains(tp)))
-            {
+            if id != member && g.target.get(id).is_some_and(|t| tps.iter().any(|tp| t.contains(tp))) {
                 m.signal.notify();
             }
         }
@@ -223,9 +194,7 @@ impl Coordinator {
     /// Takes ownership of every target partition nobody else owns; returns the newly owned ones.
     pub(crate) fn acquire(&self, group: &str, member: &str) -> Result<Vec<TopicPartition>> {
         let mut groups = self.groups();
-        let g = groups
-            .get_mut(group)
-            .ok_or_else(|| Self::member_gone(group, member))?;
+        let g = groups.get_mut(group).ok_or_else(|| Self::member_gone(group, member))?;
         if !g.members.contains_key(member) {
             return Err(Self::member_gone(group, member));
         }
@@ -243,11 +212,7 @@ impl Coordinator {
     pub(crate) fn owned(&self, group: &str, member: &str) -> Vec<TopicPartition> {
         let groups = self.groups();
         groups.get(group).map_or_else(Vec::new, |g| {
-            g.owners
-                .iter()
-                .filter(|(_, o)| *o == member)
-                .map(|(tp, _)| tp.clone())
-                .collect()
+            g.owners.iter().filter(|(_, o)| *o == member).map(|(tp, _)| tp.clone()).collect()
         })
     }
 
@@ -301,9 +266,7 @@ impl Coordinator {
         {
             let groups = self.groups();
             if let Some(member) = member {
-                let g = groups
-                    .get(group)
-                    .ok_or_else(|| Self::member_gone(group, member))?;
+                let g = groups.get(group).ok_or_else(|| Self::member_gone(group, member))?;
                 if !g.members.contains_key(member) {
                     return Err(Self::member_gone(group, member));
                 }
@@ -340,19 +303,11 @@ impl Coordinator {
         let now = garam_core::time::now_ms();
         let entries = offsets
             .iter()
-            .filter(|(tp, off)| {
-                store
-                    .get(group, &tp.topic, tp.partition)
-                    .is_none_or(|c| c.offset != *off)
-            })
+            .filter(|(tp, off)| store.get(group, &tp.topic, tp.partition).is_none_or(|c| c.offset != *off))
             .map(|(tp, off)| {
                 (
                     (group.to_string(), tp.topic.clone(), tp.partition),
-                    CommittedOffset {
-                        offset: *off,
-                        metadata: metadata.to_string(),
-                        timestamp: now,
-                    },
+                    CommittedOffset { offset: *off, metadata: metadata.to_string(), timestamp: now },
                 )
             })
             .collect();
@@ -362,15 +317,10 @@ impl Coordinator {
     /// Sets committed offsets explicitly (may rewind). Only for groups with no active member.
     pub fn reset_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<()> {
         let mut store = self.store();
-        if self
-            .groups()
-            .get(group)
-            .is_some_and(|g| !g.members.is_empty())
-        {
+        if self.groups().get(group).is_some_and(|g| !g.members.is_empty()) {
             return Err(LogError::Group {
                 group: group.to_string(),
-                reason: "cannot reset offsets while the group has active members; stop them first"
-                    .into(),
+                reason: "cannot reset offsets while the group has active members; stop them first".into(),
                 retriable: true,
             });
         }
@@ -381,11 +331,7 @@ impl Coordinator {
                 .map(|(tp, o)| {
                     (
                         (group.to_string(), tp.topic.clone(), tp.partition),
-                        CommittedOffset {
-                            offset: *o,
-                            metadata: "reset".into(),
-                            timestamp: now,
-                        },
+                        CommittedOffset { offset: *o, metadata: "reset".into(), timestamp: now },
                     )
                 })
                 .collect(),
@@ -400,12 +346,7 @@ impl Coordinator {
     /// Every group known: with members now, or with committed offsets.
     pub fn list(&self) -> Vec<String> {
         let mut names: BTreeSet<String> = self.store().all().keys().map(|k| k.0.clone()).collect();
-        names.extend(
-            self.groups()
-                .iter()
-                .filter(|(_, g)| !g.members.is_empty())
-                .map(|(n, _)| n.clone()),
-        );
+        names.extend(self.groups().iter().filter(|(_, g)| !g.members.is_empty()).map(|(n, _)| n.clone()));
         names.into_iter().collect()
     }
 
@@ -436,21 +377,13 @@ impl Coordinator {
                 client_id: m.client_id.clone(),
                 topics: m.topics.clone(),
                 owned: {
-                    let mut o: Vec<_> = g
-                        .owners
-                        .iter()
-                        .filter(|(_, x)| *x == id)
-                        .map(|(tp, _)| tp.clone())
-                        .collect();
+                    let mut o: Vec<_> = g.owners.iter().filter(|(_, x)| *x == id).map(|(tp, _)| tp.clone()).collect();
                     o.sort();
                     o
                 },
             })
             .collect::<Vec<_>>();
-        let settled = g
-            .target
-            .iter()
-            .all(|(m, tps)| tps.iter().all(|tp| g.owners.get(tp) == Some(m)));
+        let settled = g.target.iter().all(|(m, tps)| tps.iter().all(|tp| g.owners.get(tp) == Some(m)));
         let state = if g.members.is_empty() {
             "Empty"
         } else if settled {
@@ -458,22 +391,12 @@ impl Coordinator {
         } else {
             "Rebalancing"
         };
-        GroupDescription {
-            group: group.to_string(),
-            generation: g.generation,
-            state,
-            members,
-            offsets,
-        }
+        GroupDescription { group: group.to_string(), generation: g.generation, state, members, offsets }
     }
 
     /// Deletes a group's committed offsets. Only for groups with no active member.
     pub fn delete_group(&self, group: &str) -> Result<()> {
-        if self
-            .groups()
-            .get(group)
-            .is_some_and(|g| !g.members.is_empty())
-        {
+        if self.groups().get(group).is_some_and(|g| !g.members.is_empty()) {
             return Err(LogError::Group {
                 group: group.into(),
                 reason: "the group has active members".into(),
@@ -490,11 +413,7 @@ impl Coordinator {
 
 fn rebalance(g: &mut Group) {
     g.generation += 1;
-    let subs: Subscriptions = g
-        .members
-        .iter()
-        .map(|(id, m)| (id.clone(), m.topics.clone()))
-        .collect();
+    let subs: Subscriptions = g.members.iter().map(|(id, m)| (id.clone(), m.topics.clone())).collect();
     let counts: BTreeMap<String, u32> = g
         .partition_counts
         .iter()

@@ -42,15 +42,13 @@ impl OffsetStore {
         let path = dir.join("offsets.log");
         let mut raw = Vec::new();
         if let Ok(mut f) = File::open(&path) {
-            f.read_to_end(&mut raw)
-                .map_err(LogError::io("read offsets", &path))?;
+            f.read_to_end(&mut raw).map_err(LogError::io("read offsets", &path))?;
         }
         let mut map = BTreeMap::new();
         let mut pos = 0;
         let mut records = 0;
         while pos + 8 <= raw.len() {
-            let len =
-                u32::from_be_bytes([raw[pos], raw[pos + 1], raw[pos + 2], raw[pos + 3]]) as usize;
+            let len = u32::from_be_bytes([raw[pos], raw[pos + 1], raw[pos + 2], raw[pos + 3]]) as usize;
             let crc = u32::from_be_bytes([raw[pos + 4], raw[pos + 5], raw[pos + 6], raw[pos + 7]]);
             let Some(payload) = raw.get(pos + 8..pos + 8 + len) else {
                 break;
@@ -65,22 +63,13 @@ impl OffsetStore {
             records += 1;
             pos += 8 + len;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(LogError::io("open offsets", &path))?;
+        let file =
+            OpenOptions::new().create(true).append(true).open(&path).map_err(LogError::io("open offsets", &path))?;
         if pos < raw.len() {
             tracing::warn!(file = %path.display(), valid = pos, len = raw.len(), "cutting a torn tail off the offsets file");
-            file.set_len(pos as u64)
-                .map_err(LogError::io("truncate offsets", &path))?;
+            file.set_len(pos as u64).map_err(LogError::io("truncate offsets", &path))?;
         }
-        let mut store = OffsetStore {
-            path,
-            file,
-            map,
-            records,
-        };
+        let mut store = OffsetStore { path, file, map, records };
         if store.records > 1024 && store.records > 4 * store.map.len() {
             store.rewrite()?;
         }
@@ -88,8 +77,7 @@ impl OffsetStore {
     }
 
     pub fn get(&self, group: &str, topic: &str, partition: u32) -> Option<&CommittedOffset> {
-        self.map
-            .get(&(group.to_string(), topic.to_string(), partition))
+        self.map.get(&(group.to_string(), topic.to_string(), partition))
     }
 
     pub fn all(&self) -> &BTreeMap<OffsetKey, CommittedOffset> {
@@ -105,12 +93,8 @@ impl OffsetStore {
         for (k, v) in &entries {
             encode_record(&mut buf, k, v);
         }
-        self.file
-            .write_all(&buf)
-            .map_err(LogError::io("write offsets", &self.path))?;
-        self.file
-            .sync_data()
-            .map_err(LogError::io("fsync offsets", &self.path))?;
+        self.file.write_all(&buf).map_err(LogError::io("write offsets", &self.path))?;
+        self.file.sync_data().map_err(LogError::io("fsync offsets", &self.path))?;
         self.records += entries.len();
         for (k, v) in entries {
             self.map.insert(k, v);
@@ -133,18 +117,14 @@ impl OffsetStore {
             encode_record(&mut buf, k, v);
         }
         crate::index::write_atomically(&self.path, &buf)?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(LogError::io("open offsets", &self.path))?;
+        self.file =
+            OpenOptions::new().append(true).open(&self.path).map_err(LogError::io("open offsets", &self.path))?;
         self.records = self.map.len();
         Ok(())
     }
 
     pub fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(LogError::io("fsync offsets", &self.path))
+        self.file.sync_data().map_err(LogError::io("fsync offsets", &self.path))
     }
 }
 
@@ -190,14 +170,7 @@ fn decode(p: &[u8]) -> Option<(OffsetKey, CommittedOffset)> {
     let offset = u64::from_be_bytes(take(&mut pos, 8)?.try_into().ok()?);
     let timestamp = i64::from_be_bytes(take(&mut pos, 8)?.try_into().ok()?);
     let metadata = get_str(&mut pos)?;
-    Some((
-        (group, topic, partition),
-        CommittedOffset {
-            offset,
-            metadata,
-            timestamp,
-        },
-    ))
+    Some(((group, topic, partition), CommittedOffset { offset, metadata, timestamp }))
 }
 
 #[cfg(test)]
@@ -208,11 +181,7 @@ mod tests {
     fn survives_reopen_and_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let key = |p| ("g".to_string(), "t".to_string(), p);
-        let val = |o| CommittedOffset {
-            offset: o,
-            metadata: "m".into(),
-            timestamp: 1,
-        };
+        let val = |o| CommittedOffset { offset: o, metadata: "m".into(), timestamp: 1 };
         {
             let mut s = OffsetStore::open(dir.path()).unwrap();
             s.commit(vec![(key(0), val(5)), (key(1), val(7))]).unwrap();

@@ -7,7 +7,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use garam_core::processor::{
-    Batch, Downstream, DownstreamRef, Fanout, Lifecycle, Processor, ProcessorContext, PunctuationType, Schedule, TaskContext,
+    Batch, Downstream, DownstreamRef, Fanout, Lifecycle, Processor, ProcessorContext, PunctuationType, Schedule,
+    TaskContext,
 };
 use garam_core::topology::builder::Factory;
 use garam_core::Result;
@@ -25,7 +26,8 @@ impl<P: Processor<KIn, VIn, K, V>, KIn, VIn, K: Data, V: Data> Downstream<KIn, V
     fn push(&mut self, batch: Batch<KIn, VIn>, ctx: &mut TaskContext<'_>) -> Result<()> {
         let mut out = Vec::with_capacity(batch.len());
         {
-            let mut pctx = ProcessorContext::new(&mut out, &mut self.schedules, ctx.task, ctx.stream_time, ctx.wall_clock_ms);
+            let mut pctx =
+                ProcessorContext::new(&mut out, &mut self.schedules, ctx.task, ctx.stream_time, ctx.wall_clock_ms);
             for r in batch {
                 self.processor.process(r, &mut pctx)?;
             }
@@ -38,7 +40,8 @@ impl<P: Processor<KIn, VIn, K, V>, KIn, VIn, K: Data, V: Data> Lifecycle for Pro
     fn init(&mut self, ctx: &mut TaskContext<'_>) -> Result<()> {
         let mut out = Vec::new();
         {
-            let mut pctx = ProcessorContext::new(&mut out, &mut self.schedules, ctx.task, ctx.stream_time, ctx.wall_clock_ms);
+            let mut pctx =
+                ProcessorContext::new(&mut out, &mut self.schedules, ctx.task, ctx.stream_time, ctx.wall_clock_ms);
             self.processor.init(&mut pctx)?;
         }
         self.next.push(out, ctx)
@@ -81,14 +84,21 @@ impl<P: Processor<KIn, VIn, K, V>, KIn, VIn, K: Data, V: Data> Lifecycle for Pro
     }
 }
 
-pub(crate) fn factory<KIn: Data, VIn: Data, K: Data, V: Data, P>(supplier: impl Fn() -> P + Send + Sync + 'static) -> Factory
+pub(crate) fn factory<KIn: Data, VIn: Data, K: Data, V: Data, P>(
+    supplier: impl Fn() -> P + Send + Sync + 'static,
+) -> Factory
 where
     P: Processor<KIn, VIn, K, V>,
 {
     let supplier = Arc::new(supplier);
     Factory::Node(Arc::new(move |inst, id| {
         let next = inst.children::<K, V>(id)?;
-        let node = Rc::new(RefCell::new(ProcessNode { processor: supplier(), next, schedules: Vec::new(), _in: PhantomData::<fn(KIn, VIn)> }));
+        let node = Rc::new(RefCell::new(ProcessNode {
+            processor: supplier(),
+            next,
+            schedules: Vec::new(),
+            _in: PhantomData::<fn(KIn, VIn)>,
+        }));
         inst.register(node.clone());
         let handle: DownstreamRef<KIn, VIn> = node;
         Ok(Box::new(handle) as Box<dyn Any>)

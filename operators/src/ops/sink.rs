@@ -53,7 +53,11 @@ impl<K: Data, V: Data> Downstream<K, V> for Sink<K, V> {
                 }
                 (None, None) => return Err(StreamsError::Topology("internal: sink without a topic".into())),
             };
-            let ser = |what, e: garam_core::serdes::SerdeError| StreamsError::Serialization { what, topic: topic.to_string(), reason: e.to_string() };
+            let ser = |what, e: garam_core::serdes::SerdeError| StreamsError::Serialization {
+                what,
+                topic: topic.to_string(),
+                reason: e.to_string(),
+            };
             self.key_buf.clear();
             self.value_buf.clear();
             self.key.serialize(&r.key, &mut self.key_buf).map_err(|e| ser("key", e))?;

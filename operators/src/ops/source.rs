@@ -47,9 +47,14 @@ impl<K: Data, V: Data> RawSource for Source<K, V> {
     }
 }
 
-pub(crate) fn factory<K: Data, V: Data>(key: SharedSerde<K>, value: SharedSerde<V>, timestamp: Option<TimestampExtractor<K, V>>) -> Factory {
+pub(crate) fn factory<K: Data, V: Data>(
+    key: SharedSerde<K>,
+    value: SharedSerde<V>,
+    timestamp: Option<TimestampExtractor<K, V>>,
+) -> Factory {
     Factory::Source(Arc::new(move |inst, id| {
         let next = inst.children::<K, V>(id)?;
-        Ok(Box::new(Source { key: key.clone(), value: value.clone(), timestamp: timestamp.clone(), next }) as Box<dyn RawSource>)
+        Ok(Box::new(Source { key: key.clone(), value: value.clone(), timestamp: timestamp.clone(), next })
+            as Box<dyn RawSource>)
     }))
 }

@@ -50,7 +50,9 @@ impl<KIn, VIn, K: Data, V: Data, F: Fn(KIn, VIn) -> (K, V)> Downstream<KIn, VIn>
     }
 }
 
-pub(crate) fn map<KIn: Data, VIn: Data, K: Data, V: Data>(f: impl Fn(KIn, VIn) -> (K, V) + Send + Sync + 'static) -> Factory {
+pub(crate) fn map<KIn: Data, VIn: Data, K: Data, V: Data>(
+    f: impl Fn(KIn, VIn) -> (K, V) + Send + Sync + 'static,
+) -> Factory {
     let f = Arc::new(f);
     node::<KIn, VIn, K, V, _>(move |next| Map { f: f.clone(), next, _in: PhantomData })
 }
@@ -102,7 +104,9 @@ where
     }
 }
 
-pub(crate) fn flat_map<KIn: Data, VIn: Data, K: Data, V: Data, I>(f: impl Fn(KIn, VIn) -> I + Send + Sync + 'static) -> Factory
+pub(crate) fn flat_map<KIn: Data, VIn: Data, K: Data, V: Data, I>(
+    f: impl Fn(KIn, VIn) -> I + Send + Sync + 'static,
+) -> Factory
 where
     I: IntoIterator<Item = (K, V)>,
 {
@@ -125,7 +129,12 @@ where
         let mut out = Vec::with_capacity(batch.len());
         for r in batch {
             for value in (self.f)(r.value) {
-                out.push(StreamRecord { key: r.key.clone(), value, timestamp: r.timestamp, headers: r.headers.clone() });
+                out.push(StreamRecord {
+                    key: r.key.clone(),
+                    value,
+                    timestamp: r.timestamp,
+                    headers: r.headers.clone(),
+                });
             }
         }
         self.next.push(out, ctx)
