@@ -15,6 +15,8 @@ use garam_log::{Log, LogOptions, TopicConfig};
 pub enum BenchCommand {
     /// Produce then consume N records through the embedded log.
     Log(LogBench),
+    /// JSON decode → filter → map → JSON encode → to(topic) over a pre-filled 8-partition topic.
+    Pipeline(crate::pipeline_bench::PipelineBench),
 }
 
 #[derive(Args)]
@@ -47,10 +49,11 @@ pub struct LogBench {
 pub fn run(_data_dir: &Path, cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Log(b) => log_bench(b),
+        BenchCommand::Pipeline(b) => crate::pipeline_bench::run(b),
     }
 }
 
-fn peak_rss_mb() -> f64 {
+pub(crate) fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -146,3 +146,48 @@ fn corrupt_segment_is_reported_with_file_and_offset() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("CRC") || err.contains("corrupt"), "{err}");
 }
+
+#[test]
+fn apps_describe_shows_members_tasks_and_lag() {
+    use garam::prelude::*;
+    let d = tempfile::tempdir().unwrap();
+    let log = garam_log::Log::open(d.path()).unwrap();
+    log.create_topic("in", 4, Default::default()).unwrap();
+    log.create_topic("out", 4, Default::default()).unwrap();
+    let mut p = log.producer(Default::default()).unwrap();
+    for i in 0..100 {
+        p.send("in", garam_core::Record::new(Some(format!("k{i}")), Some("v"))).unwrap();
+    }
+    p.flush().unwrap();
+    drop(p);
+    let b = StreamBuilder::new();
+    b.stream::<String, String>("in", Consumed::with(StringSerde, StringSerde))
+        .to("out", Produced::with(StringSerde, StringSerde));
+    let mut config = AppConfig::new("described");
+    config.num_threads = 2;
+    let mut app = App::new(b.build().unwrap(), config, std::sync::Arc::new(log.clone())).unwrap();
+    app.start().unwrap();
+    // Wait until the status file shows both members with their tasks.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let out = loop {
+        let out = ok(&garam(d.path(), &["apps", "describe", "described"], None));
+        if out.matches("Member:").count() == 2 && out.contains("in-3") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(out.contains("Status: Running"), "{out}");
+    assert_eq!(out.matches("Member:").count(), 2, "{out}");
+    assert!(out.contains("Tasks: 0_"), "{out}");
+    assert!(out.contains("in-0") && out.contains("in-3"), "lag per partition: {out}");
+    app.close().unwrap();
+    let out = ok(&garam(d.path(), &["apps", "describe", "described"], None));
+    assert!(out.contains("Status: Stopped"), "{out}");
+    drop(app);
+    drop(log);
+    // Without a status file, committed offsets and lag come from the log.
+    std::fs::remove_dir_all(d.path().join("apps")).unwrap();
+    let out = ok(&garam(d.path(), &["apps", "describe", "described"], None));
+    assert!(out.contains("not running") && out.contains("in "), "{out}");
+    one_line_error(&garam(d.path(), &["apps", "describe", "nobody"], None), "unknown application 'nobody'");
+}

@@ -314,7 +314,7 @@ impl<T: 'static> Serde<T> for ArcSerde<T> {
 mod tests {
     use super::*;
 
-    fn roundtrip<T: PartialEq + std::fmt::Debug>(s: &dyn Serde<T>, v: T) {
+    fn roundtrip<T: PartialEq + std::fmt::Debug + 'static>(s: &dyn Serde<T>, v: T) {
         let mut b = Vec::new();
         s.serialize(&v, &mut b).unwrap();
         assert_eq!(s.deserialize(&b).unwrap(), v);

@@ -41,6 +41,7 @@ pub struct App {
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Result<()>>>,
+    status_thread: Option<JoinHandle<()>>,
     status: Arc<Mutex<AppStatus>>,
     failure: Arc<Mutex<Option<String>>>,
 }
@@ -62,6 +63,7 @@ impl App {
             metrics: Arc::new(Metrics::default()),
             shutdown: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
+            status_thread: None,
             status: Arc::new(Mutex::new(AppStatus::Created)),
             failure: Arc::new(Mutex::new(None)),
         })
@@ -127,6 +129,22 @@ impl App {
             self.threads.push(handle);
         }
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = AppStatus::Running;
+        // Status for `garam apps describe`, once a second while running.
+        let (writer, shutdown) = (self.status_writer(), self.shutdown.clone());
+        self.status_thread = std::thread::Builder::new()
+            .name(format!("{app_id}-status"))
+            .spawn(move || {
+                while !shutdown.load(Ordering::Acquire) {
+                    writer.write();
+                    for _ in 0..20 {
+                        if shutdown.load(Ordering::Acquire) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+            .ok();
         tracing::info!(app = %app_id, threads = self.config.num_threads, "application started");
         Ok(())
     }
@@ -160,20 +178,26 @@ impl App {
                 }
             }
         }
-        self.write_status();
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        match first {
-            Some(e) => {
-                *status = AppStatus::Failed;
-                Err(e)
-            }
-            None => {
-                if *status != AppStatus::Failed {
-                    *status = AppStatus::Stopped;
+        let result = {
+            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            match first {
+                Some(e) => {
+                    *status = AppStatus::Failed;
+                    Err(e)
                 }
-                Ok(())
+                None => {
+                    if *status != AppStatus::Failed {
+                        *status = AppStatus::Stopped;
+                    }
+                    Ok(())
+                }
             }
+        };
+        if let Some(h) = self.status_thread.take() {
+            let _ = h.join();
         }
+        self.write_status();
+        result
     }
 
     /// True once a worker failed or `close` was called.
@@ -190,13 +214,8 @@ impl App {
         if let Err(e) = ctrlc_handler(flag) {
             tracing::warn!(error = %e, "cannot install the Ctrl-C handler; stop the app with App::close");
         }
-        let mut last_status = std::time::Instant::now();
         while !self.shutdown.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(50));
-            if last_status.elapsed() >= Duration::from_secs(1) {
-                self.write_status();
-                last_status = std::time::Instant::now();
-            }
         }
         tracing::info!("shutting down");
         self.close()
@@ -225,10 +244,34 @@ impl App {
         self.close()
     }
 
-    /// Writes `<status_dir>/apps/<application.id>/status.json` for `garam apps describe`.
+    fn status_writer(&self) -> StatusWriter {
+        StatusWriter {
+            backend: self.backend.clone(),
+            application_id: self.config.application_id.clone(),
+            metrics: self.metrics.clone(),
+            status: self.status.clone(),
+            failure: self.failure.clone(),
+        }
+    }
+
     fn write_status(&self) {
+        self.status_writer().write();
+    }
+}
+
+/// Writes `<status_dir>/apps/<application.id>/status-<pid>.json` for `garam apps describe`.
+struct StatusWriter {
+    backend: Arc<dyn Backend>,
+    application_id: String,
+    metrics: Arc<Metrics>,
+    status: Arc<Mutex<AppStatus>>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl StatusWriter {
+    fn write(&self) {
         let Some(dir) = self.backend.status_dir() else { return };
-        let dir: PathBuf = dir.join("apps").join(&self.config.application_id);
+        let dir: PathBuf = dir.join("apps").join(&self.application_id);
         if std::fs::create_dir_all(&dir).is_err() {
             return;
         }
@@ -244,12 +287,12 @@ impl App {
         }
         let s = Status {
             format_version: 1,
-            application_id: &self.config.application_id,
-            status: self.status(),
+            application_id: &self.application_id,
+            status: *self.status.lock().unwrap_or_else(|e| e.into_inner()),
             updated_ms: crate::time::now_ms(),
             pid: std::process::id(),
             failure: self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            metrics: self.metrics(),
+            metrics: self.metrics.snapshot(),
         };
         if let Ok(json) = serde_json::to_vec_pretty(&s) {
             let file = dir.join(format!("status-{}.json", std::process::id()));
@@ -263,7 +306,7 @@ impl App {
 
 impl Drop for App {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
+        if !self.threads.is_empty() || self.status_thread.is_some() {
             let _ = self.close();
         }
     }
