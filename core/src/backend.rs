@@ -132,6 +132,32 @@ pub trait BackendProducer: Send {
     ) -> Result<()>;
     /// Writes every queued record.
     fn flush(&mut self) -> Result<()>;
+
+    /// Exactly-once, as Kafka's transactional producer: starts a transaction covering the records
+    /// sent until `commit_transaction`.
+    fn begin_transaction(&mut self) -> Result<()> {
+        Err(crate::StreamsError::backend(
+            "this backend has no transactions yet (exactly-once arrives with the state issue)",
+            false,
+        ))
+    }
+
+    /// Commits the transaction's records together with the consumed `offsets` of `group`: both
+    /// become visible, or neither (Kafka's `sendOffsetsToTransaction` + `commitTransaction`).
+    fn commit_transaction(&mut self, _group: &str, _offsets: &[(TopicPartition, u64)]) -> Result<()> {
+        Err(crate::StreamsError::backend(
+            "this backend has no transactions yet (exactly-once arrives with the state issue)",
+            false,
+        ))
+    }
+
+    /// Aborts the transaction: its records are never visible to read-committed consumers.
+    fn abort_transaction(&mut self) -> Result<()> {
+        Err(crate::StreamsError::backend(
+            "this backend has no transactions yet (exactly-once arrives with the state issue)",
+            false,
+        ))
+    }
 }
 
 /// A log the runtime can run on: the embedded log or Kafka.

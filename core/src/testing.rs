@@ -5,9 +5,15 @@
 //! repartition topics are processed by the downstream sub-topology before `pipe` returns. Records
 //! go through the real serdes, sources and sinks, so deserialization-error policies apply too.
 //!
-//! ```
-//! use garam_core::testing::TopologyTestDriver;
-//! # fn topology() -> garam_core::topology::Topology { unimplemented!() }
+//! The DSL's crate documentation (`garam-operators`) has a complete example; in short:
+//!
+//! ```text
+//! let driver = TopologyTestDriver::new(topology)?;
+//! let input = driver.input_topic("clicks", StringSerde, JsonSerde::<Click>::new());
+//! let output = driver.output_topic("views", StringSerde, JsonSerde::<View>::new());
+//! input.pipe_at("user-1".into(), click, 1_700_000_000_000)?;
+//! assert_eq!(output.read_values()?, vec![expected_view]);
+//! driver.advance_wall_clock(Duration::from_secs(60))?;   // fires wall-clock punctuations
 //! ```
 
 use std::cell::RefCell;

@@ -4,13 +4,27 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use garam_core::serdes::{Serde, SharedSerde};
+use garam_core::serdes::{DefaultSerde, Serde, SharedSerde};
 use garam_core::topology::{NodeKind, TopicRef, Topology, TopologyBuilder};
 use garam_core::Result;
 
 use crate::ops::source;
 use crate::stream::Stream;
 use crate::Data;
+
+impl<K: DefaultSerde, V: DefaultSerde> Default for Consumed<K, V> {
+    /// The default serdes of the types (string, bytes, integers, unit, option).
+    fn default() -> Self {
+        Consumed { key: K::default_serde(), value: V::default_serde(), timestamp: None, name: None }
+    }
+}
+
+impl<K: DefaultSerde, V: DefaultSerde> Default for Produced<K, V> {
+    /// The default serdes of the types (string, bytes, integers, unit, option).
+    fn default() -> Self {
+        Produced { key: K::default_serde(), value: V::default_serde(), partitioner: None, name: None }
+    }
+}
 
 /// Extracts an event time (epoch ms) from a record; gets the record's own timestamp too.
 pub type TimestampExtractor<K, V> = Arc<dyn Fn(&K, &V, i64) -> i64 + Send + Sync>;

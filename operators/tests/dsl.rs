@@ -352,3 +352,62 @@ fn build_errors_name_the_problem() {
     let missing = |_: &str| None;
     assert!(t.check_partitions("app", &missing).unwrap_err().to_string().contains("does not exist"));
 }
+
+#[test]
+fn timestamp_extractor_and_default_serdes() {
+    let b = StreamBuilder::new();
+    b.stream::<String, String>(
+        "in",
+        Consumed::default().with_timestamp_extractor(|_k, v: &String, _record_ts| v.parse().unwrap_or(-1)),
+    )
+    .to("out", Produced::default());
+    let d = TopologyTestDriver::new(b.build().unwrap()).unwrap();
+    d.input_topic("in", StringSerde, StringSerde).pipe_at(s("k"), s("4242"), 1).unwrap();
+    let out = d.output_topic("out", StringSerde, StringSerde).read_records().unwrap();
+    assert_eq!(out[0].timestamp, 4242, "event time comes from the value");
+}
+
+#[test]
+fn group_by_key_without_a_key_change_does_not_repartition() {
+    let b = StreamBuilder::new();
+    let g = b.stream::<String, String>("in", strings()).filter(|_, _| true).group_by_key();
+    assert_eq!(g.name(), None);
+    g.stream().to("out", out_strings());
+    let t = b.build().unwrap();
+    assert!(t.internal_topics().is_empty());
+    assert_eq!(t.subtopologies().len(), 1);
+}
+
+#[test]
+fn describe_snapshot_with_split_and_merge() {
+    let b = StreamBuilder::new();
+    let a = b.stream::<String, String>("a", Consumed::with(StringSerde, StringSerde).named("read-a"));
+    let c = b.stream::<String, String>("c", strings());
+    let branches = a.merge(&c).split("s-").branch("x", |k, _| k == "x").default_branch("rest");
+    branches["s-x"].to("xs", out_strings().named("write-xs"));
+    let t = b.build().unwrap();
+    let expected = "\
+Topologies:
+   Sub-topology: 0
+    Source: read-a (topics: [a])
+      --> KSTREAM-MERGE-0000000001
+    Source: KSTREAM-SOURCE-0000000000 (topics: [c])
+      --> KSTREAM-MERGE-0000000001
+    Processor: KSTREAM-MERGE-0000000001 (stores: [])
+      --> s-split
+      <-- read-a, KSTREAM-SOURCE-0000000000
+    Processor: s-split (stores: [])
+      --> s-x, s-rest
+      <-- KSTREAM-MERGE-0000000001
+    Processor: s-x (stores: [])
+      --> write-xs
+      <-- s-split
+    Processor: s-rest (stores: [])
+      --> none
+      <-- s-split
+    Sink: write-xs (topic: xs)
+      <-- s-x
+
+";
+    assert_eq!(t.describe(), expected);
+}
