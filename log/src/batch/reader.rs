@@ -87,7 +87,7 @@ pub struct RecordIter {
 
 impl RecordIter {
     fn read_bytes(&mut self, end: usize, what: &str) -> Result<Option<Bytes>> {
-        let len = get_varint(&self.body, &mut self.pos)?;
+        let len = get_varint(&self.body[..end], &mut self.pos)?;
         if len < 0 {
             return Ok(None);
         }
@@ -106,9 +106,11 @@ impl RecordIter {
             return Err(LogError::corrupt(format!("record length {len} runs past the end of its batch")));
         }
         let end = self.pos + len as usize;
+        // Every field is read from the record's own bytes, so a lying length cannot reach past it.
+        let record = &self.body[..end];
         self.pos += 1; // attributes
-        let ts_delta = get_varlong(&self.body, &mut self.pos)?;
-        let offset_delta = get_varint(&self.body, &mut self.pos)?;
+        let ts_delta = get_varlong(record, &mut self.pos)?;
+        let offset_delta = get_varint(record, &mut self.pos)?;
         if offset_delta < 0 || offset_delta > self.last_offset_delta {
             return Err(LogError::corrupt(format!(
                 "record offset delta {offset_delta} outside the batch (last delta {})",
@@ -117,8 +119,8 @@ impl RecordIter {
         }
         let key = self.read_bytes(end, "key")?;
         let value = self.read_bytes(end, "value")?;
-        let header_count = get_varint(&self.body, &mut self.pos)?;
-        if header_count < 0 || header_count as usize > end - self.pos {
+        let header_count = get_varint(&self.body[..end], &mut self.pos)?;
+        if header_count < 0 || header_count as usize > end.saturating_sub(self.pos) {
             return Err(LogError::corrupt(format!("header count {header_count} is impossible here")));
         }
         let mut headers = Vec::new();

@@ -147,3 +147,27 @@ fn batches_iterate_in_sequence() {
         b.verify().unwrap();
     }
 }
+
+/// Regression: a record whose header-count varint ran past the record's end made the remaining-bytes
+/// computation underflow (found by `corrupted_input_is_detected` in CI).
+#[test]
+fn varints_never_read_past_their_record() {
+    // A record of 5 bytes: attributes, ts delta 0, offset delta 0, null key, null value. Its header
+    // count is missing; the byte after the record (a varint 1) must not be taken for it.
+    let mut body = Vec::new();
+    put_varint(&mut body, 5);
+    body.extend_from_slice(&[0, 0, 0, 0x01, 0x01]);
+    body.push(0x02);
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(0, None, Some(b"v"), &[]);
+    let mut raw = b.finish().unwrap().to_vec();
+    raw.truncate(HEADER_LEN);
+    raw.extend_from_slice(&body);
+    let len = (raw.len() - 12) as i32;
+    raw[8..12].copy_from_slice(&len.to_be_bytes());
+    header::store_crc(&mut raw);
+    let batch = Batch::new(Bytes::from(raw)).unwrap();
+    batch.verify().unwrap();
+    let results: Vec<_> = batch.records().unwrap().collect();
+    assert!(results[0].is_err());
+}
