@@ -208,12 +208,14 @@ fn clean_group(
     crate::index::write_atomically(&cleaned, &out)?;
     let swap = dir.join(format!("{from:020}.{to:020}.swap"));
     fs::rename(&cleaned, &swap).map_err(LogError::io("commit compaction", &swap))?;
+    crate::index::sync_parent(&swap)?;
     // The swap is committed: replace the old segments on disk and in memory.
     for seg in group {
         seg.delete_files()?;
     }
     let target = dir.join(file_name(from, "log"));
     fs::rename(&swap, &target).map_err(LogError::io("install compacted segment", &target))?;
+    crate::index::sync_parent(&target)?;
     let config = p.config();
     let (seg, _) = Segment::open(&dir, from, &format!("{}-{}", p.topic(), p.id()), true, config.index_interval_bytes)?;
     seg.write_indexes()?;

@@ -160,7 +160,13 @@ pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     f.write_all(data).map_err(LogError::io("write", &tmp))?;
     f.sync_data().map_err(LogError::io("fsync", &tmp))?;
     fs::rename(&tmp, path).map_err(LogError::io("rename", path))?;
-    Ok(())
+    sync_parent(path)
+}
+
+/// fsyncs the directory holding `path`, so a rename or a new file survives power loss.
+pub(crate) fn sync_parent(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(LogError::io("fsync directory", dir))
 }
 
 #[cfg(test)]

@@ -75,6 +75,8 @@ pub struct Partition {
     high_watermark: AtomicU64,
     flushed: AtomicU64,
     fsyncs: AtomicU64,
+    /// When the recovery point file was last written.
+    recovery_written: Mutex<Instant>,
     flush_lock: Mutex<bool>,
     flush_cv: Condvar,
     last_flush: Mutex<Instant>,
@@ -117,17 +119,38 @@ impl Partition {
         let mut segments = Vec::with_capacity(bases.len().max(1));
         let mut producers = ProducerTable::default();
         let snapshot = if clean { read_producer_snapshot(&dir.join(PRODUCER_SNAPSHOT)) } else { None };
-        let last = bases.len().saturating_sub(1);
-        for (i, base) in bases.iter().enumerate() {
-            let active = i == last;
-            let (seg, scan) = Segment::open(&dir, *base, &name, active && !clean, interval)?;
-            if active && snapshot.is_none() {
+        // After an unclean stop, every segment that may hold offsets at or past the last recovery
+        // point (the last offset known to be fsynced) is validated batch by batch.
+        let recovery = if clean { u64::MAX } else { read_offset_file(&dir, RECOVERY_POINT).unwrap_or(0) };
+        let mut unsynced = Vec::new();
+        let mut i = 0;
+        while i < bases.len() {
+            let base = bases[i];
+            let validate = bases.get(i + 1).is_none_or(|next| *next > recovery);
+            let (seg, scan) = Segment::open(&dir, base, &name, validate, interval)?;
+            if validate && snapshot.is_none() {
                 for h in &scan.headers {
                     producers.record(h);
                 }
             }
-            segments.push(Arc::new(seg));
+            let seg = Arc::new(seg);
+            if validate && !clean {
+                unsynced.push(seg.clone());
+            }
+            segments.push(seg);
+            if scan.truncated && i + 1 < bases.len() {
+                // A torn segment followed by later ones: everything after the tear is past a hole.
+                tracing::warn!(partition = %name, segment = base, "torn segment before the last; deleting the segments after it");
+                for later in &bases[i + 1..] {
+                    for ext in ["log", "index", "timeindex"] {
+                        let _ = fs::remove_file(dir.join(crate::segment::file_name(*later, ext)));
+                    }
+                }
+                break;
+            }
+            i += 1;
         }
+        unsynced.pop(); // the active segment is always synced by a flush
         if let Some(s) = snapshot {
             producers = s;
         }
@@ -135,18 +158,21 @@ impl Partition {
         if segments.is_empty() {
             segments.push(Arc::new(Segment::create(&dir, 0, &name, now)?));
         }
-        let log_start = read_log_start(&dir).unwrap_or(0).max(segments[0].base_offset);
+        let log_start = read_offset_file(&dir, LOG_START).unwrap_or(0).max(segments[0].base_offset);
         let log_end = segments.last().map_or(0, |s| s.next_offset.load(Ordering::Acquire));
         let log_start = log_start.min(log_end);
+        // What survived a crash may only be in the page cache: not flushed until fsynced again.
+        let flushed = if clean { log_end } else { recovery.min(log_end) };
         Ok(Partition {
             topic: topic.to_string(),
             id,
             name,
             dir,
             config: RwLock::new(config),
-            state: Mutex::new(State { segments, log_start, log_end, unsynced: Vec::new(), producers }),
+            state: Mutex::new(State { segments, log_start, log_end, unsynced, producers }),
             high_watermark: AtomicU64::new(log_end),
-            flushed: AtomicU64::new(log_end),
+            flushed: AtomicU64::new(flushed),
+            recovery_written: Mutex::new(Instant::now()),
             fsyncs: AtomicU64::new(0),
             flush_lock: Mutex::new(false),
             flush_cv: Condvar::new(),
@@ -250,6 +276,20 @@ impl Partition {
         let now = garam_core::time::now_ms();
         let append_time = (config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
 
+        // Several batches in one append must come from one producer in sequence (as a produce
+        // request's batches for one partition do); only the first is looked up for duplicates.
+        for w in headers.windows(2) {
+            let (a, b) = (&w[0].1, &w[1].1);
+            let chained = a.producer_id == b.producer_id
+                && a.producer_epoch == b.producer_epoch
+                && (a.producer_id < 0 || b.base_sequence == a.last_sequence().wrapping_add(1) & i32::MAX);
+            if !chained {
+                return Err(LogError::InvalidArgument(format!(
+                    "batches appended together to {} must come from one producer in sequence",
+                    self.name
+                )));
+            }
+        }
         let mut st = self.state();
         // Idempotence: a retried batch is answered with its original offsets.
         match st.producers.check(&headers[0].1) {
@@ -309,7 +349,7 @@ impl Partition {
         drop(st);
         self.wake_waiters();
         if let Some(n) = config.flush_messages {
-            if next - self.flushed.load(Ordering::Acquire) >= n {
+            if next.saturating_sub(self.flushed.load(Ordering::Acquire)) >= n {
                 self.flush_to(next)?;
             }
         }
@@ -401,6 +441,7 @@ impl Partition {
                 if r.is_ok() {
                     self.flushed.fetch_max(upto, Ordering::AcqRel);
                     *self.last_flush.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                    self.maybe_write_recovery_point(upto);
                 } else {
                     // Put them back so the next flush retries.
                     self.state().unsynced.extend(segs.into_iter().filter(|s| s.len() > 0));
@@ -410,6 +451,19 @@ impl Partition {
             } else {
                 busy = self.flush_cv.wait(busy).unwrap_or_else(|e| e.into_inner());
             }
+        }
+    }
+
+    /// Checkpoints the recovery point (at most every few seconds): after a crash, validation starts
+    /// at the segment holding it instead of at the start of the log.
+    fn maybe_write_recovery_point(&self, flushed: u64) {
+        let mut last = self.recovery_written.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() < std::time::Duration::from_secs(5) {
+            return;
+        }
+        *last = Instant::now();
+        if let Err(e) = write_offset_file(&self.dir, RECOVERY_POINT, flushed) {
+            tracing::warn!(partition = %self.name, error = %e, "cannot write the recovery point");
         }
     }
 
@@ -445,7 +499,7 @@ impl Partition {
                 });
             }
             let i = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
-            (st.segments[i..].iter().take(4).cloned().collect::<Vec<_>>(), st.log_start, hw)
+            (st.segments[i..].to_vec(), st.log_start, hw)
         };
         let empty = |segment: PathBuf| FetchData {
             batches: Bytes::new(),
@@ -552,7 +606,7 @@ impl Partition {
             let doomed: Vec<_> = st.segments.drain(..n).collect();
             st.log_start = st.log_start.max(st.segments[0].base_offset);
             st.unsynced.retain(|u| !doomed.iter().any(|d| Arc::ptr_eq(u, d)));
-            write_log_start(&self.dir, st.log_start)?;
+            write_offset_file(&self.dir, LOG_START, st.log_start)?;
             doomed
         };
         for seg in &doomed {
@@ -569,7 +623,7 @@ impl Partition {
             return Err(LogError::InvalidArgument(format!("offset {offset} is past the log end {}", st.log_end)));
         }
         st.log_start = st.log_start.max(offset);
-        write_log_start(&self.dir, st.log_start)
+        write_offset_file(&self.dir, LOG_START, st.log_start)
     }
 
     pub(crate) fn segments_snapshot(&self) -> (Vec<Arc<Segment>>, u64) {
@@ -597,6 +651,7 @@ impl Partition {
         if let Some(a) = st.segments.last() {
             a.write_indexes()?;
         }
+        write_offset_file(&self.dir, RECOVERY_POINT, st.log_end)?;
         write_producer_snapshot(&self.dir.join(PRODUCER_SNAPSHOT), &st.producers)
     }
 }
@@ -613,14 +668,17 @@ fn trim_to_offset(batches: Bytes, hw: u64) -> Bytes {
     batches.slice(..end)
 }
 
-fn read_log_start(dir: &Path) -> Option<u64> {
-    let s = fs::read_to_string(dir.join("log-start-offset")).ok()?;
+const LOG_START: &str = "log-start-offset";
+const RECOVERY_POINT: &str = "recovery-point";
+
+fn read_offset_file(dir: &Path, name: &str) -> Option<u64> {
+    let s = fs::read_to_string(dir.join(name)).ok()?;
     let (v, o) = s.trim().split_once(' ')?;
     (v == "v1").then(|| o.parse().ok()).flatten()
 }
 
-fn write_log_start(dir: &Path, offset: u64) -> Result<()> {
-    write_atomically(&dir.join("log-start-offset"), format!("v1 {offset}\n").as_bytes())
+fn write_offset_file(dir: &Path, name: &str, offset: u64) -> Result<()> {
+    write_atomically(&dir.join(name), format!("v1 {offset}\n").as_bytes())
 }
 
 fn write_producer_snapshot(path: &Path, t: &ProducerTable) -> Result<()> {

@@ -55,6 +55,8 @@ pub(crate) struct ScanResult {
     pub max_timestamp: i64,
     /// Headers of the valid batches, for rebuilding producer state.
     pub headers: Vec<BatchHeader>,
+    /// True when a torn tail was cut off.
+    pub truncated: bool,
 }
 
 impl Segment {
@@ -68,6 +70,7 @@ impl Segment {
             .truncate(true)
             .open(&path)
             .map_err(LogError::io("create segment", &path))?;
+        crate::index::sync_parent(&path)?;
         Ok(Segment::with_file(base_offset, path, file, partition, 0, base_offset, -1, now_ms))
     }
 
@@ -144,7 +147,9 @@ impl Segment {
                 scan
             }
         };
-        if scan.valid_len < file_len {
+        let mut scan = scan;
+        scan.truncated = scan.valid_len < file_len;
+        if scan.truncated {
             tracing::warn!(file = %path.display(), valid = scan.valid_len, len = file_len, "truncating a torn segment tail");
             seg.file.set_len(scan.valid_len).map_err(LogError::io("truncate segment", &path))?;
         }
@@ -170,6 +175,15 @@ impl Segment {
             let avail = (end - pos).min(HEADER_LEN as u64) as usize;
             self.file.read_exact_at(&mut head[..avail], pos).map_err(LogError::io("read segment", &self.path))?;
             let header = match BatchHeader::parse(&head[..avail]) {
+                Ok(h) if (h.base_offset as u64) < self.base_offset => {
+                    // Offsets below the segment's base: damage (the base offset is not CRC'd).
+                    if !verify {
+                        return Err(LogError::corrupt(format!("batch offset {} below the segment base", h.base_offset))
+                            .at(self.location(pos, Some(h.base_offset as u64))));
+                    }
+                    self.check_tail(pos + h.total_len() as u64, end, pos, Some(h.base_offset as u64))?;
+                    break;
+                }
                 Ok(h) if pos + h.total_len() as u64 <= end => h,
                 Ok(h) => {
                     self.check_tail(

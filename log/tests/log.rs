@@ -346,3 +346,37 @@ fn group_commit_shares_fsyncs_between_waiting_appenders() {
     assert!(p.fsync_count() <= threads * per_thread, "at most one fsync per append");
     assert!(p.fsync_count() > 0);
 }
+
+#[test]
+fn a_torn_segment_before_the_last_drops_everything_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdir;
+    {
+        let log = Log::open_with(dir.path(), quiet()).unwrap();
+        log.create_topic("t", 1, cfg(&[("segment.bytes", "1024")])).unwrap();
+        for i in 0..40 {
+            log.append("t", 0, &mut one_batch(3, i)).unwrap();
+        }
+        pdir = log.partition("t", 0).unwrap().dir().to_path_buf();
+    }
+    let segs = segment_files(&pdir);
+    assert!(segs.len() >= 3);
+    // Power loss: the second segment lost its tail, later ones survived; no recovery point yet.
+    let len = fs::metadata(&segs[1]).unwrap().len();
+    fs::OpenOptions::new().write(true).open(&segs[1]).unwrap().set_len(len - 30).unwrap();
+    fs::remove_file(dir.path().join(".clean-shutdown")).unwrap();
+    fs::remove_file(pdir.join("recovery-point")).unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    let all = read_all(&log, "t");
+    assert!(!all.is_empty());
+    assert!(all.iter().enumerate().all(|(i, r)| r.1 == i as u64), "a gap-free prefix");
+    let end = log.offsets("t", 0).unwrap().log_end_offset;
+    assert_eq!(all.len() as u64, end);
+    assert!(end < 120 && end % 3 == 0, "cut at a batch boundary inside the second segment: {end}");
+    assert_eq!(log.partition("t", 0).unwrap().segment_count(), 2);
+    // The recovered data counts as unflushed until it is fsynced again.
+    let p = log.partition("t", 0).unwrap();
+    assert!(p.flushed_offset() < end);
+    p.flush().unwrap();
+    assert_eq!(p.flushed_offset(), end);
+}
