@@ -171,6 +171,8 @@ pub struct Consumer {
     listener: Option<Box<dyn RebalanceListener>>,
     rr: usize,
     closed: bool,
+    /// Partitions whose position was reset backwards: the next commit may go below the old one.
+    rewound: std::collections::BTreeSet<TopicPartition>,
 }
 
 impl Consumer {
@@ -192,6 +194,7 @@ impl Consumer {
             listener: None,
             rr: 0,
             closed: false,
+            rewound: Default::default(),
         };
         match c.config.group.clone() {
             Some(g) => c.join(&g, counts),
@@ -376,7 +379,17 @@ impl Consumer {
             let tp = &keys[(start + i) % n];
             let reset = self.config.auto_offset_reset;
             let s = self.positions.get_mut(tp).ok_or_else(|| LogError::InvalidArgument("position vanished".into()))?;
-            if s.partition.high_watermark() <= s.position {
+            let hw = s.partition.high_watermark();
+            if s.position > hw && reset != OffsetReset::None {
+                // Past the end (the log lost an unflushed tail in a power failure, say): reset, as
+                // Kafka consumers do, and let this member commit the lower offset.
+                let o = s.partition.offsets();
+                let to = if reset == OffsetReset::Earliest { o.log_start_offset } else { hw };
+                tracing::warn!(partition = %tp, from = s.position, to, "position is past the log end; resetting");
+                s.position = to;
+                self.rewound.insert(tp.clone());
+            }
+            if hw <= s.position {
                 continue;
             }
             let max = self.config.max_partition_fetch_bytes.min(budget);
@@ -386,6 +399,7 @@ impl Consumer {
                     let to = if reset == OffsetReset::Earliest { log_start } else { log_end };
                     tracing::warn!(partition = %tp, from = s.position, to, "offset out of range; resetting");
                     s.position = to;
+                    self.rewound.insert(tp.clone());
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -412,7 +426,8 @@ impl Consumer {
             .group
             .as_deref()
             .ok_or_else(|| LogError::InvalidArgument("a consumer without a group cannot commit".into()))?;
-        self.log.groups().commit(group, self.member.as_deref(), offsets, "")
+        let rewound: Vec<TopicPartition> = self.rewound.iter().cloned().collect();
+        self.log.groups().commit_inner(group, self.member.as_deref(), offsets, "", &rewound)
     }
 
     /// Commits the current positions of every assigned partition.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use garam_core::partitioner::partition_for_key;
 use garam_core::Record;
 
-use crate::batch::{BatchBuilder, Compression};
+use crate::batch::{self, BatchBuilder, Compression};
 use crate::error::{LogError, Result};
 use crate::log::Log;
 use crate::partition::{AppendInfo, Partition};
@@ -39,7 +39,14 @@ struct TopicState {
     topic: Arc<Topic>,
     batches: Vec<PartitionBatch>,
     sticky: u32,
+    /// Cached `max.message.bytes`.
+    max_message_bytes: usize,
+    /// Sends since the metadata (partition count, config) was last refreshed.
+    since_refresh: u32,
 }
+
+/// Sends between metadata refreshes: new partitions and config changes are seen this soon.
+const REFRESH_EVERY: u32 = 4096;
 
 /// Sends records to topics. Appends happen on the calling thread when a batch fills or on `flush`.
 ///
@@ -78,9 +85,19 @@ impl Producer {
                 })
                 .collect();
             let sticky = (garam_core::time::now_ms() as u32) % t.partition_count().max(1);
-            self.topics.insert(topic.to_string(), TopicState { topic: t, batches, sticky });
+            let max_message_bytes = t.config().max_message_bytes as usize;
+            self.topics.insert(
+                topic.to_string(),
+                TopicState { topic: t, batches, sticky, max_message_bytes, since_refresh: 0 },
+            );
         }
         let st = self.topics.get_mut(topic).ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
+        st.since_refresh += 1;
+        if st.since_refresh < REFRESH_EVERY {
+            return Ok(st);
+        }
+        st.since_refresh = 0;
+        st.max_message_bytes = st.topic.config().max_message_bytes as usize;
         // Pick up partitions added since.
         let n = st.topic.partition_count() as usize;
         if st.batches.len() < n {
@@ -128,6 +145,24 @@ impl Producer {
             (None, Some(k)) => partition_for_key(k, n),
             (None, None) => st.sticky,
         };
+        // Keep every batch under the topic's max.message.bytes: a record that would push the open
+        // batch over it goes into a new batch, and one too large on its own is refused before it
+        // is queued (so a failing append never takes accepted records down with it).
+        let max = st.max_message_bytes;
+        let record_size = 64
+            + key.map_or(0, <[u8]>::len)
+            + value.map_or(0, <[u8]>::len)
+            + headers.iter().map(|h| 16 + h.key.len() + h.value.as_ref().map_or(0, |v| v.len())).sum::<usize>();
+        if record_size + batch::HEADER_LEN > max {
+            return Err(LogError::InvalidArgument(format!(
+                "a record of about {record_size} bytes exceeds max.message.bytes={max} of topic '{topic}'"
+            )));
+        }
+        if !st.batches[p as usize].builder.is_empty() && st.batches[p as usize].builder.size_bytes() + record_size > max
+        {
+            self.append_partition(topic, p)?;
+        }
+        let st = self.topics.get_mut(topic).ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
         let pb = &mut st.batches[p as usize];
         pb.builder.push(timestamp, key, value, headers);
         if pb.builder.size_bytes() >= batch_size {

@@ -178,8 +178,11 @@ impl Segment {
                 Ok(h) if (h.base_offset as u64) < self.base_offset => {
                     // Offsets below the segment's base: damage (the base offset is not CRC'd).
                     if !verify {
-                        return Err(LogError::corrupt(format!("batch offset {} below the segment base", h.base_offset))
-                            .at(self.location(pos, Some(h.base_offset as u64))));
+                        return Err(LogError::corrupt(format!(
+                            "batch offset {} below the segment base",
+                            h.base_offset
+                        ))
+                        .at(self.location(pos, Some(h.base_offset as u64))));
                     }
                     self.check_tail(pos + h.total_len() as u64, end, pos, Some(h.base_offset as u64))?;
                     break;

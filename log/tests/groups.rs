@@ -169,3 +169,28 @@ fn expired_member_loses_partitions_and_cannot_commit() {
     log.groups().reset_offsets("g", &[(tp.clone(), 0)]).unwrap();
     assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 0);
 }
+
+#[test]
+fn a_committed_offset_past_the_log_end_is_reset_and_can_be_committed_lower() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), LogOptions { background: false, ..Default::default() }).unwrap();
+    log.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let tp = TopicPartition::new("t", 0);
+    // As after a power failure that lost the log's unflushed tail but not the fsynced commit.
+    log.groups().commit("g", None, &[(tp.clone(), 100)], "").unwrap();
+    let mut p = log.producer(Default::default()).unwrap();
+    for i in 0..10 {
+        p.send("t", Record::new(Some(format!("k{i}")), Some("v"))).unwrap();
+    }
+    p.flush().unwrap();
+    let mut c = log
+        .consumer(ConsumerConfig { auto_offset_reset: OffsetReset::Earliest, ..ConsumerConfig::group("g", &["t"]) })
+        .unwrap();
+    let mut n = 0;
+    for part in c.poll(Duration::from_millis(100)).unwrap() {
+        n += part.records().count();
+    }
+    assert_eq!(n, 10, "the new records are read, not skipped");
+    c.commit_positions().unwrap();
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 10);
+}

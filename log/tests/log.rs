@@ -380,3 +380,18 @@ fn a_torn_segment_before_the_last_drops_everything_after_it() {
     p.flush().unwrap();
     assert_eq!(p.flushed_offset(), end);
 }
+
+#[test]
+fn an_oversized_record_is_refused_without_losing_queued_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("t", 1, cfg(&[("max.message.bytes", "2000")])).unwrap();
+    let mut p = log.producer(Default::default()).unwrap();
+    for _ in 0..30 {
+        p.send("t", Record::new(Some("k"), Some(vec![b'x'; 100]))).unwrap();
+    }
+    let err = p.send("t", Record::new(Some("k"), Some(vec![b'x'; 5000]))).unwrap_err();
+    assert!(err.to_string().contains("max.message.bytes"), "{err}");
+    p.flush().unwrap();
+    assert_eq!(log.offsets("t", 0).unwrap().log_end_offset, 30, "every accepted record was written");
+}

@@ -262,6 +262,19 @@ impl Coordinator {
         offsets: &[(TopicPartition, u64)],
         metadata: &str,
     ) -> Result<()> {
+        self.commit_inner(group, member, offsets, metadata, &[])
+    }
+
+    /// Like `commit`, but the owning member may move the partitions in `rewound` backwards: its
+    /// position was reset because the committed offset fell out of the log's range.
+    pub(crate) fn commit_inner(
+        &self,
+        group: &str,
+        member: Option<&str>,
+        offsets: &[(TopicPartition, u64)],
+        metadata: &str,
+        rewound: &[TopicPartition],
+    ) -> Result<()> {
         let mut store = self.store();
         {
             let groups = self.groups();
@@ -289,7 +302,7 @@ impl Coordinator {
         }
         for (tp, off) in offsets {
             if let Some(c) = store.get(group, &tp.topic, tp.partition) {
-                if *off < c.offset {
+                if *off < c.offset && !(member.is_some() && rewound.contains(tp)) {
                     return Err(LogError::OffsetRegression {
                         group: group.to_string(),
                         topic: tp.topic.clone(),

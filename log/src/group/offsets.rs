@@ -30,6 +30,8 @@ pub type OffsetKey = (String, String, u32);
 pub(crate) struct OffsetStore {
     path: PathBuf,
     file: File,
+    /// Bytes of whole, acknowledged records: a failed write is cut back to here.
+    valid_len: u64,
     map: BTreeMap<OffsetKey, CommittedOffset>,
     records: usize,
 }
@@ -69,7 +71,7 @@ impl OffsetStore {
             tracing::warn!(file = %path.display(), valid = pos, len = raw.len(), "cutting a torn tail off the offsets file");
             file.set_len(pos as u64).map_err(LogError::io("truncate offsets", &path))?;
         }
-        let mut store = OffsetStore { path, file, map, records };
+        let mut store = OffsetStore { path, file, valid_len: pos as u64, map, records };
         if store.records > 1024 && store.records > 4 * store.map.len() {
             store.rewrite()?;
         }
@@ -93,8 +95,13 @@ impl OffsetStore {
         for (k, v) in &entries {
             encode_record(&mut buf, k, v);
         }
-        self.file.write_all(&buf).map_err(LogError::io("write offsets", &self.path))?;
-        self.file.sync_data().map_err(LogError::io("fsync offsets", &self.path))?;
+        let written = self.file.write_all(&buf).and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // Never leave a torn record in front of later commits: replay would stop there.
+            let _ = self.file.set_len(self.valid_len);
+            return Err(LogError::Io { context: "write offsets", path: self.path.clone(), source: e });
+        }
+        self.valid_len += buf.len() as u64;
         self.records += entries.len();
         for (k, v) in entries {
             self.map.insert(k, v);
@@ -129,7 +136,12 @@ impl OffsetStore {
 }
 
 fn put_str(buf: &mut Vec<u8>, s: &str) {
-    let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    // Cut at a character boundary so the stored string stays valid UTF-8.
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let s = &s.as_bytes()[..end];
     buf.extend_from_slice(&(s.len() as u16).to_be_bytes());
     buf.extend_from_slice(s);
 }
