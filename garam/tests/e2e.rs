@@ -160,12 +160,17 @@ fn a_failing_worker_stops_the_app_with_the_record_named() {
     log.create_topic("in", 1, TopicConfig::default()).unwrap();
     log.create_topic("out", 1, TopicConfig::default()).unwrap();
     let mut p = log.producer(Default::default()).unwrap();
+    p.send("in", garam::core::Record::new(Some("a"), Some("1"))).unwrap();
     p.send("in", garam::core::Record::new(Some("a"), Some("nope"))).unwrap();
+    p.send("in", garam::core::Record::new(Some("a"), Some("2"))).unwrap();
     p.flush().unwrap();
     let mut app = App::new(pipeline("in", "out"), AppConfig::new("failing"), Arc::new(log.clone())).unwrap();
     let err = app.run_until_shutdown().unwrap_err().to_string();
-    assert!(err.contains("in-0 at offset 0"), "{err}");
+    assert!(err.contains("in-0 at offset 1"), "{err}");
     assert_eq!(app.status(), garam::core::runtime::AppStatus::Failed);
+    // Nothing past the failure was committed: a restart reads the bad record (and the rest) again.
+    let committed = log.groups().committed("failing", &garam::core::backend::TopicPartition::new("in", 0));
+    assert!(committed.as_ref().is_none_or(|c| c.offset <= 1), "{committed:?}");
 }
 
 #[test]

@@ -537,16 +537,27 @@ impl Partition {
         };
         for seg in segs.iter().filter(|s| s.max_timestamp.load(Ordering::Acquire) >= ts) {
             let limit = seg.len();
-            let Some(pos) = seg.position_of_time(ts, limit)? else {
+            let Some(mut pos) = seg.position_of_time(ts, limit)? else {
                 continue;
             };
-            let data = seg.read(pos, 0, limit)?;
-            for b in batch::BatchIter::new(data) {
-                let b = b?;
-                for r in b.records()? {
-                    let r = r?;
-                    if r.timestamp >= ts && r.offset >= start {
-                        return Ok(Some(r.offset));
+            // Keep reading the segment: the first qualifying batch may hold only records below
+            // the log start.
+            while pos < limit {
+                let data = seg.read(pos, 1 << 20, limit)?;
+                if data.is_empty() {
+                    break;
+                }
+                pos += data.len() as u64;
+                for b in batch::BatchIter::new(data) {
+                    let b = b?;
+                    if b.header().max_timestamp < ts || b.header().is_control() {
+                        continue;
+                    }
+                    for r in b.records()? {
+                        let r = r?;
+                        if r.timestamp >= ts && r.offset >= start {
+                            return Ok(Some(r.offset));
+                        }
                     }
                 }
             }

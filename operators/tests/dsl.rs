@@ -199,12 +199,19 @@ fn process_with_stream_and_wall_clock_punctuation() {
     let d = TopologyTestDriver::new(b.build().unwrap()).unwrap();
     let input = d.input_topic("in", StringSerde, StringSerde);
     let out = d.output_topic("counts", StringSerde, U64Serde);
-    input.pipe_at(s("a"), s("x"), 1000).unwrap(); // first stream time: schedules at 1100
+    input.pipe_at(s("a"), s("x"), 1000).unwrap(); // stream-time punctuation fires with the first record
+    assert_eq!(out.read_key_values().unwrap(), vec![(s("stream:a"), 1)]);
     input.pipe_at(s("a"), s("x"), 1050).unwrap();
     assert!(out.is_empty());
-    input.pipe_at(s("b"), s("x"), 1100).unwrap(); // fires
-    assert_eq!(out.read_key_values().unwrap(), vec![(s("stream:a"), 2), (s("stream:b"), 1)]);
-    input.pipe_at(s("c"), s("x"), 1101).unwrap();
+    input.pipe_at(s("b"), s("x"), 1100).unwrap(); // next grid point: 1100
+    assert_eq!(out.read_key_values().unwrap(), vec![(s("stream:a"), 1), (s("stream:b"), 1)]);
+    input.pipe_at(s("a"), s("x"), 1450).unwrap(); // skips 1200 and 1300; fires at 1450, next 1500
+    assert_eq!(out.read_key_values().unwrap(), vec![(s("stream:a"), 1)]);
+    input.pipe_at(s("a"), s("x"), 1499).unwrap();
+    assert!(out.is_empty());
+    input.pipe_at(s("c"), s("x"), 1500).unwrap();
+    assert_eq!(out.read_key_values().unwrap(), vec![(s("stream:a"), 1), (s("stream:c"), 1)]);
+    input.pipe_at(s("c"), s("x"), 1501).unwrap();
     d.advance_wall_clock(Duration::from_secs(1)).unwrap(); // schedules the wall clock at 61 s
     assert!(out.is_empty());
     d.advance_wall_clock(Duration::from_secs(60)).unwrap();
@@ -351,6 +358,49 @@ fn build_errors_name_the_problem() {
     assert!(e.contains("left (4 partitions)") && e.contains("right (6 partitions)"), "{e}");
     let missing = |_: &str| None;
     assert!(t.check_partitions("app", &missing).unwrap_err().to_string().contains("does not exist"));
+    // One topic read by two sources.
+    let b = StreamBuilder::new();
+    b.stream::<String, String>("in", strings()).to("o1", out_strings());
+    b.stream::<String, String>("in", strings()).to("o2", out_strings());
+    let e = b.build().unwrap_err().to_string();
+    assert!(e.contains("topic 'in' is read by two sources"), "{e}");
+}
+
+#[test]
+fn subtopologies_are_numbered_writers_first() {
+    // The reader of the repartition topic holds the smallest node id; it must still come second.
+    let b = StreamBuilder::new();
+    let first = b.stream::<String, String>("b", strings());
+    let second = b.stream::<String, String>("a", strings());
+    second.repartition(Repartitioned::named("r")).merge(&first).to("out", out_strings());
+    let t = b.build().unwrap();
+    assert_eq!(t.internal_topics()[0].writer, 0);
+    assert_eq!(t.source_topics(1, "app"), vec!["app-r-repartition".to_string(), "b".to_string()]);
+    let counts = |_: &str| Some(2);
+    let internal = t.check_partitions("app", &counts).unwrap();
+    assert_eq!(internal["app-r-repartition"], 2);
+}
+
+#[test]
+fn processors_see_stream_time_per_record_and_extracted_timestamps() {
+    struct Times;
+    impl Processor<String, String, String, i64> for Times {
+        fn process(&mut self, r: StreamRecord<String, String>, ctx: &mut ProcessorContext<'_, String, i64>) -> garam_core::Result<()> {
+            ctx.forward(StreamRecord::new(r.key, ctx.stream_time, r.timestamp));
+            Ok(())
+        }
+    }
+    let b = StreamBuilder::new();
+    b.stream::<String, String>("in", strings().with_timestamp_extractor(|_, v: &String, _| v.parse().unwrap()))
+        .process("times", || Times)
+        .to("out", Produced::with(StringSerde, I64Serde));
+    let d = TopologyTestDriver::new(b.build().unwrap()).unwrap();
+    let input = d.input_topic("in", StringSerde, StringSerde);
+    input.pipe_at(s("a"), s("500"), 999_999).unwrap();
+    input.pipe_at(s("b"), s("300"), 999_999).unwrap();
+    input.pipe_at(s("c"), s("700"), 0).unwrap();
+    let seen = d.output_topic("out", StringSerde, I64Serde).read_values().unwrap();
+    assert_eq!(seen, vec![500, 500, 700], "stream time is the largest extracted timestamp so far");
 }
 
 #[test]

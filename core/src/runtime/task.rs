@@ -74,12 +74,12 @@ impl Task {
             StreamsError::Topology(format!("task {} has no source for topic {}", self.id, polled.tp.topic))
         })?;
         self.counters.records_in += polled.records.len() as u64;
-        if let Some(max) = polled.records.iter().map(|r| r.timestamp).max() {
-            self.stream_time = self.stream_time.max(max);
-        }
         let tp = polled.tp;
         let mut ctx = self.ctx(collector, env);
+        // The source advances stream time with the extracted timestamps, after its batch.
         source.borrow_mut().push_raw(&tp, polled.records, &mut ctx)?;
+        let stream_time = ctx.stream_time;
+        self.stream_time = stream_time;
         self.punctuate(collector, env)
     }
 

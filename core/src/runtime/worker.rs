@@ -57,6 +57,9 @@ pub(crate) struct Shared {
 struct Shared2 {
     producer: Box<dyn BackendProducer>,
     events: Vec<Event>,
+    /// Set when processing failed: positions then run ahead of what was processed, so nothing
+    /// may be committed any more (not on revoke, not on close).
+    failed: bool,
 }
 
 enum Event {
@@ -96,6 +99,10 @@ impl RebalanceListener for Listener {
 
     fn on_revoked(&mut self, partitions: &[TopicPartition], committer: &mut dyn OffsetCommitter) {
         let mut st = lock(&self.state);
+        if st.failed {
+            st.events.push(Event::Revoked(partitions.to_vec()));
+            return;
+        }
         // At-least-once: outputs first, then the offsets of what produced them. Every record
         // returned by earlier polls has been processed, since processing is synchronous.
         let result = st.producer.flush().and_then(|()| {
@@ -144,7 +151,7 @@ pub(crate) fn run(
 ) -> Result<()> {
     let span = tracing::info_span!("worker", app = %shared.config.application_id, thread = %name);
     let _enter = span.enter();
-    let state = Arc::new(Mutex::new(Shared2 { producer: backend.producer()?, events: Vec::new() }));
+    let state = Arc::new(Mutex::new(Shared2 { producer: backend.producer()?, events: Vec::new(), failed: false }));
     let listener = Listener { state: state.clone() };
     let settings = ConsumerSettings {
         group: shared.config.application_id.clone(),
@@ -159,8 +166,14 @@ pub(crate) fn run(
     tracing::info!(member = %member, "worker started");
     let mut tasks: BTreeMap<TaskId, Task> = BTreeMap::new();
     let result = run_loop(&shared, &mut *consumer, &state, &mut tasks, &member, &shutdown);
-    // Graceful stop: commit what was processed, then leave the group.
-    let commit = commit(&shared, &mut *consumer, &state);
+    // Graceful stop: commit what was processed, then leave the group. After a failure the
+    // positions include records that were never processed: commit nothing, so they are read again.
+    let commit = if result.is_ok() {
+        commit(&shared, &mut *consumer, &state)
+    } else {
+        lock(&state).failed = true;
+        Ok(())
+    };
     let close = consumer.close();
     let ids: BTreeSet<TaskId> = tasks.keys().copied().collect();
     close_tasks(&mut tasks, &ids);
@@ -239,7 +252,16 @@ fn commit(shared: &Shared, consumer: &mut dyn BackendConsumer, state: &Arc<Mutex
     lock(state).producer.flush()?;
     let positions = consumer.positions();
     if !positions.is_empty() {
-        consumer.commit(&positions)?;
+        match consumer.commit(&positions) {
+            Ok(()) => {}
+            // The member was fenced (its session expired while it worked, say): its partitions
+            // are gone and will be reprocessed by their new owner; the next poll rejoins.
+            Err(e) if e.is_retriable() => {
+                tracing::warn!(error = %e, "commit refused; this member rejoins and the records are reprocessed");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
     }
     let us = started.elapsed().as_micros() as u64;
     let m = &shared.metrics;

@@ -33,7 +33,7 @@ impl TopicRef {
         }
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             TopicRef::External(t) => t.clone(),
             TopicRef::Internal(n) => format!("{n}-repartition"),
@@ -165,10 +165,20 @@ impl TopologyBuilder {
         if !self.nodes.iter().any(|n| matches!(n.kind, NodeKind::Source { .. })) {
             return Err(StreamsError::Topology("the topology has no source: call builder.stream(...) first".into()));
         }
+        let mut readers: std::collections::BTreeMap<&TopicRef, &str> = std::collections::BTreeMap::new();
         for n in &self.nodes {
             if let NodeKind::Source { topics } = &n.kind {
                 if topics.is_empty() {
                     return Err(StreamsError::Topology(format!("source {} reads no topic", n.name)));
+                }
+                for t in topics {
+                    if let Some(other) = readers.insert(t, &n.name) {
+                        return Err(StreamsError::Topology(format!(
+                            "topic '{}' is read by two sources ({other} and {}); read it once and reuse the stream",
+                            t.describe(),
+                            n.name
+                        )));
+                    }
                 }
             }
         }
@@ -211,9 +221,38 @@ impl TopologyBuilder {
             }
             groups.push(members.into_iter().collect());
         }
-        // Order: by the smallest node id, which puts writers of repartition topics first because
-        // the DSL creates the repartition sink before the source that reads it.
+        // Order: writers of a repartition topic before its readers (topologically), ties by the
+        // smallest node id, so numbering is stable and `check_partitions` can walk in order.
         groups.sort_by_key(|g| g[0]);
+        let group_of = |node: NodeId, groups: &[Vec<NodeId>]| groups.iter().position(|g| g.contains(&node));
+        let mut edges: Vec<(usize, usize)> = Vec::new();
+        for it in &self.internal {
+            let writer = group_of(it.writer, &groups);
+            for (id, n) in self.nodes.iter().enumerate() {
+                if let NodeKind::Source { topics } = &n.kind {
+                    if topics.contains(&TopicRef::Internal(it.name.clone())) {
+                        if let (Some(w), Some(r)) = (writer, group_of(id, &groups)) {
+                            edges.push((w, r));
+                        }
+                    }
+                }
+            }
+        }
+        let mut order = Vec::with_capacity(groups.len());
+        let mut placed = vec![false; groups.len()];
+        while order.len() < groups.len() {
+            let next = (0..groups.len()).find(|&g| !placed[g] && !edges.iter().any(|&(w, r)| r == g && !placed[w] && w != g));
+            let g = match next {
+                Some(g) => g,
+                None => {
+                    self.errors.push("repartition topics form a cycle between sub-topologies".into());
+                    (0..groups.len()).find(|&g| !placed[g]).unwrap_or(0)
+                }
+            };
+            placed[g] = true;
+            order.push(g);
+        }
+        let groups: Vec<Vec<NodeId>> = order.into_iter().map(|g| groups[g].clone()).collect();
         let mut id_of_group = vec![0; n];
         for (i, g) in groups.iter().enumerate() {
             for x in g {

@@ -64,8 +64,8 @@ impl std::fmt::Debug for Topology {
 impl Topology {
     /// Validates the graph and splits it into sub-topologies.
     pub fn new(mut builder: TopologyBuilder) -> Result<Topology> {
-        builder.validate()?;
         let subtopologies = builder.components();
+        builder.validate()?;
         Ok(Topology { builder, subtopologies })
     }
 

@@ -29,6 +29,7 @@ impl<P: Processor<KIn, VIn, K, V>, KIn, VIn, K: Data, V: Data> Downstream<KIn, V
             let mut pctx =
                 ProcessorContext::new(&mut out, &mut self.schedules, ctx.task, ctx.stream_time, ctx.wall_clock_ms);
             for r in batch {
+                pctx.stream_time = pctx.stream_time.max(r.timestamp);
                 self.processor.process(r, &mut pctx)?;
             }
         }
@@ -62,15 +63,19 @@ impl<P: Processor<KIn, VIn, K, V>, KIn, VIn, K: Data, V: Data> Lifecycle for Pro
                 continue;
             }
             if s.next_ms < 0 {
-                s.next_ms = now + s.interval_ms;
-                continue;
+                // As in Kafka Streams: stream-time punctuation fires with the first record; wall-clock
+                // punctuation one interval after it was scheduled.
+                s.next_ms = match s.kind {
+                    PunctuationType::StreamTime => now,
+                    PunctuationType::WallClockTime => now + s.interval_ms,
+                };
             }
             if now >= s.next_ms {
                 let mut more = Vec::new();
                 let mut pctx = ProcessorContext::new(&mut out, &mut more, ctx.task, ctx.stream_time, ctx.wall_clock_ms);
                 self.processor.punctuate(s.kind, now, &mut pctx)?;
-                // Next firing: the next multiple of the interval after now.
-                s.next_ms = now + s.interval_ms;
+                // Stay on the grid: the next multiple of the interval after now, skipping missed ones.
+                s.next_ms += ((now - s.next_ms) / s.interval_ms + 1) * s.interval_ms;
                 self.schedules.extend(more);
             }
         }

@@ -43,7 +43,14 @@ impl<K: Data, V: Data> RawSource for Source<K, V> {
             };
             batch.push(StreamRecord { key, value, timestamp, headers: r.headers });
         }
-        self.next.push(batch, ctx)
+        // Operators see the stream time of the records before them (a processor tracks it per
+        // record); the task's stream time moves once the batch is through.
+        let max = batch.iter().map(|r| r.timestamp).max();
+        self.next.push(batch, ctx)?;
+        if let Some(m) = max {
+            ctx.stream_time = ctx.stream_time.max(m);
+        }
+        Ok(())
     }
 }
 
