@@ -163,6 +163,8 @@ fn clean_group(
             for b in BatchIter::new(data) {
                 let b = b?;
                 let h = *b.header();
+                let horizon =
+                    (h.attributes & crate::batch::attributes::DELETE_HORIZON != 0).then_some(h.base_timestamp);
                 if h.is_control() {
                     out.extend_from_slice(b.bytes());
                     continue;
@@ -173,7 +175,10 @@ fn clean_group(
                     let r = r?;
                     stats.records_read += 1;
                     let is_latest = r.key.as_ref().is_none_or(|k| latest.get(k.as_ref()) == Some(&r.offset));
-                    let expired_tombstone = r.value.is_none() && now_ms - r.timestamp > delete_retention_ms as i64;
+                    // Kafka's delete horizon (KIP-534): a tombstone survives the first cleaning,
+                    // which stamps its batch with "cleaned at + delete.retention.ms"; a later
+                    // cleaning past that horizon removes it. Readers get that long to see it.
+                    let expired_tombstone = r.value.is_none() && horizon.is_some_and(|h| now_ms >= h);
                     if is_latest && !expired_tombstone {
                         kept.push(r);
                     } else {
@@ -181,13 +186,16 @@ fn clean_group(
                     }
                 }
                 stats.records_kept += kept.len() as u64;
-                if all {
+                let needs_horizon = horizon.is_none() && kept.iter().any(|r| r.value.is_none());
+                if all && !needs_horizon {
                     out.extend_from_slice(b.bytes());
                 } else if !kept.is_empty() {
                     let codec = Compression::from_attributes(h.attributes)?;
                     let mut builder = BatchBuilder::new(codec);
                     builder.producer(h.producer_id, h.producer_epoch, h.base_sequence);
                     builder.transactional(h.is_transactional());
+                    let stamped = horizon.or(needs_horizon.then(|| now_ms + delete_retention_ms as i64));
+                    builder.delete_horizon(stamped);
                     for r in &kept {
                         let delta = (r.offset - h.base_offset as u64) as i32;
                         builder.push_with_offset_delta(

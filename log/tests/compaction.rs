@@ -86,9 +86,14 @@ proptest! {
         producer.flush().unwrap();
         drop(producer);
         let before = read_all(&log);
-        let now = if tombstones_expired { ts + 86_400_001 } else { ts + 1 };
+        // The first cleaning stamps tombstones with a delete horizon of now + delete.retention.ms;
+        // only a cleaning after that horizon removes them.
+        let now = ts + 1;
         log.run_cleaner(now).unwrap();
         log.run_cleaner(now).unwrap(); // idempotent
+        if tombstones_expired {
+            log.run_cleaner(now + 86_400_001).unwrap();
+        }
         if reopen {
             log.close().unwrap();
             drop(log);
@@ -126,4 +131,27 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn an_old_tombstone_survives_the_first_cleaning_for_delete_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), LogOptions { background: false, ..Default::default() }).unwrap();
+    let mut c = TopicConfig::default();
+    c.set("cleanup.policy", "compact").unwrap();
+    c.set("delete.retention.ms", "1000").unwrap();
+    log.create_topic("c", 1, c).unwrap();
+    let mut p = log.producer(Default::default()).unwrap();
+    p.send("c", Record::new(Some("k"), Some("v")).with_timestamp(0)).unwrap();
+    p.send("c", Record { key: Some("k".into()), value: None, timestamp: Some(0), headers: vec![] }).unwrap();
+    p.flush().unwrap();
+    log.partition("c", 0).unwrap().roll().unwrap();
+    let now = 1_700_000_000_000;
+    log.run_cleaner(now).unwrap();
+    let after_first: Vec<_> = read_all(&log);
+    assert_eq!(after_first, vec![(1, b"k".to_vec(), None)], "the value is gone, the tombstone stays");
+    log.run_cleaner(now + 999).unwrap();
+    assert_eq!(read_all(&log).len(), 1, "still inside the delete horizon");
+    log.run_cleaner(now + 1000).unwrap();
+    assert!(read_all(&log).is_empty(), "removed once the horizon has passed");
 }

@@ -385,7 +385,11 @@ fn subtopologies_are_numbered_writers_first() {
 fn processors_see_stream_time_per_record_and_extracted_timestamps() {
     struct Times;
     impl Processor<String, String, String, i64> for Times {
-        fn process(&mut self, r: StreamRecord<String, String>, ctx: &mut ProcessorContext<'_, String, i64>) -> garam_core::Result<()> {
+        fn process(
+            &mut self,
+            r: StreamRecord<String, String>,
+            ctx: &mut ProcessorContext<'_, String, i64>,
+        ) -> garam_core::Result<()> {
             ctx.forward(StreamRecord::new(r.key, ctx.stream_time, r.timestamp));
             Ok(())
         }

@@ -241,7 +241,8 @@ impl TopologyBuilder {
         let mut order = Vec::with_capacity(groups.len());
         let mut placed = vec![false; groups.len()];
         while order.len() < groups.len() {
-            let next = (0..groups.len()).find(|&g| !placed[g] && !edges.iter().any(|&(w, r)| r == g && !placed[w] && w != g));
+            let next =
+                (0..groups.len()).find(|&g| !placed[g] && !edges.iter().any(|&(w, r)| r == g && !placed[w] && w != g));
             let g = match next {
                 Some(g) => g,
                 None => {

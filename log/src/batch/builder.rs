@@ -36,6 +36,7 @@ pub struct BatchBuilder {
     base_sequence: i32,
     transactional: bool,
     control: bool,
+    delete_horizon: Option<i64>,
 }
 
 impl BatchBuilder {
@@ -59,6 +60,7 @@ impl BatchBuilder {
             base_sequence: -1,
             transactional: false,
             control: false,
+            delete_horizon: None,
         }
     }
 
@@ -79,6 +81,13 @@ impl BatchBuilder {
     /// Marks the batch as a control batch (transaction markers).
     pub fn control(&mut self, yes: bool) -> &mut Self {
         self.control = yes;
+        self
+    }
+
+    /// Stamps the batch with a delete horizon (compaction): the base timestamp holds it and
+    /// record timestamps are deltas from it. Set before the first push.
+    pub(crate) fn delete_horizon(&mut self, horizon: Option<i64>) -> &mut Self {
+        self.delete_horizon = horizon;
         self
     }
 
@@ -112,7 +121,7 @@ impl BatchBuilder {
         headers: &[Header],
     ) {
         if self.count == 0 {
-            self.base_timestamp = timestamp;
+            self.base_timestamp = self.delete_horizon.unwrap_or(timestamp);
         }
         self.max_timestamp = self.max_timestamp.max(timestamp);
         let ts_delta = timestamp.wrapping_sub(self.base_timestamp);
@@ -186,6 +195,9 @@ impl BatchBuilder {
         if self.control {
             attrs |= attributes::CONTROL;
         }
+        if self.delete_horizon.is_some() {
+            attrs |= attributes::DELETE_HORIZON;
+        }
         let max_ts = if self.count == 0 { -1 } else { self.max_timestamp };
         b[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&0i64.to_be_bytes());
         b[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&((total - LOG_OVERHEAD) as i32).to_be_bytes());
@@ -211,5 +223,6 @@ impl BatchBuilder {
         self.base_timestamp = 0;
         self.max_timestamp = -1;
         self.base_sequence = -1;
+        self.delete_horizon = None;
     }
 }
