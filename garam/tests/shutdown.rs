@@ -32,7 +32,7 @@ fn sigterm_stops_the_app_after_a_final_commit() {
         drop(p);
         log.close().unwrap();
     }
-    let mut child = Command::new(example("uppercase"))
+    let child = Command::new(example("uppercase"))
         .args(["--input", "words", "--output", "shouts", "--data-dir"])
         .arg(dir.path())
         .stdout(Stdio::null())
