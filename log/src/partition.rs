@@ -589,9 +589,6 @@ impl Partition {
     /// Deletes whole segments past `retention.ms` / `retention.bytes`. Returns how many were deleted.
     pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {
         let config = self.config();
-        if !config.cleanup_policy.delete {
-            return Ok(0);
-        }
         let _cleaning = self.cleaner.lock().unwrap_or_else(|e| e.into_inner());
         let doomed = {
             let mut st = self.state();
@@ -600,12 +597,16 @@ impl Partition {
             // Never the active segment.
             while n + 1 < st.segments.len() {
                 let seg = &st.segments[n];
-                let by_time = config.retention_ms.is_some_and(|ms| {
-                    let max = seg.max_timestamp.load(Ordering::Acquire);
-                    max >= 0 && now_ms - max > ms as i64 || max < 0 && seg.len() == 0
-                });
-                let by_size = config.retention_bytes.is_some_and(|limit| total - seg.len() >= limit);
-                if !(by_time || by_size) {
+                let by_time = config.cleanup_policy.delete
+                    && config.retention_ms.is_some_and(|ms| {
+                        let max = seg.max_timestamp.load(Ordering::Acquire);
+                        max >= 0 && now_ms - max > ms as i64 || max < 0 && seg.len() == 0
+                    });
+                let by_size = config.cleanup_policy.delete
+                    && config.retention_bytes.is_some_and(|limit| total - seg.len() >= limit);
+                // Wholly below the log start (moved by `delete_records_before`).
+                let by_start = st.segments[n + 1].base_offset <= st.log_start;
+                if !(by_time || by_size || by_start) {
                     break;
                 }
                 total -= seg.len();
@@ -627,7 +628,8 @@ impl Partition {
         Ok(doomed.len())
     }
 
-    /// Moves the log start offset forward (like Kafka's DeleteRecords); whole segments below it go.
+    /// Moves the log start offset forward (like Kafka's DeleteRecords): readers no longer see the
+    /// records below it, and the next retention pass deletes the segments wholly below it.
     pub fn delete_records_before(&self, offset: u64) -> Result<()> {
         let mut st = self.state();
         if offset > st.log_end {

@@ -395,3 +395,21 @@ fn an_oversized_record_is_refused_without_losing_queued_ones() {
     p.flush().unwrap();
     assert_eq!(log.offsets("t", 0).unwrap().log_end_offset, 30, "every accepted record was written");
 }
+
+#[test]
+fn delete_records_before_hides_records_and_retention_removes_their_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("t", 1, cfg(&[("segment.bytes", "1024"), ("cleanup.policy", "compact")])).unwrap();
+    for i in 0..40 {
+        log.append("t", 0, &mut one_batch(3, i)).unwrap();
+    }
+    let p = log.partition("t", 0).unwrap();
+    let before = p.segment_count();
+    p.delete_records_before(60).unwrap();
+    assert!(matches!(log.read("t", 0, 10, 100), Err(LogError::OffsetOutOfRange { .. })));
+    p.apply_retention(0).unwrap();
+    assert!(p.segment_count() < before);
+    assert!(p.segment_base_offsets()[1] > 60, "only the segment holding offset 60 is kept before it");
+    assert_eq!(read_all(&log, "t").first().map(|r| r.1), Some(60));
+}
