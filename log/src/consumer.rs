@@ -34,6 +34,9 @@ pub struct ConsumerConfig {
     pub fetch_max_bytes: usize,
     /// `check.crcs`: verify each batch's CRC as it is read.
     pub check_crcs: bool,
+    /// `isolation.level=read_committed`: read only committed transactional records (up to the last
+    /// stable offset, aborted transactions skipped). Kafka's default, and ours, is read_uncommitted.
+    pub read_committed: bool,
     /// `max.poll.records`: stop adding partitions to a poll once this many records are in it
     /// (whole batches are returned, so a poll may hold a few more).
     pub max_poll_records: Option<usize>,
@@ -52,6 +55,7 @@ impl Default for ConsumerConfig {
             fetch_max_bytes: 8 << 20,
             check_crcs: true,
             max_poll_records: None,
+            read_committed: false,
         }
     }
 }
@@ -77,6 +81,7 @@ pub struct PartitionRecords {
     /// The raw batches.
     pub data: FetchData,
     check_crcs: bool,
+    read_committed: bool,
 }
 
 impl PartitionRecords {
@@ -107,6 +112,13 @@ impl PartitionRecords {
             }) {
                 Err(e) => Box::new(std::iter::once(Err(locate(e, None)))),
                 Ok(b) if b.header().is_control() => Box::new(std::iter::empty()),
+                // Read-committed: batches of aborted transactions are skipped.
+                Ok(b)
+                    if b.header().is_transactional()
+                        && self.data.aborted.iter().any(|a| a.covers(b.header().producer_id, b.header().base_offset as u64)) =>
+                {
+                    Box::new(std::iter::empty())
+                }
                 Ok(b) => {
                     let base = Some(b.header().base_offset as u64);
                     match b.records() {
@@ -125,7 +137,8 @@ impl PartitionRecords {
         for b in BatchIter::new(self.data.batches.clone()).flatten() {
             next = next.max(b.header().next_offset());
         }
-        next.min(self.data.high_watermark).max(self.from_offset)
+        let end = if self.read_committed { self.data.last_stable_offset } else { self.data.high_watermark };
+        next.min(end).max(self.from_offset)
     }
 }
 
@@ -159,6 +172,17 @@ impl RevokeCommits<'_> {
 struct PartState {
     partition: Arc<Partition>,
     position: u64,
+}
+
+impl PartState {
+    /// Where reading ends now: the last stable offset for read-committed, else the high watermark.
+    fn end(&self, read_committed: bool) -> u64 {
+        if read_committed {
+            self.partition.last_stable_offset()
+        } else {
+            self.partition.high_watermark()
+        }
+    }
 }
 
 /// A consumer. Not shared between threads; create one per thread.
@@ -353,7 +377,8 @@ impl Consumer {
             for s in self.positions.values() {
                 s.partition.register_waiter(&self.signal);
             }
-            if self.positions.values().any(|s| s.partition.high_watermark() > s.position) {
+            let rc = self.config.read_committed;
+            if self.positions.values().any(|s| s.end(rc) > s.position) {
                 continue;
             }
             let heartbeat = now + (self.config.session_timeout / 3).max(Duration::from_millis(10));
@@ -379,7 +404,9 @@ impl Consumer {
             let tp = &keys[(start + i) % n];
             let reset = self.config.auto_offset_reset;
             let s = self.positions.get_mut(tp).ok_or_else(|| LogError::InvalidArgument("position vanished".into()))?;
+            let read_committed = self.config.read_committed;
             let hw = s.partition.high_watermark();
+            let end = if read_committed { s.partition.last_stable_offset() } else { hw };
             if s.position > hw && reset != OffsetReset::None {
                 // Past the end (the log lost an unflushed tail in a power failure, say): reset, as
                 // Kafka consumers do, and let this member commit the lower offset.
@@ -389,11 +416,11 @@ impl Consumer {
                 s.position = to;
                 self.rewound.insert(tp.clone());
             }
-            if hw <= s.position {
+            if end <= s.position {
                 continue;
             }
             let max = self.config.max_partition_fetch_bytes.min(budget);
-            let data = match s.partition.read(s.position, max) {
+            let data = match s.partition.read_isolated(s.position, max, read_committed) {
                 Ok(d) => d,
                 Err(LogError::OffsetOutOfRange { log_start, log_end, .. }) if reset != OffsetReset::None => {
                     let to = if reset == OffsetReset::Earliest { log_start } else { log_end };
@@ -411,8 +438,13 @@ impl Consumer {
             let count: usize =
                 BatchIter::new(data.batches.clone()).flatten().map(|b| b.header().record_count.max(0) as usize).sum();
             records_left = records_left.saturating_sub(count);
-            let recs =
-                PartitionRecords { tp: tp.clone(), from_offset: s.position, data, check_crcs: self.config.check_crcs };
+            let recs = PartitionRecords {
+                tp: tp.clone(),
+                from_offset: s.position,
+                data,
+                check_crcs: self.config.check_crcs,
+                read_committed,
+            };
             s.position = recs.next_offset();
             out.push(recs);
         }
@@ -440,7 +472,7 @@ impl Consumer {
     pub fn lag(&self) -> HashMap<TopicPartition, u64> {
         self.positions
             .iter()
-            .map(|(tp, s)| (tp.clone(), s.partition.high_watermark().saturating_sub(s.position)))
+            .map(|(tp, s)| (tp.clone(), s.end(self.config.read_committed).saturating_sub(s.position)))
             .collect()
     }
 

@@ -8,6 +8,7 @@
 //! | [`partition`] | the append path, group-commit fsync, fetches, recovery, retention |
 //! | [`compaction`] | keeping the latest value per key, crash-safe segment swaps |
 //! | [`group`] | consumer groups: coordinator, assignors, committed offsets |
+//! | [`txn_state`] | a partition's open and aborted transactions (last stable offset, read-committed) |
 //! | [`producer`], [`consumer`] | the client side: batching producer, long-polling consumer |
 //! | [`Log`] | a data directory: topics, lock file, background maintenance |
 //! | `backend` | `Log` as the streams runtime's [`Backend`](garam_core::backend::Backend) |
@@ -53,6 +54,7 @@ mod producer_state;
 mod segment;
 mod signal;
 mod topic;
+pub mod txn_state;
 
 pub use config::{CleanupPolicy, TimestampType, TopicConfig};
 pub use error::{ErrorKind, LogError, Result};

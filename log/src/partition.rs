@@ -13,6 +13,7 @@ use crate::config::{TimestampType, TopicConfig};
 use crate::error::{LogError, Result};
 use crate::index::write_atomically;
 use crate::producer_state::{ProducerTable, SeqCheck};
+use crate::txn_state::{AbortedTxn, ControlType, TxnState};
 use crate::segment::Segment;
 use crate::signal::Signal;
 
@@ -42,6 +43,10 @@ pub struct FetchData {
     pub segment: PathBuf,
     /// Byte position of the first batch in that file.
     pub position: u64,
+    /// Read-committed readers see offsets below this.
+    pub last_stable_offset: u64,
+    /// Aborted transactions overlapping the batches (read-committed fetches only).
+    pub aborted: Vec<AbortedTxn>,
 }
 
 /// The offsets of a partition.
@@ -62,6 +67,7 @@ struct State {
     /// Rolled segments not yet fsynced.
     unsynced: Vec<Arc<Segment>>,
     producers: ProducerTable,
+    txns: TxnState,
 }
 
 /// One partition of a topic.
@@ -73,6 +79,8 @@ pub struct Partition {
     config: RwLock<Arc<TopicConfig>>,
     state: Mutex<State>,
     high_watermark: AtomicU64,
+    /// Read-committed consumers see offsets below this.
+    last_stable: AtomicU64,
     flushed: AtomicU64,
     fsyncs: AtomicU64,
     /// When the recovery point file was last written.
@@ -117,8 +125,7 @@ impl Partition {
         let now = garam_core::time::now_ms();
         let interval = config.index_interval_bytes;
         let mut segments = Vec::with_capacity(bases.len().max(1));
-        let mut producers = ProducerTable::default();
-        let snapshot = if clean { read_producer_snapshot(&dir.join(PRODUCER_SNAPSHOT)) } else { None };
+        let snapshot = read_snapshot(&dir.join(PRODUCER_SNAPSHOT));
         // After an unclean stop, every segment that may hold offsets at or past the last recovery
         // point (the last offset known to be fsynced) is validated batch by batch.
         let recovery = if clean { u64::MAX } else { read_offset_file(&dir, RECOVERY_POINT).unwrap_or(0) };
@@ -128,11 +135,6 @@ impl Partition {
             let base = bases[i];
             let validate = bases.get(i + 1).is_none_or(|next| *next > recovery);
             let (seg, scan) = Segment::open(&dir, base, &name, validate, interval)?;
-            if validate && snapshot.is_none() {
-                for h in &scan.headers {
-                    producers.record(h);
-                }
-            }
             let seg = Arc::new(seg);
             if validate && !clean {
                 unsynced.push(seg.clone());
@@ -151,12 +153,17 @@ impl Partition {
             i += 1;
         }
         unsynced.pop(); // the active segment is always synced by a flush
-        if let Some(s) = snapshot {
-            producers = s;
-        }
-        let _ = fs::remove_file(dir.join(PRODUCER_SNAPSHOT));
         if segments.is_empty() {
             segments.push(Arc::new(Segment::create(&dir, 0, &name, now)?));
+        }
+        // Producer and transaction state: the snapshot, then every batch after it.
+        let end = segments.last().map_or(0, |s| s.next_offset.load(Ordering::Acquire));
+        let (mut producers, mut txns, from) = match snapshot {
+            Some(s) if s.as_of <= end => (s.producers, s.txns, s.as_of),
+            _ => (ProducerTable::default(), TxnState::default(), 0),
+        };
+        if from < end {
+            replay(&segments, from, &mut producers, &mut txns)?;
         }
         let log_start = read_offset_file(&dir, LOG_START).unwrap_or(0).max(segments[0].base_offset);
         let log_end = segments.last().map_or(0, |s| s.next_offset.load(Ordering::Acquire));
@@ -169,7 +176,8 @@ impl Partition {
             name,
             dir,
             config: RwLock::new(config),
-            state: Mutex::new(State { segments, log_start, log_end, unsynced, producers }),
+            last_stable: AtomicU64::new(txns.first_unstable().unwrap_or(log_end).min(log_end)),
+            state: Mutex::new(State { segments, log_start, log_end, unsynced, producers, txns }),
             high_watermark: AtomicU64::new(log_end),
             flushed: AtomicU64::new(flushed),
             recovery_written: Mutex::new(Instant::now()),
@@ -222,6 +230,16 @@ impl Partition {
     /// Offsets below this are visible to readers.
     pub fn high_watermark(&self) -> u64 {
         self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Offsets below this are stable: no open transaction holds any of them (Kafka's LSO).
+    pub fn last_stable_offset(&self) -> u64 {
+        self.last_stable.load(Ordering::Acquire)
+    }
+
+    /// Producers with an open transaction here, with the first offset of it.
+    pub fn open_transactions(&self) -> Vec<(i64, u64)> {
+        self.state().txns.ongoing.iter().map(|(p, o)| (*p, *o)).collect()
     }
 
     /// Bytes held on disk by the partition's segments.
@@ -342,9 +360,14 @@ impl Partition {
         for (p, h) in &headers {
             active.index_batch(h, start + *p as u64, config.index_interval_bytes);
             st.producers.record(h);
+            if h.is_transactional() {
+                let marker = if h.is_control() { ControlType::of(&data[*p..*p + h.total_len()]) } else { None };
+                st.txns.apply(h, marker);
+            }
         }
         active.next_offset.store(next, Ordering::Release);
         st.log_end = next;
+        self.last_stable.store(st.txns.first_unstable().unwrap_or(next).min(next), Ordering::Release);
         self.high_watermark.store(next, Ordering::Release);
         drop(st);
         self.wake_waiters();
@@ -389,6 +412,7 @@ impl Partition {
             return Ok(());
         }
         active.write_indexes()?;
+        write_snapshot(&self.dir.join(PRODUCER_SNAPSHOT), st.log_end, &st.producers, &st.txns)?;
         st.unsynced.push(active);
         let seg = Segment::create(&self.dir, st.log_end, &self.name, now)?;
         st.segments.push(Arc::new(seg));
@@ -486,9 +510,17 @@ impl Partition {
     /// Reads whole batches starting at the batch that holds `offset`, up to about `max_bytes` (at least
     /// one batch), never past the high watermark.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<FetchData> {
-        let (segs, log_start, hw) = {
+        self.read_isolated(offset, max_bytes, false)
+    }
+
+    /// Like [`Partition::read`]; with `read_committed`, only up to the last stable offset (no
+    /// record of an open transaction), with the aborted transactions in range listed so the
+    /// reader can skip their batches.
+    pub fn read_isolated(&self, offset: u64, max_bytes: usize, read_committed: bool) -> Result<FetchData> {
+        let (segs, log_start, hw, lso, aborted) = {
             let st = self.state();
             let hw = self.high_watermark();
+            let lso = self.last_stable_offset();
             if offset < st.log_start || offset > hw {
                 return Err(LogError::OffsetOutOfRange {
                     topic: self.topic.clone(),
@@ -499,30 +531,36 @@ impl Partition {
                 });
             }
             let i = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
-            (st.segments[i..].to_vec(), st.log_start, hw)
+            let aborted = if read_committed { st.txns.aborted_between(offset, lso) } else { Vec::new() };
+            (st.segments[i..].to_vec(), st.log_start, hw, lso, aborted)
         };
+        let limit_offset = if read_committed { lso } else { hw };
         let empty = |segment: PathBuf| FetchData {
             batches: Bytes::new(),
             high_watermark: hw,
+            last_stable_offset: lso,
             log_start_offset: log_start,
             segment,
             position: 0,
+            aborted: Vec::new(),
         };
-        if offset == hw {
+        if offset >= limit_offset {
             return Ok(empty(self.dir.clone()));
         }
         for seg in segs {
             let limit = seg.len();
             if let Some(pos) = seg.position_of(offset, limit)? {
                 let batches = seg.read(pos, max_bytes, limit)?;
-                // Never hand out a batch beyond the high watermark.
-                let batches = trim_to_offset(batches, hw);
+                // Never hand out a batch beyond the high watermark (last stable offset).
+                let batches = trim_to_offset(batches, limit_offset);
                 return Ok(FetchData {
                     batches,
                     high_watermark: hw,
+                    last_stable_offset: lso,
                     log_start_offset: log_start,
                     segment: seg.path.clone(),
                     position: pos,
+                    aborted,
                 });
             }
         }
@@ -617,6 +655,8 @@ impl Partition {
             }
             let doomed: Vec<_> = st.segments.drain(..n).collect();
             st.log_start = st.log_start.max(st.segments[0].base_offset);
+            let start = st.log_start;
+            st.txns.prune(start);
             st.unsynced.retain(|u| !doomed.iter().any(|d| Arc::ptr_eq(u, d)));
             write_offset_file(&self.dir, LOG_START, st.log_start)?;
             doomed
@@ -665,7 +705,7 @@ impl Partition {
             a.write_indexes()?;
         }
         write_offset_file(&self.dir, RECOVERY_POINT, st.log_end)?;
-        write_producer_snapshot(&self.dir.join(PRODUCER_SNAPSHOT), &st.producers)
+        write_snapshot(&self.dir.join(PRODUCER_SNAPSHOT), st.log_end, &st.producers, &st.txns)
     }
 }
 
@@ -694,10 +734,21 @@ fn write_offset_file(dir: &Path, name: &str, offset: u64) -> Result<()> {
     write_atomically(&dir.join(name), format!("v1 {offset}\n").as_bytes())
 }
 
-fn write_producer_snapshot(path: &Path, t: &ProducerTable) -> Result<()> {
+/// The producer and transaction state of a partition as of an offset: written at every segment
+/// roll and on clean close, so recovery replays at most the batches after it.
+struct Snapshot {
+    as_of: u64,
+    producers: ProducerTable,
+    txns: TxnState,
+}
+
+fn write_snapshot(path: &Path, as_of: u64, producers: &ProducerTable, txns: &TxnState) -> Result<()> {
     let mut buf = Vec::new();
-    buf.extend_from_slice(b"GPS1");
-    for (pid, e) in t.entries() {
+    buf.extend_from_slice(b"GPS2");
+    buf.extend_from_slice(&as_of.to_be_bytes());
+    let entries: Vec<_> = producers.entries().collect();
+    buf.extend_from_slice(&(entries.iter().map(|(_, e)| e.batches.len()).sum::<usize>() as u32).to_be_bytes());
+    for (pid, e) in entries {
         for b in &e.batches {
             buf.extend_from_slice(&pid.to_be_bytes());
             buf.extend_from_slice(&e.epoch.to_be_bytes());
@@ -707,44 +758,101 @@ fn write_producer_snapshot(path: &Path, t: &ProducerTable) -> Result<()> {
             buf.extend_from_slice(&b.last_offset.to_be_bytes());
         }
     }
+    buf.extend_from_slice(&(txns.ongoing.len() as u32).to_be_bytes());
+    for (pid, first) in &txns.ongoing {
+        buf.extend_from_slice(&pid.to_be_bytes());
+        buf.extend_from_slice(&first.to_be_bytes());
+    }
+    buf.extend_from_slice(&(txns.aborted.len() as u32).to_be_bytes());
+    for a in &txns.aborted {
+        buf.extend_from_slice(&a.producer_id.to_be_bytes());
+        buf.extend_from_slice(&a.first_offset.to_be_bytes());
+        buf.extend_from_slice(&a.last_offset.to_be_bytes());
+    }
     let crc = crc32c::crc32c(&buf);
     buf.extend_from_slice(&crc.to_be_bytes());
     write_atomically(path, &buf)
 }
 
-fn read_producer_snapshot(path: &Path) -> Option<ProducerTable> {
+fn read_snapshot(path: &Path) -> Option<Snapshot> {
     let raw = fs::read(path).ok()?;
-    if raw.len() < 8 || &raw[..4] != b"GPS1" {
+    if raw.len() < 8 || &raw[..4] != b"GPS2" {
         return None;
     }
     let (body, crc) = raw.split_at(raw.len() - 4);
     if crc32c::crc32c(body).to_be_bytes() != crc {
         return None;
     }
-    const ENTRY: usize = 8 + 2 + 4 + 4 + 8 + 8;
-    let body = &body[4..];
-    if body.len() % ENTRY != 0 {
-        return None;
-    }
-    let mut t = ProducerTable::default();
-    for c in body.chunks_exact(ENTRY) {
-        let h = BatchHeader {
-            base_offset: i64::from_be_bytes(c[18..26].try_into().ok()?),
+    let mut pos = 4;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = body.get(pos..pos + n)?;
+        pos += n;
+        Some(s)
+    };
+    let u64_ = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+    let as_of = u64_(take(8)?);
+    let n = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+    let mut producers = ProducerTable::default();
+    for _ in 0..n {
+        let c = take(34)?;
+        let base = u64_(&c[18..26]);
+        let last = u64_(&c[26..34]);
+        producers.record(&BatchHeader {
+            base_offset: base as i64,
             batch_length: HEADER_LEN as i32,
             partition_leader_epoch: 0,
             magic: 2,
             crc: 0,
             attributes: 0,
-            last_offset_delta: (u64::from_be_bytes(c[26..34].try_into().ok()?)
-                - u64::from_be_bytes(c[18..26].try_into().ok()?)) as i32,
+            last_offset_delta: last.checked_sub(base)? as i32,
             base_timestamp: 0,
             max_timestamp: 0,
             producer_id: i64::from_be_bytes(c[0..8].try_into().ok()?),
             producer_epoch: i16::from_be_bytes(c[8..10].try_into().ok()?),
             base_sequence: i32::from_be_bytes(c[10..14].try_into().ok()?),
             record_count: 1,
-        };
-        t.record(&h);
+        });
     }
-    Some(t)
+    let mut txns = TxnState::default();
+    let n = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+    for _ in 0..n {
+        let c = take(16)?;
+        txns.ongoing.insert(i64::from_be_bytes(c[..8].try_into().ok()?), u64_(&c[8..]));
+    }
+    let n = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+    for _ in 0..n {
+        let c = take(24)?;
+        txns.aborted.push(AbortedTxn {
+            producer_id: i64::from_be_bytes(c[..8].try_into().ok()?),
+            first_offset: u64_(&c[8..16]),
+            last_offset: u64_(&c[16..24]),
+        });
+    }
+    Some(Snapshot { as_of, producers, txns })
+}
+
+/// Replays the batches from `from` on into producer and transaction state.
+fn replay(segments: &[Arc<Segment>], from: u64, producers: &mut ProducerTable, txns: &mut TxnState) -> Result<()> {
+    for seg in segments.iter().filter(|s| s.next_offset.load(Ordering::Acquire) > from) {
+        let limit = seg.len();
+        let Some(mut pos) = seg.position_of(from, limit)? else { continue };
+        while pos < limit {
+            let data = seg.read(pos, 1 << 20, limit)?;
+            if data.is_empty() {
+                break;
+            }
+            pos += data.len() as u64;
+            for b in batch::BatchIter::new(data) {
+                let b = b?;
+                let h = *b.header();
+                if (h.base_offset as u64) < from {
+                    continue;
+                }
+                producers.record(&h);
+                let marker = if h.is_control() { ControlType::of(b.bytes()) } else { None };
+                txns.apply(&h, marker);
+            }
+        }
+    }
+    Ok(())
 }

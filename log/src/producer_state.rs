@@ -74,6 +74,15 @@ impl ProducerTable {
 
     /// Records an appended batch (its header carries the assigned base offset).
     pub fn record(&mut self, h: &BatchHeader) {
+        if h.producer_id >= 0 && h.is_control() {
+            // A transaction marker written with a bumped epoch fences the producer's older epochs.
+            let e = self.producers.entry(h.producer_id).or_insert_with(|| ProducerEntry { epoch: h.producer_epoch, batches: VecDeque::new() });
+            if h.producer_epoch > e.epoch {
+                e.epoch = h.producer_epoch;
+                e.batches.clear();
+            }
+            return;
+        }
         if h.producer_id < 0 || h.base_sequence < 0 {
             return;
         }
