@@ -156,7 +156,7 @@ impl BackendProducer for Producer {
         ts: i64,
         headers: &[Header],
     ) -> garam_core::Result<()> {
-        self.send_raw(topic, partition, key, value, ts, headers).map_err(to_streams)
+        self.send_raw(topic, partition, key, value, ts, headers).map(|_| ()).map_err(to_streams)
     }
 
     fn flush(&mut self) -> garam_core::Result<()> {

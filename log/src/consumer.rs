@@ -115,7 +115,11 @@ impl PartitionRecords {
                 // Read-committed: batches of aborted transactions are skipped.
                 Ok(b)
                     if b.header().is_transactional()
-                        && self.data.aborted.iter().any(|a| a.covers(b.header().producer_id, b.header().base_offset as u64)) =>
+                        && self
+                            .data
+                            .aborted
+                            .iter()
+                            .any(|a| a.covers(b.header().producer_id, b.header().base_offset as u64)) =>
                 {
                     Box::new(std::iter::empty())
                 }

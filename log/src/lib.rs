@@ -8,6 +8,7 @@
 //! | [`partition`] | the append path, group-commit fsync, fetches, recovery, retention |
 //! | [`compaction`] | keeping the latest value per key, crash-safe segment swaps |
 //! | [`group`] | consumer groups: coordinator, assignors, committed offsets |
+//! | [`txn`] | transactions: the coordinator, the transactional producer, recovery |
 //! | [`txn_state`] | a partition's open and aborted transactions (last stable offset, read-committed) |
 //! | [`producer`], [`consumer`] | the client side: batching producer, long-polling consumer |
 //! | [`Log`] | a data directory: topics, lock file, background maintenance |
@@ -54,6 +55,7 @@ mod producer_state;
 mod segment;
 mod signal;
 mod topic;
+pub mod txn;
 pub mod txn_state;
 
 pub use config::{CleanupPolicy, TimestampType, TopicConfig};

@@ -45,6 +45,7 @@ pub(crate) struct Inner {
     _lock: File,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     pub(crate) groups: Coordinator,
+    pub(crate) txns: crate::txn::TransactionCoordinator,
     producer_ids: Mutex<(i64, i64)>,
     closed: AtomicBool,
     stop: Arc<(Mutex<bool>, Condvar)>,
@@ -105,6 +106,7 @@ impl Log {
         let _ = fs::remove_dir_all(dir.join("trash"));
         tracing::info!(dir = %dir.display(), clean, topics = topics.len(), elapsed_ms = started.elapsed().as_millis() as u64, "opened log");
         let groups = Coordinator::open(&dir.join("groups"))?;
+        let txns = crate::txn::TransactionCoordinator::open(&dir.join("transactions"))?;
         let next_pid = allocate_pid_block(&dir, 0)?;
         let log = Log {
             inner: Arc::new(Inner {
@@ -112,12 +114,15 @@ impl Log {
                 _lock: lock,
                 topics: RwLock::new(topics),
                 groups,
+                txns,
                 producer_ids: Mutex::new((next_pid, next_pid + PRODUCER_ID_BLOCK)),
                 closed: AtomicBool::new(false),
                 stop: Arc::new((Mutex::new(false), Condvar::new())),
                 background: Mutex::new(None),
             }),
         };
+        // Finish transactions prepared before a crash; abort those left open.
+        log.inner.txns.recover(&log)?;
         if options.background {
             let handle =
                 spawn_background(Arc::downgrade(&log.inner), log.inner.stop.clone(), options.retention_check_interval);
@@ -256,6 +261,17 @@ impl Log {
     /// A batching producer.
     pub fn producer(&self, config: ProducerConfig) -> Result<Producer> {
         Producer::new(self.clone(), config)
+    }
+
+    /// A transactional producer for `transactional_id`; fences any earlier one with the same id and
+    /// aborts its open transaction.
+    pub fn transactional_producer(
+        &self,
+        transactional_id: &str,
+        config: ProducerConfig,
+    ) -> Result<crate::txn::TransactionalProducer> {
+        self.check_open()?;
+        crate::txn::TransactionalProducer::new(self.clone(), transactional_id, config)
     }
 
     /// A consumer: a group member when `config.group` is set, otherwise a standalone reader.

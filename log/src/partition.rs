@@ -13,9 +13,9 @@ use crate::config::{TimestampType, TopicConfig};
 use crate::error::{LogError, Result};
 use crate::index::write_atomically;
 use crate::producer_state::{ProducerTable, SeqCheck};
-use crate::txn_state::{AbortedTxn, ControlType, TxnState};
 use crate::segment::Segment;
 use crate::signal::Signal;
+use crate::txn_state::{AbortedTxn, ControlType, TxnState};
 
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

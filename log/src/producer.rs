@@ -59,12 +59,64 @@ pub struct Producer {
     epoch: i16,
     topics: HashMap<String, TopicState>,
     buf: Vec<u8>,
+    /// Writes transactional batches (a transactional producer's).
+    transactional: bool,
+    /// Partitions written since `take_touched`, and those not yet reported by `take_new_partition`.
+    touched: std::collections::BTreeSet<(String, u32)>,
+    reported: std::collections::BTreeSet<(String, u32)>,
 }
 
 impl Producer {
     pub(crate) fn new(log: Log, config: ProducerConfig) -> Result<Producer> {
         let (producer_id, epoch) = if config.idempotent { log.init_producer_id()? } else { (-1, -1) };
-        Ok(Producer { log, config, producer_id, epoch, topics: HashMap::new(), buf: Vec::new() })
+        Ok(Self::with_id(log, config, producer_id, epoch, false))
+    }
+
+    fn with_id(log: Log, config: ProducerConfig, producer_id: i64, epoch: i16, transactional: bool) -> Producer {
+        Producer {
+            log,
+            config,
+            producer_id,
+            epoch,
+            topics: HashMap::new(),
+            buf: Vec::new(),
+            transactional,
+            touched: Default::default(),
+            reported: Default::default(),
+        }
+    }
+
+    /// The producer behind a transactional producer: batches carry its id and epoch and the
+    /// transactional bit.
+    pub(crate) fn transactional(log: Log, config: ProducerConfig, producer_id: i64, epoch: i16) -> Producer {
+        Self::with_id(log, config, producer_id, epoch, true)
+    }
+
+    /// True the first time `partition` of `topic` is written since the last `take_touched`.
+    pub(crate) fn take_new_partition(&mut self, topic: &str, partition: u32) -> bool {
+        if self.reported.iter().any(|(t, p)| *p == partition && t == topic) {
+            return false;
+        }
+        self.reported.insert((topic.to_string(), partition));
+        true
+    }
+
+    /// The partitions written since the last call (a transaction's partitions).
+    pub(crate) fn take_touched(&mut self) -> Vec<garam_core::backend::TopicPartition> {
+        self.reported.clear();
+        std::mem::take(&mut self.touched)
+            .into_iter()
+            .map(|(t, p)| garam_core::backend::TopicPartition::new(t, p))
+            .collect()
+    }
+
+    /// Drops every queued record (an aborted transaction's).
+    pub(crate) fn discard(&mut self) {
+        for st in self.topics.values_mut() {
+            for b in &mut st.batches {
+                b.builder.reset();
+            }
+        }
     }
 
     /// The producer id (-1 when not idempotent).
@@ -121,7 +173,7 @@ impl Producer {
     /// Queues a record for an explicit partition, or the partitioner's choice when `None`.
     pub fn send_to(&mut self, topic: &str, partition: Option<u32>, record: Record) -> Result<()> {
         let ts = record.timestamp.unwrap_or_else(garam_core::time::now_ms);
-        self.send_raw(topic, partition, record.key.as_deref(), record.value.as_deref(), ts, &record.headers)
+        self.send_raw(topic, partition, record.key.as_deref(), record.value.as_deref(), ts, &record.headers).map(|_| ())
     }
 
     /// Queues a record given as byte slices (copied into the batch; nothing else is allocated).
@@ -133,7 +185,7 @@ impl Producer {
         value: Option<&[u8]>,
         timestamp: i64,
         headers: &[garam_core::Header],
-    ) -> Result<()> {
+    ) -> Result<u32> {
         let batch_size = self.config.batch_size;
         let st = self.topic_state(topic)?;
         let n = st.batches.len() as u32;
@@ -171,7 +223,7 @@ impl Producer {
             }
             self.append_partition(topic, p)?;
         }
-        Ok(())
+        Ok(p)
     }
 
     fn append_partition(&mut self, topic: &str, p: u32) -> Result<Option<AppendInfo>> {
@@ -184,6 +236,10 @@ impl Producer {
         let count = pb.builder.len() as i32;
         if pid >= 0 {
             pb.builder.producer(pid, epoch, pb.next_sequence);
+        }
+        pb.builder.transactional(self.transactional);
+        if self.transactional && !self.touched.iter().any(|(t, x)| *x == p && t == topic) {
+            self.touched.insert((topic.to_string(), p));
         }
         self.buf.clear();
         pb.builder.finish_into(&mut self.buf)?;

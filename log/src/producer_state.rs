@@ -76,7 +76,10 @@ impl ProducerTable {
     pub fn record(&mut self, h: &BatchHeader) {
         if h.producer_id >= 0 && h.is_control() {
             // A transaction marker written with a bumped epoch fences the producer's older epochs.
-            let e = self.producers.entry(h.producer_id).or_insert_with(|| ProducerEntry { epoch: h.producer_epoch, batches: VecDeque::new() });
+            let e = self
+                .producers
+                .entry(h.producer_id)
+                .or_insert_with(|| ProducerEntry { epoch: h.producer_epoch, batches: VecDeque::new() });
             if h.producer_epoch > e.epoch {
                 e.epoch = h.producer_epoch;
                 e.batches.clear();

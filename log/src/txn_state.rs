@@ -77,7 +77,11 @@ impl TxnState {
         if h.is_control() {
             if let Some(first) = self.ongoing.remove(&h.producer_id) {
                 if marker == Some(ControlType::Abort) {
-                    self.aborted.push(AbortedTxn { producer_id: h.producer_id, first_offset: first, last_offset: h.base_offset as u64 });
+                    self.aborted.push(AbortedTxn {
+                        producer_id: h.producer_id,
+                        first_offset: first,
+                        last_offset: h.base_offset as u64,
+                    });
                 }
             }
         } else {

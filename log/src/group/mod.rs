@@ -327,6 +327,74 @@ impl Coordinator {
         store.commit(entries)
     }
 
+    /// Transactional commit for a member: under the store's and the group's locks, checks that
+    /// `member` owns every partition, runs `commit_point` (the transaction's prepare and markers),
+    /// then records the offsets.
+    pub(crate) fn commit_owned(
+        &self,
+        group: &str,
+        member: Option<&str>,
+        offsets: &[(TopicPartition, u64)],
+        commit_point: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let mut store = self.store();
+        let groups = self.groups();
+        match member {
+            Some(member) => {
+                let g = groups.get(group).ok_or_else(|| Self::member_gone(group, member))?;
+                if !g.members.contains_key(member) {
+                    return Err(Self::member_gone(group, member));
+                }
+                for (tp, _) in offsets {
+                    if g.owners.get(tp).is_none_or(|o| o != member) {
+                        return Err(LogError::Group {
+                            group: group.to_string(),
+                            reason: format!("member {member} does not own {tp}; it was reassigned"),
+                            retriable: true,
+                        });
+                    }
+                }
+            }
+            None if groups.get(group).is_some_and(|g| !g.members.is_empty()) => {
+                return Err(LogError::Group {
+                    group: group.to_string(),
+                    reason: "the group has active members; only they can commit".into(),
+                    retriable: false,
+                });
+            }
+            None => {}
+        }
+        commit_point()?;
+        let now = garam_core::time::now_ms();
+        store.commit(
+            offsets
+                .iter()
+                .map(|(tp, o)| {
+                    (
+                        (group.to_string(), tp.topic.clone(), tp.partition),
+                        CommittedOffset { offset: *o, metadata: "txn".into(), timestamp: now },
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Applies a committed transaction's offsets (recovery after a crash past the commit point).
+    pub(crate) fn apply_transactional(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<()> {
+        let now = garam_core::time::now_ms();
+        self.store().commit(
+            offsets
+                .iter()
+                .map(|(tp, o)| {
+                    (
+                        (group.to_string(), tp.topic.clone(), tp.partition),
+                        CommittedOffset { offset: *o, metadata: "txn".into(), timestamp: now },
+                    )
+                })
+                .collect(),
+        )
+    }
+
     /// Sets committed offsets explicitly (may rewind). Only for groups with no active member.
     pub fn reset_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<()> {
         let mut store = self.store();

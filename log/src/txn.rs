@@ -1,0 +1,380 @@
+//! Transactions: Kafka's design on one machine — producer ids and epochs, control markers, a
+//! transaction log, read-committed fetches.
+//!
+//! A [`TransactionalProducer`] writes transactional batches as it goes. `commit_transaction`
+//! appends what is buffered, fsyncs the partitions written, and writes a `prepare_commit` record —
+//! the partitions and the consumer offsets — to the transaction log with an fsync: that is the
+//! commit point. It then writes a COMMIT marker to every partition and applies the offsets to the
+//! group. If the process dies after the commit point, opening the log finishes the job; before it,
+//! opening the log aborts every transaction still open in a partition. Read-committed readers see
+//! records only below a partition's last stable offset and skip aborted transactions, so a
+//! transaction's records and its offsets become visible together or not at all.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use garam_core::backend::TopicPartition;
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{BatchBuilder, Compression};
+use crate::error::{LogError, Result};
+use crate::log::Log;
+use crate::producer::{Producer, ProducerConfig};
+use crate::txn_state::ControlType;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum TxnRecord {
+    Init {
+        id: String,
+        pid: i64,
+        epoch: i16,
+    },
+    PrepareCommit {
+        id: String,
+        pid: i64,
+        epoch: i16,
+        partitions: Vec<(String, u32)>,
+        group: Option<String>,
+        offsets: Vec<(String, u32, u64)>,
+    },
+    PrepareAbort {
+        id: String,
+        pid: i64,
+        epoch: i16,
+        partitions: Vec<(String, u32)>,
+    },
+    Complete {
+        id: String,
+        pid: i64,
+        epoch: i16,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+struct TxnMeta {
+    pid: i64,
+    epoch: i16,
+    /// Partitions written in the open transaction.
+    partitions: BTreeSet<TopicPartition>,
+    /// A prepared, not yet completed transaction (found on open).
+    pending: Option<TxnRecord>,
+}
+
+/// The transaction coordinator of a log: transactional ids, epochs, and the transaction log.
+pub struct TransactionCoordinator {
+    path: PathBuf,
+    file: Mutex<File>,
+    txns: Mutex<HashMap<String, TxnMeta>>,
+}
+
+const VERSION: u8 = 1;
+
+impl TransactionCoordinator {
+    pub(crate) fn open(dir: &Path) -> Result<TransactionCoordinator> {
+        fs::create_dir_all(dir).map_err(LogError::io("create transactions dir", dir))?;
+        let path = dir.join("transactions.log");
+        let mut raw = Vec::new();
+        if let Ok(mut f) = File::open(&path) {
+            f.read_to_end(&mut raw).map_err(LogError::io("read transaction log", &path))?;
+        }
+        let mut txns: HashMap<String, TxnMeta> = HashMap::new();
+        let mut pos = 0;
+        while pos + 8 <= raw.len() {
+            let len = u32::from_be_bytes([raw[pos], raw[pos + 1], raw[pos + 2], raw[pos + 3]]) as usize;
+            let crc = u32::from_be_bytes([raw[pos + 4], raw[pos + 5], raw[pos + 6], raw[pos + 7]]);
+            let Some(body) = raw.get(pos + 8..pos + 8 + len) else { break };
+            if crc32c::crc32c(body) != crc || body.first() != Some(&VERSION) {
+                break;
+            }
+            let Ok(rec) = serde_json::from_slice::<TxnRecord>(&body[1..]) else { break };
+            match &rec {
+                TxnRecord::Init { id, pid, epoch } => {
+                    let m = txns.entry(id.clone()).or_default();
+                    (m.pid, m.epoch) = (*pid, *epoch);
+                }
+                TxnRecord::PrepareCommit { id, .. } | TxnRecord::PrepareAbort { id, .. } => {
+                    txns.entry(id.clone()).or_default().pending = Some(rec.clone());
+                }
+                TxnRecord::Complete { id, .. } => {
+                    txns.entry(id.clone()).or_default().pending = None;
+                }
+            }
+            pos += 8 + len;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(LogError::io("open transaction log", &path))?;
+        if pos < raw.len() {
+            file.set_len(pos as u64).map_err(LogError::io("truncate transaction log", &path))?;
+        }
+        Ok(TransactionCoordinator { path, file: Mutex::new(file), txns: Mutex::new(txns) })
+    }
+
+    fn txns(&self) -> MutexGuard<'_, HashMap<String, TxnMeta>> {
+        self.txns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self, rec: &TxnRecord, sync: bool) -> Result<()> {
+        let json = serde_json::to_vec(rec).map_err(|e| LogError::InvalidArgument(e.to_string()))?;
+        let mut body = Vec::with_capacity(json.len() + 1);
+        body.push(VERSION);
+        body.extend_from_slice(&json);
+        let mut frame = Vec::with_capacity(body.len() + 8);
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+        frame.extend_from_slice(&body);
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let r = f.write_all(&frame).and_then(|()| if sync { f.sync_data() } else { Ok(()) });
+        if let Err(e) = r {
+            let _ = f.set_len(len);
+            return Err(LogError::Io { context: "write transaction log", path: self.path.clone(), source: e });
+        }
+        Ok(())
+    }
+
+    /// Finishes prepared transactions and aborts every transaction left open in a partition.
+    pub(crate) fn recover(&self, log: &Log) -> Result<()> {
+        let pending: Vec<(String, TxnRecord)> =
+            self.txns().iter().filter_map(|(id, m)| m.pending.clone().map(|p| (id.clone(), p))).collect();
+        for (id, rec) in pending {
+            tracing::info!(transactional_id = %id, "completing a transaction prepared before the last stop");
+            self.complete(log, &rec, true)?;
+        }
+        for t in log.topics() {
+            for p in t.partitions() {
+                for (pid, _) in p.open_transactions() {
+                    let epoch = self.txns().values().find(|m| m.pid == pid).map_or(0, |m| m.epoch);
+                    tracing::warn!(partition = %format!("{}-{}", t.name(), p.id()), producer_id = pid, "aborting a transaction left open by a crash");
+                    write_marker(log, &TopicPartition::new(t.name(), p.id()), pid, epoch, ControlType::Abort)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes markers (and, with `apply_offsets`, applies the offsets) for a prepared transaction,
+    /// then records it complete.
+    fn complete(&self, log: &Log, rec: &TxnRecord, apply_offsets: bool) -> Result<()> {
+        let (id, pid, epoch, partitions, kind) = match rec {
+            TxnRecord::PrepareCommit { id, pid, epoch, partitions, .. } => {
+                (id, *pid, *epoch, partitions, ControlType::Commit)
+            }
+            TxnRecord::PrepareAbort { id, pid, epoch, partitions } => {
+                (id, *pid, *epoch, partitions, ControlType::Abort)
+            }
+            _ => return Ok(()),
+        };
+        for (t, p) in partitions {
+            let tp = TopicPartition::new(t.clone(), *p);
+            // Idempotent: only where the transaction is still open.
+            let open = log
+                .partition(t, *p)
+                .map(|part| part.open_transactions().iter().any(|(x, _)| *x == pid))
+                .unwrap_or(false);
+            if open {
+                write_marker(log, &tp, pid, epoch, kind)?;
+            }
+        }
+        if let (true, TxnRecord::PrepareCommit { group: Some(group), offsets, .. }) = (apply_offsets, rec) {
+            let offsets: Vec<_> = offsets.iter().map(|(t, p, o)| (TopicPartition::new(t.clone(), *p), *o)).collect();
+            log.groups().apply_transactional(group, &offsets)?;
+        }
+        self.write(&TxnRecord::Complete { id: id.clone(), pid, epoch }, false)?;
+        if let Some(m) = self.txns().get_mut(id) {
+            m.pending = None;
+            m.partitions.clear();
+        }
+        Ok(())
+    }
+
+    /// Registers a transactional id: a new producer id the first time, the epoch bumped after.
+    /// The previous epoch's open transaction is aborted, and its producer fenced.
+    fn init(&self, log: &Log, id: &str) -> Result<(i64, i16)> {
+        let (pid, epoch, open) = {
+            let mut txns = self.txns();
+            let known = txns.get(id).map(|m| (m.pid, m.epoch));
+            let (pid, epoch) = match known {
+                Some((pid, e)) if e < i16::MAX => (pid, e + 1),
+                _ => (log.init_producer_id()?.0, 0),
+            };
+            let m = txns.entry(id.to_string()).or_default();
+            let open: Vec<TopicPartition> = std::mem::take(&mut m.partitions).into_iter().collect();
+            (m.pid, m.epoch) = (pid, epoch);
+            (pid, epoch, open)
+        };
+        self.write(&TxnRecord::Init { id: id.to_string(), pid, epoch }, true)?;
+        // Abort what the old epoch left open (with the new epoch, which fences the old one).
+        let mut touched: BTreeSet<TopicPartition> = open.into_iter().collect();
+        for t in log.topics() {
+            for p in t.partitions() {
+                if p.open_transactions().iter().any(|(x, _)| *x == pid) {
+                    touched.insert(TopicPartition::new(t.name(), p.id()));
+                }
+            }
+        }
+        for tp in &touched {
+            write_marker(log, tp, pid, epoch, ControlType::Abort)?;
+        }
+        Ok((pid, epoch))
+    }
+
+    fn check_epoch(&self, id: &str, pid: i64, epoch: i16) -> Result<()> {
+        match self.txns().get(id) {
+            Some(m) if m.pid == pid && m.epoch == epoch => Ok(()),
+            Some(m) => Err(LogError::ProducerFenced { producer_id: pid, epoch, current_epoch: m.epoch }),
+            None => Err(LogError::InvalidArgument(format!("unknown transactional id '{id}'"))),
+        }
+    }
+
+    fn add_partition(&self, id: &str, pid: i64, epoch: i16, tp: &TopicPartition) -> Result<()> {
+        self.check_epoch(id, pid, epoch)?;
+        if let Some(m) = self.txns().get_mut(id) {
+            m.partitions.insert(tp.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Appends a transaction marker for `pid` to a partition.
+fn write_marker(log: &Log, tp: &TopicPartition, pid: i64, epoch: i16, kind: ControlType) -> Result<()> {
+    let mut b = BatchBuilder::new(Compression::None);
+    b.producer(pid, epoch, -1);
+    b.transactional(true);
+    b.control(true);
+    b.push(garam_core::time::now_ms(), Some(&kind.key()), Some(&[0, 0, 0, 0, 0, 0]), &[]);
+    let mut bytes = b.finish()?.to_vec();
+    log.partition(&tp.topic, tp.partition)?.append(&mut bytes)?;
+    Ok(())
+}
+
+/// The consumer group a transaction commits offsets for, and the member that owns them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMetadata {
+    /// `group.id`.
+    pub group: String,
+    /// The member id, checked for ownership of every committed partition; `None` for a group
+    /// with no active member.
+    pub member_id: Option<String>,
+}
+
+/// A producer whose records become visible only when its transaction commits (Kafka's
+/// transactional producer). One per `transactional.id`: opening a new one fences the old.
+pub struct TransactionalProducer {
+    log: Log,
+    producer: Producer,
+    id: String,
+    pid: i64,
+    epoch: i16,
+    open: bool,
+}
+
+impl TransactionalProducer {
+    pub(crate) fn new(log: Log, id: &str, mut config: ProducerConfig) -> Result<TransactionalProducer> {
+        let (pid, epoch) = log.inner.txns.init(&log, id)?;
+        config.idempotent = false;
+        let producer = Producer::transactional(log.clone(), config, pid, epoch);
+        Ok(TransactionalProducer { log, producer, id: id.to_string(), pid, epoch, open: false })
+    }
+
+    /// The producer id and epoch.
+    pub fn producer_id_and_epoch(&self) -> (i64, i16) {
+        (self.pid, self.epoch)
+    }
+
+    /// Starts a transaction.
+    pub fn begin_transaction(&mut self) -> Result<()> {
+        if self.open {
+            return Err(LogError::InvalidArgument(format!("transaction of '{}' is already open", self.id)));
+        }
+        self.log.inner.txns.check_epoch(&self.id, self.pid, self.epoch)?;
+        self.open = true;
+        Ok(())
+    }
+
+    /// Sends a record inside the open transaction.
+    pub fn send_raw(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: i64,
+        headers: &[garam_core::Header],
+    ) -> Result<()> {
+        if !self.open {
+            return Err(LogError::InvalidArgument("send outside a transaction: call begin_transaction first".into()));
+        }
+        let p = self.producer.send_raw(topic, partition, key, value, timestamp, headers)?;
+        if self.producer.take_new_partition(topic, p) {
+            self.log.inner.txns.add_partition(&self.id, self.pid, self.epoch, &TopicPartition::new(topic, p))?;
+        }
+        Ok(())
+    }
+
+    /// Commits the transaction's records together with `offsets` for `group`.
+    pub fn commit_transaction(
+        &mut self,
+        group: Option<&GroupMetadata>,
+        offsets: &[(TopicPartition, u64)],
+    ) -> Result<()> {
+        if !self.open {
+            return Err(LogError::InvalidArgument("no open transaction to commit".into()));
+        }
+        let coordinator = &self.log.inner.txns;
+        coordinator.check_epoch(&self.id, self.pid, self.epoch)?;
+        self.producer.flush()?;
+        let partitions: Vec<TopicPartition> = self.producer.take_touched();
+        // Durable before the commit point: the records, then the prepare record.
+        for tp in &partitions {
+            self.log.partition(&tp.topic, tp.partition)?.flush()?;
+        }
+        let rec = TxnRecord::PrepareCommit {
+            id: self.id.clone(),
+            pid: self.pid,
+            epoch: self.epoch,
+            partitions: partitions.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect(),
+            group: group.map(|g| g.group.clone()),
+            offsets: offsets.iter().map(|(tp, o)| (tp.topic.clone(), tp.partition, *o)).collect(),
+        };
+        match group {
+            // The group checks that the member still owns every partition and applies the
+            // offsets under its locks, so a rebalance cannot slip between the check and the commit.
+            Some(g) => self.log.groups().commit_owned(&g.group, g.member_id.as_deref(), offsets, || {
+                coordinator.write(&rec, true)?;
+                coordinator.complete(&self.log, &rec, false)
+            })?,
+            None => {
+                coordinator.write(&rec, true)?;
+                coordinator.complete(&self.log, &rec, true)?;
+            }
+        }
+        self.open = false;
+        Ok(())
+    }
+
+    /// Aborts the transaction: its records are never visible to read-committed readers.
+    pub fn abort_transaction(&mut self) -> Result<()> {
+        if !self.open {
+            return Ok(());
+        }
+        self.producer.discard();
+        let partitions: Vec<TopicPartition> = self.producer.take_touched();
+        let rec = TxnRecord::PrepareAbort {
+            id: self.id.clone(),
+            pid: self.pid,
+            epoch: self.epoch,
+            partitions: partitions.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect(),
+        };
+        self.log.inner.txns.write(&rec, true)?;
+        self.log.inner.txns.complete(&self.log, &rec, false)?;
+        self.open = false;
+        Ok(())
+    }
+}

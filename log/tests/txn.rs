@@ -1,0 +1,219 @@
+//! Transactions: read-committed visibility, aborts, fencing, offsets committed with the records,
+//! and atomicity across SIGKILL.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use garam_core::backend::TopicPartition;
+use garam_log::consumer::{ConsumerConfig, OffsetReset};
+use garam_log::txn::GroupMetadata;
+use garam_log::{Log, LogError, LogOptions, TopicConfig};
+use rand::{Rng, SeedableRng};
+
+fn quiet() -> LogOptions {
+    LogOptions { background: false, ..Default::default() }
+}
+
+fn read(log: &Log, topic: &str, committed: bool) -> Vec<String> {
+    let mut c = log
+        .consumer(ConsumerConfig {
+            topics: vec![topic.into()],
+            auto_offset_reset: OffsetReset::Earliest,
+            read_committed: committed,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        let polled = c.poll(Duration::from_millis(10)).unwrap();
+        if polled.is_empty() {
+            break;
+        }
+        for part in polled {
+            for r in part.records() {
+                out.push(String::from_utf8(r.unwrap().value.unwrap().to_vec()).unwrap());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn send(p: &mut garam_log::txn::TransactionalProducer, topic: &str, part: u32, v: &str) {
+    p.send_raw(topic, Some(part), Some(v.as_bytes()), Some(v.as_bytes()), 0, &[]).unwrap();
+}
+
+#[test]
+fn committed_records_appear_together_aborted_ones_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("out", 2, TopicConfig::default()).unwrap();
+    let mut p = log.transactional_producer("t1", Default::default()).unwrap();
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 0, "a");
+    send(&mut p, "out", 1, "b");
+    // Not committed yet: read-uncommitted sees it once appended; read-committed does not.
+    p.commit_transaction(None, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(read(&log, "out", true), vec!["a", "b"]);
+
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 0, "c");
+    // Force the batch out so it is in the log while the transaction is open.
+    let (pid, _) = p.producer_id_and_epoch();
+    p.abort_transaction().unwrap();
+    assert_eq!(read(&log, "out", true), vec!["a", "b"], "aborted: never visible to read-committed");
+    assert!(log.partition("out", 0).unwrap().open_transactions().iter().all(|(x, _)| *x != pid));
+
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 0, "d");
+    let mut raw = garam_log::batch::BatchBuilder::new(Default::default());
+    raw.push(0, None, Some(b"plain"), &[]);
+    log.append("out", 0, &mut raw.finish().unwrap().to_vec()).unwrap();
+    // Flush the transaction's batch by committing later; before that, a non-transactional record
+    // after it is held back by the last stable offset too.
+    p.commit_transaction(None, &[]).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["a", "b", "d", "plain"]);
+    assert_eq!(read(&log, "out", false), vec!["a", "b", "d", "plain"], "aborted records were never appended here");
+}
+
+#[test]
+fn open_transactions_hold_back_read_committed_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let mut p = log
+        .transactional_producer("t", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() })
+        .unwrap();
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 0, "x"); // batch_size 1: appended at once
+    let part = log.partition("out", 0).unwrap();
+    assert_eq!(part.high_watermark(), 1);
+    assert_eq!(part.last_stable_offset(), 0);
+    assert_eq!(read(&log, "out", false), vec!["x"]);
+    assert!(read(&log, "out", true).is_empty());
+    p.abort_transaction().unwrap();
+    assert_eq!(part.last_stable_offset(), 2, "past the abort marker");
+    assert!(read(&log, "out", true).is_empty());
+}
+
+#[test]
+fn offsets_commit_with_the_records_and_zombies_are_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let tp = TopicPartition::new("in", 0);
+    let g = GroupMetadata { group: "g".into(), member_id: None };
+    let mut old = log
+        .transactional_producer("app-0", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() })
+        .unwrap();
+    old.begin_transaction().unwrap();
+    send(&mut old, "out", 0, "1");
+    old.commit_transaction(Some(&g), &[(tp.clone(), 5)]).unwrap();
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 5);
+
+    old.begin_transaction().unwrap();
+    send(&mut old, "out", 0, "zombie-open");
+    // A new instance with the same transactional id fences the old one and aborts its transaction.
+    let mut new = log.transactional_producer("app-0", Default::default()).unwrap();
+    assert!(new.producer_id_and_epoch().1 > old.producer_id_and_epoch().1);
+    let err = old.commit_transaction(Some(&g), &[(tp.clone(), 9)]).unwrap_err();
+    assert!(matches!(err, LogError::ProducerFenced { .. }), "{err}");
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 5, "the zombie's offsets never land");
+    assert_eq!(read(&log, "out", true), vec!["1"]);
+    new.begin_transaction().unwrap();
+    send(&mut new, "out", 0, "2");
+    new.commit_transaction(Some(&g), &[(tp.clone(), 7)]).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["1", "2"]);
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 7);
+}
+
+const CHILD_ENV: &str = "GARAM_TXN_CHILD_DIR";
+
+/// Child: transaction k writes k's records to two partitions and commits offset k+1.
+#[test]
+fn txn_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
+    let log = Log::open_with(&dir, quiet()).unwrap();
+    log.ensure_topic("in", 1, TopicConfig::default()).unwrap();
+    log.ensure_topic("out", 2, TopicConfig::default()).unwrap();
+    let tp = TopicPartition::new("in", 0);
+    let g = GroupMetadata { group: "g".into(), member_id: None };
+    let mut k = log.groups().committed("g", &tp).map_or(0, |c| c.offset);
+    let mut p = log
+        .transactional_producer("crashy", garam_log::producer::ProducerConfig { batch_size: 200, ..Default::default() })
+        .unwrap();
+    let mut rng = rand::rngs::SmallRng::from_entropy();
+    loop {
+        p.begin_transaction().unwrap();
+        let n = rng.gen_range(1..20);
+        for i in 0..n {
+            let v = format!("{k}:{i}:{n}");
+            send(&mut p, "out", (i % 2) as u32, &v);
+        }
+        if rng.gen_bool(0.2) {
+            p.abort_transaction().unwrap();
+            println!("aborted {k}");
+            continue;
+        }
+        p.commit_transaction(Some(&g), &[(tp.clone(), k + 1)]).unwrap();
+        println!("committed {k}");
+        k += 1;
+    }
+}
+
+#[test]
+fn transactions_are_atomic_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+    let mut acknowledged = 0u64;
+    for round in 0..20 {
+        let mut child = Command::new(&exe)
+            .args(["--exact", "txn_child", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader =
+            std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(rng.gen_range(20..250)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for l in reader.join().unwrap() {
+            if let Some(k) = l.strip_prefix("committed ").and_then(|k| k.parse::<u64>().ok()) {
+                acknowledged = acknowledged.max(k + 1);
+            }
+        }
+        let log = Log::open_with(dir.path(), quiet()).unwrap();
+        if log.topic("out").is_err() {
+            continue;
+        }
+        let committed = log.groups().committed("g", &TopicPartition::new("in", 0)).map_or(0, |c| c.offset);
+        assert!(committed >= acknowledged, "round {round}: acknowledged commit {acknowledged} lost ({committed})");
+        // Every transaction visible to read-committed is whole, and exactly those below the
+        // committed offset are visible: records and offsets went together.
+        let mut seen: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+        for v in read(&log, "out", true) {
+            let parts: Vec<u64> = v.split(':').map(|x| x.parse().unwrap()).collect();
+            let e = seen.entry(parts[0]).or_insert((0, parts[2] as usize));
+            e.0 += 1;
+        }
+        for (k, (got, want)) in &seen {
+            assert_eq!(got, want, "round {round}: transaction {k} is partial");
+        }
+        let visible: BTreeSet<u64> = seen.keys().copied().collect();
+        let expected: BTreeSet<u64> = (0..committed).collect();
+        assert_eq!(visible, expected, "round {round}: visible transactions differ from committed offsets");
+        assert!(
+            log.partition("out", 0).unwrap().open_transactions().is_empty(),
+            "round {round}: recovery aborted open transactions"
+        );
+        log.close().unwrap();
+    }
+    assert!(acknowledged > 0, "the child never committed");
+}
