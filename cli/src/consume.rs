@@ -36,6 +36,19 @@ pub struct ConsumeArgs {
     exit_at_end: bool,
     #[arg(long, value_enum, default_value = "json")]
     format: OutputFormat,
+    /// read_committed shows only committed transactional records (and nothing past an open
+    /// transaction); read_uncommitted shows everything written.
+    #[arg(long, value_enum, default_value = "read_committed")]
+    isolation_level: IsolationLevel,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+#[clap(rename_all = "snake_case")]
+pub enum IsolationLevel {
+    /// Only committed transactional records.
+    ReadCommitted,
+    /// Every record written.
+    ReadUncommitted,
 }
 
 /// A byte field as JSON: a UTF-8 string where valid, otherwise base64 with `<name>_encoding`.
@@ -88,6 +101,7 @@ pub fn run(dir: &Path, args: ConsumeArgs) -> Result<()> {
         topics: vec![args.topic.clone()],
         client_id: "garam-cli".into(),
         auto_offset_reset: reset,
+        read_committed: args.isolation_level == IsolationLevel::ReadCommitted,
         ..Default::default()
     })?;
     let stdout = std::io::stdout();

@@ -191,3 +191,28 @@ fn apps_describe_shows_members_tasks_and_lag() {
     assert!(out.contains("not running") && out.contains("in "), "{out}");
     one_line_error(&garam(d.path(), &["apps", "describe", "nobody"], None), "unknown application 'nobody'");
 }
+
+#[test]
+fn consume_isolation_levels() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let log = garam_log::Log::open(d.path()).unwrap();
+        log.create_topic("t", 1, Default::default()).unwrap();
+        let mut p = log.transactional_producer("x", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() }).unwrap();
+        p.begin_transaction().unwrap();
+        p.send_raw("t", Some(0), None, Some(b"aborted"), 0, &[]).unwrap();
+        p.abort_transaction().unwrap();
+        p.begin_transaction().unwrap();
+        p.send_raw("t", Some(0), None, Some(b"committed"), 0, &[]).unwrap();
+        p.commit_transaction(None, &[]).unwrap();
+        log.close().unwrap();
+    }
+    let committed = ok(&garam(d.path(), &["consume", "t", "--from-beginning", "--exit-at-end", "--format", "value"], None));
+    assert_eq!(committed.lines().collect::<Vec<_>>(), vec!["committed"]);
+    let all = ok(&garam(
+        d.path(),
+        &["consume", "t", "--from-beginning", "--exit-at-end", "--format", "value", "--isolation-level", "read_uncommitted"],
+        None,
+    ));
+    assert_eq!(all.lines().collect::<Vec<_>>(), vec!["aborted", "committed"]);
+}
