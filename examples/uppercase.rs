@@ -24,6 +24,12 @@ struct Args {
     threads: usize,
     #[arg(long, default_value = "uppercase")]
     application_id: String,
+    /// at-least-once or exactly-once.
+    #[arg(long, default_value = "at-least-once")]
+    guarantee: String,
+    /// Stop (after a final commit) once every input partition is caught up.
+    #[arg(long)]
+    exit_when_idle: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,8 +46,13 @@ fn main() -> anyhow::Result<()> {
     eprintln!("{}", topology.describe());
     let mut config = AppConfig::new(args.application_id);
     config.num_threads = args.threads;
+    config.set("processing.guarantee", &args.guarantee)?;
     let mut app = App::new(topology, config, garam::embedded(&args.data_dir)?)?;
-    app.run_until_shutdown()?;
+    if args.exit_when_idle {
+        app.run_until_idle(std::time::Duration::from_millis(200))?;
+    } else {
+        app.run_until_shutdown()?;
+    }
     eprintln!("stopped cleanly");
     Ok(())
 }

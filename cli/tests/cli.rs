@@ -198,7 +198,9 @@ fn consume_isolation_levels() {
     {
         let log = garam_log::Log::open(d.path()).unwrap();
         log.create_topic("t", 1, Default::default()).unwrap();
-        let mut p = log.transactional_producer("x", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() }).unwrap();
+        let mut p = log
+            .transactional_producer("x", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() })
+            .unwrap();
         p.begin_transaction().unwrap();
         p.send_raw("t", Some(0), None, Some(b"aborted"), 0, &[]).unwrap();
         p.abort_transaction().unwrap();
@@ -207,11 +209,21 @@ fn consume_isolation_levels() {
         p.commit_transaction(None, &[]).unwrap();
         log.close().unwrap();
     }
-    let committed = ok(&garam(d.path(), &["consume", "t", "--from-beginning", "--exit-at-end", "--format", "value"], None));
+    let committed =
+        ok(&garam(d.path(), &["consume", "t", "--from-beginning", "--exit-at-end", "--format", "value"], None));
     assert_eq!(committed.lines().collect::<Vec<_>>(), vec!["committed"]);
     let all = ok(&garam(
         d.path(),
-        &["consume", "t", "--from-beginning", "--exit-at-end", "--format", "value", "--isolation-level", "read_uncommitted"],
+        &[
+            "consume",
+            "t",
+            "--from-beginning",
+            "--exit-at-end",
+            "--format",
+            "value",
+            "--isolation-level",
+            "read_uncommitted",
+        ],
         None,
     ));
     assert_eq!(all.lines().collect::<Vec<_>>(), vec!["aborted", "committed"]);

@@ -82,12 +82,26 @@ pub struct ConsumerSettings {
     pub max_poll_records: usize,
     /// `session.timeout.ms`.
     pub session_timeout: Duration,
+    /// `isolation.level=read_committed` (exactly-once reads only committed transactions).
+    pub read_committed: bool,
+}
+
+/// The group a transaction commits offsets for, and the member that must own them (Kafka's
+/// `ConsumerGroupMetadata`): a member that lost its partitions cannot commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMetadata {
+    /// `group.id`.
+    pub group: String,
+    /// The member id.
+    pub member_id: String,
 }
 
 /// Lets a revoke callback commit before its partitions go.
 pub trait OffsetCommitter {
     /// The next offset to read from a partition (what has been returned by `poll` so far).
     fn position(&self, tp: &TopicPartition) -> Option<u64>;
+    /// The positions of every partition still assigned.
+    fn positions(&self) -> Vec<(TopicPartition, u64)>;
     /// Commits offsets (next offset to read) for partitions this member still owns.
     fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<()>;
 }
@@ -114,6 +128,8 @@ pub trait BackendConsumer: Send {
     fn lag(&self) -> Vec<(TopicPartition, u64)>;
     /// The member id.
     fn member_id(&self) -> String;
+    /// The group and member, for transactional offset commits.
+    fn group_metadata(&self) -> GroupMetadata;
     /// Leaves the group (revoke callbacks run first).
     fn close(&mut self) -> Result<()>;
 }
@@ -142,9 +158,9 @@ pub trait BackendProducer: Send {
         ))
     }
 
-    /// Commits the transaction's records together with the consumed `offsets` of `group`: both
+    /// Commits the transaction's records together with the consumed `offsets` of the group: both
     /// become visible, or neither (Kafka's `sendOffsetsToTransaction` + `commitTransaction`).
-    fn commit_transaction(&mut self, _group: &str, _offsets: &[(TopicPartition, u64)]) -> Result<()> {
+    fn commit_transaction(&mut self, _group: &GroupMetadata, _offsets: &[(TopicPartition, u64)]) -> Result<()> {
         Err(crate::StreamsError::backend(
             "this backend has no transactions yet (exactly-once arrives with the state issue)",
             false,
@@ -170,6 +186,10 @@ pub trait Backend: Send + Sync + 'static {
     fn ensure_topic(&self, topic: &str, partitions: u32, config: &BTreeMap<String, String>) -> Result<()>;
     /// A new producer.
     fn producer(&self) -> Result<Box<dyn BackendProducer>>;
+    /// A transactional producer (exactly-once); a new one with the same id fences the old one.
+    fn transactional_producer(&self, _transactional_id: &str) -> Result<Box<dyn BackendProducer>> {
+        Err(crate::StreamsError::backend("this backend has no transactions", false))
+    }
     /// A new group member.
     fn consumer(
         &self,

@@ -219,3 +219,49 @@ fn repartition_topics_are_created_and_used() {
     }
     assert!(where_.values().all(|s| s.len() == 1));
 }
+
+#[test]
+fn exactly_once_outputs_are_committed_with_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 4, TopicConfig::default()).unwrap();
+    log.create_topic("out", 4, TopicConfig::default()).unwrap();
+    produce(&log, "in", 0, 5000);
+    let mut config = AppConfig::new("eos");
+    config.set("processing.guarantee", "exactly_once_v2").unwrap();
+    config.num_threads = 2;
+    config.commit_interval = Duration::from_millis(50);
+    let mut app = App::new(pipeline("in", "out"), config, Arc::new(log.clone())).unwrap();
+    app.run_until_idle(Duration::from_millis(300)).unwrap();
+    // Read committed: exactly the transformed input, no duplicate.
+    let mut c = log
+        .consumer(ConsumerConfig {
+            topics: vec!["out".into()],
+            auto_offset_reset: OffsetReset::Earliest,
+            read_committed: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    loop {
+        let polled = c.poll(Duration::from_millis(50)).unwrap();
+        if polled.is_empty() {
+            break;
+        }
+        for part in polled {
+            for r in part.records() {
+                let r = r.unwrap();
+                let s = |b: Option<bytes::Bytes>| String::from_utf8(b.unwrap().to_vec()).unwrap();
+                got.entry(s(r.key)).or_default().push(s(r.value));
+            }
+        }
+    }
+    assert_eq!(got, expected(5000));
+    for (p, committed, end) in log.group_offsets("eos", "in").unwrap() {
+        assert_eq!(committed, Some(end), "partition {p}");
+    }
+    for p in 0..4 {
+        let part = log.partition("out", p).unwrap();
+        assert_eq!(part.last_stable_offset(), part.high_watermark(), "no transaction left open");
+    }
+}

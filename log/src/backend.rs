@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use garam_core::backend::{
-    Backend, BackendConsumer, BackendProducer, ConsumerSettings, OffsetCommitter, PolledRecords,
+    Backend, BackendConsumer, BackendProducer, ConsumerSettings, GroupMetadata, OffsetCommitter, PolledRecords,
     RebalanceListener as CoreListener, TopicPartition,
 };
 use garam_core::{Header, StreamsError};
@@ -17,6 +17,7 @@ use crate::consumer::{Consumer, ConsumerConfig, RebalanceListener, RevokeCommits
 use crate::error::LogError;
 use crate::log::Log;
 use crate::producer::Producer;
+use crate::txn::TransactionalProducer;
 use crate::TopicConfig;
 
 fn to_streams(e: LogError) -> StreamsError {
@@ -52,6 +53,11 @@ impl Backend for Log {
         Ok(Box::new(self.producer(Default::default()).map_err(to_streams)?))
     }
 
+    fn transactional_producer(&self, transactional_id: &str) -> garam_core::Result<Box<dyn BackendProducer>> {
+        let p = Log::transactional_producer(self, transactional_id, Default::default()).map_err(to_streams)?;
+        Ok(Box::new(p))
+    }
+
     fn consumer(
         &self,
         s: ConsumerSettings,
@@ -66,6 +72,7 @@ impl Backend for Log {
                 auto_offset_reset: s.auto_offset_reset,
                 session_timeout: s.session_timeout,
                 max_poll_records: Some(s.max_poll_records),
+                read_committed: s.read_committed,
                 assignor: crate::group::Assignor::Range,
                 ..Default::default()
             },
@@ -96,6 +103,9 @@ struct Committer<'a, 'b>(&'a mut RevokeCommits<'b>);
 impl OffsetCommitter for Committer<'_, '_> {
     fn position(&self, tp: &TopicPartition) -> Option<u64> {
         self.0.position(tp)
+    }
+    fn positions(&self) -> Vec<(TopicPartition, u64)> {
+        self.0.positions()
     }
     fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> garam_core::Result<()> {
         self.0.commit(offsets).map_err(to_streams)
@@ -141,8 +151,51 @@ impl BackendConsumer for Consumer {
         Consumer::member_id(self).unwrap_or("standalone").to_string()
     }
 
+    fn group_metadata(&self) -> GroupMetadata {
+        GroupMetadata {
+            group: self.group().unwrap_or_default().to_string(),
+            member_id: BackendConsumer::member_id(self),
+        }
+    }
+
     fn close(&mut self) -> garam_core::Result<()> {
         Consumer::close(self).map_err(to_streams)
+    }
+}
+
+impl BackendProducer for TransactionalProducer {
+    fn send(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        ts: i64,
+        headers: &[Header],
+    ) -> garam_core::Result<()> {
+        self.send_raw(topic, partition, key, value, ts, headers).map_err(to_streams)
+    }
+
+    fn flush(&mut self) -> garam_core::Result<()> {
+        // Records of the open transaction are appended at commit; nothing to do here.
+        Ok(())
+    }
+
+    fn begin_transaction(&mut self) -> garam_core::Result<()> {
+        TransactionalProducer::begin_transaction(self).map_err(to_streams)
+    }
+
+    fn commit_transaction(
+        &mut self,
+        group: &GroupMetadata,
+        offsets: &[(TopicPartition, u64)],
+    ) -> garam_core::Result<()> {
+        let meta = crate::txn::GroupMetadata { group: group.group.clone(), member_id: Some(group.member_id.clone()) };
+        TransactionalProducer::commit_transaction(self, Some(&meta), offsets).map_err(to_streams)
+    }
+
+    fn abort_transaction(&mut self) -> garam_core::Result<()> {
+        TransactionalProducer::abort_transaction(self).map_err(to_streams)
     }
 }
 

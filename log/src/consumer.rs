@@ -162,6 +162,11 @@ pub struct RevokeCommits<'a> {
 }
 
 impl RevokeCommits<'_> {
+    /// The positions of every partition this consumer still has.
+    pub fn positions(&self) -> Vec<(TopicPartition, u64)> {
+        self.consumer.positions.iter().map(|(tp, s)| (tp.clone(), s.position)).collect()
+    }
+
     /// The consumer's position (next offset to read) in a partition.
     pub fn position(&self, tp: &TopicPartition) -> Option<u64> {
         self.consumer.positions.get(tp).map(|s| s.position)
@@ -254,6 +259,11 @@ impl Consumer {
     /// Installs a rebalance listener.
     pub fn set_listener(&mut self, l: Box<dyn RebalanceListener>) {
         self.listener = Some(l);
+    }
+
+    /// The group, for group consumers.
+    pub fn group(&self) -> Option<&str> {
+        self.config.group.as_deref()
     }
 
     /// This member's id, for group consumers.

@@ -298,6 +298,11 @@ impl TransactionalProducer {
         Ok(())
     }
 
+    /// True while a transaction is open.
+    pub fn in_transaction(&self) -> bool {
+        self.open
+    }
+
     /// Sends a record inside the open transaction.
     pub fn send_raw(
         &mut self,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::config::{AppConfig, ProcessingGuarantee};
+use super::config::AppConfig;
 use super::metrics::{Metrics, MetricsSnapshot};
 use super::worker::{self, Shared};
 use crate::backend::Backend;
@@ -49,13 +49,6 @@ pub struct App {
 impl App {
     /// An application running `topology` on `backend`.
     pub fn new(topology: Topology, config: AppConfig, backend: Arc<dyn Backend>) -> Result<App> {
-        if config.processing_guarantee == ProcessingGuarantee::ExactlyOnce {
-            return Err(StreamsError::Config {
-                key: "processing.guarantee".into(),
-                value: "exactly_once_v2".into(),
-                reason: "exactly-once arrives with transactions in the state issue; use at_least_once".into(),
-            });
-        }
         Ok(App {
             topology: Arc::new(topology),
             config,
@@ -107,6 +100,10 @@ impl App {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             dead_letter_topic: dlq,
+            instance: {
+                static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                INSTANCES.fetch_add(1, Ordering::Relaxed)
+            },
         });
         for i in 0..self.config.num_threads.max(1) {
             let (shared, backend, shutdown) = (shared.clone(), self.backend.clone(), self.shutdown.clone());

@@ -39,6 +39,7 @@ pub struct AppConfig {
     pub poll_timeout: Duration,
     /// `session.timeout.ms`.
     pub session_timeout: Duration,
+    commit_interval_set: bool,
 }
 
 impl AppConfig {
@@ -55,6 +56,7 @@ impl AppConfig {
             max_poll_records: 10_000,
             poll_timeout: Duration::from_millis(100),
             session_timeout: Duration::from_secs(10),
+            commit_interval_set: false,
         }
     }
 
@@ -76,12 +78,22 @@ impl AppConfig {
                 }
                 self.num_threads = n as usize
             }
-            "commit.interval.ms" => self.commit_interval = Duration::from_millis(num()?),
+            "commit.interval.ms" => {
+                self.commit_interval = Duration::from_millis(num()?);
+                self.commit_interval_set = true;
+            }
             "processing.guarantee" => {
                 self.processing_guarantee = match value {
                     "at_least_once" | "at-least-once" => ProcessingGuarantee::AtLeastOnce,
                     "exactly_once" | "exactly_once_v2" | "exactly-once" => ProcessingGuarantee::ExactlyOnce,
                     _ => return Err(bad("expected at_least_once or exactly_once_v2")),
+                };
+                // As Kafka Streams: exactly-once commits every 100 ms unless told otherwise.
+                if !self.commit_interval_set {
+                    self.commit_interval = Duration::from_millis(match self.processing_guarantee {
+                        ProcessingGuarantee::ExactlyOnce => 100,
+                        ProcessingGuarantee::AtLeastOnce => 1000,
+                    });
                 }
             }
             "deserialization.error.handler" | "default.deserialization.exception.handler" => {

@@ -9,7 +9,8 @@ use super::config::AppConfig;
 use super::metrics::Metrics;
 use super::task::{Task, TaskEnv};
 use crate::backend::{
-    Backend, BackendConsumer, BackendProducer, ConsumerSettings, OffsetCommitter, RebalanceListener, TopicPartition,
+    Backend, BackendConsumer, BackendProducer, ConsumerSettings, GroupMetadata, OffsetCommitter, RebalanceListener,
+    TopicPartition,
 };
 use crate::error::Result;
 use crate::processor::{RecordCollector, TaskId};
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     pub topic_to_sub: BTreeMap<String, usize>,
     pub metrics: Arc<Metrics>,
     pub dead_letter_topic: String,
+    /// This App instance's number in the process (unique transactional ids).
+    pub instance: u64,
 }
 
 /// What the rebalance listener shares with the loop: the producer, and events to apply.
@@ -60,6 +63,44 @@ struct Shared2 {
     /// Set when processing failed: positions then run ahead of what was processed, so nothing
     /// may be committed any more (not on revoke, not on close).
     failed: bool,
+    /// Exactly-once: outputs and offsets commit in one transaction.
+    eos: bool,
+    /// A transaction is open (exactly-once).
+    in_txn: bool,
+    /// The group and member, for transactional offset commits.
+    group: Option<GroupMetadata>,
+}
+
+impl Shared2 {
+    /// Opens a transaction if exactly-once needs one and none is open.
+    fn ensure_txn(&mut self) -> Result<()> {
+        if self.eos && !self.in_txn {
+            self.producer.begin_transaction()?;
+            self.in_txn = true;
+        }
+        Ok(())
+    }
+
+    /// Exactly-once commit: the open transaction's outputs with `offsets`, atomically. A member
+    /// that lost its partitions is refused; its transaction is aborted and the records are
+    /// reprocessed by their new owner. Returns false when refused.
+    fn commit_transaction(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<bool> {
+        let Some(group) = self.group.clone() else { return Ok(true) };
+        self.ensure_txn()?;
+        match self.producer.commit_transaction(&group, offsets) {
+            Ok(()) => {
+                self.in_txn = false;
+                Ok(true)
+            }
+            Err(e) if e.is_retriable() => {
+                tracing::warn!(error = %e, "transaction refused; aborting it, the records are reprocessed");
+                self.in_txn = false;
+                self.producer.abort_transaction()?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 enum Event {
@@ -100,6 +141,16 @@ impl RebalanceListener for Listener {
     fn on_revoked(&mut self, partitions: &[TopicPartition], committer: &mut dyn OffsetCommitter) {
         let mut st = lock(&self.state);
         if st.failed {
+            st.events.push(Event::Revoked(partitions.to_vec()));
+            return;
+        }
+        if st.eos {
+            // Exactly-once: the open transaction covers every task of this member; commit it
+            // with every position before the partitions go.
+            let offsets = committer.positions();
+            if let Err(e) = st.commit_transaction(&offsets) {
+                tracing::warn!(error = %e, "transactional commit on revoke failed; the records will be reprocessed");
+            }
             st.events.push(Event::Revoked(partitions.to_vec()));
             return;
         }
@@ -151,7 +202,16 @@ pub(crate) fn run(
 ) -> Result<()> {
     let span = tracing::info_span!("worker", app = %shared.config.application_id, thread = %name);
     let _enter = span.enter();
-    let state = Arc::new(Mutex::new(Shared2 { producer: backend.producer()?, events: Vec::new(), failed: false }));
+    let eos = shared.config.processing_guarantee == super::config::ProcessingGuarantee::ExactlyOnce;
+    let producer = if eos {
+        // Unique per thread of this App instance: a restart's recovery aborts what a crashed one
+        // left open, and membership checks fence a zombie's commits.
+        backend.transactional_producer(&format!("{}-{}-{name}", shared.config.application_id, shared.instance))?
+    } else {
+        backend.producer()?
+    };
+    let state =
+        Arc::new(Mutex::new(Shared2 { producer, events: Vec::new(), failed: false, eos, in_txn: false, group: None }));
     let listener = Listener { state: state.clone() };
     let settings = ConsumerSettings {
         group: shared.config.application_id.clone(),
@@ -160,6 +220,7 @@ pub(crate) fn run(
         auto_offset_reset: shared.config.auto_offset_reset,
         max_poll_records: shared.config.max_poll_records,
         session_timeout: shared.config.session_timeout,
+        read_committed: eos,
     };
     let mut consumer = backend.consumer(settings, Box::new(listener))?;
     let member = consumer.member_id();
@@ -171,7 +232,14 @@ pub(crate) fn run(
     let commit = if result.is_ok() {
         commit(&shared, &mut *consumer, &state)
     } else {
-        lock(&state).failed = true;
+        let mut st = lock(&state);
+        st.failed = true;
+        if st.in_txn {
+            st.in_txn = false;
+            if let Err(e) = st.producer.abort_transaction() {
+                tracing::warn!(error = %e, "aborting the open transaction failed; the log aborts it on recovery");
+            }
+        }
         Ok(())
     };
     let close = consumer.close();
@@ -201,6 +269,10 @@ fn run_loop(
         let n = polled.len() as u64;
         {
             let mut st = lock(state);
+            if st.eos {
+                st.group = Some(consumer.group_metadata());
+                st.ensure_txn()?;
+            }
             let producer = &mut st.producer;
             let env = TaskEnv {
                 policy: shared.config.deserialization_policy,
@@ -247,10 +319,21 @@ fn run_loop(
 }
 
 /// At-least-once commit: flush outputs, then commit the positions of everything processed.
+/// Exactly-once: commit the transaction with the positions.
 fn commit(shared: &Shared, consumer: &mut dyn BackendConsumer, state: &Arc<Mutex<Shared2>>) -> Result<()> {
     let started = Instant::now();
-    lock(state).producer.flush()?;
     let positions = consumer.positions();
+    {
+        let mut st = lock(state);
+        if st.eos {
+            st.group = Some(consumer.group_metadata());
+            st.commit_transaction(&positions)?;
+            drop(st);
+            record_commit(shared, started, positions.len());
+            return Ok(());
+        }
+        st.producer.flush()?;
+    }
     if !positions.is_empty() {
         match consumer.commit(&positions) {
             Ok(()) => {}
@@ -263,13 +346,17 @@ fn commit(shared: &Shared, consumer: &mut dyn BackendConsumer, state: &Arc<Mutex
             Err(e) => return Err(e),
         }
     }
+    record_commit(shared, started, positions.len());
+    Ok(())
+}
+
+fn record_commit(shared: &Shared, started: Instant, partitions: usize) {
     let us = started.elapsed().as_micros() as u64;
     let m = &shared.metrics;
     m.commits.fetch_add(1, Ordering::Relaxed);
     m.commit_us.fetch_add(us, Ordering::Relaxed);
     m.commit_max_us.fetch_max(us, Ordering::Relaxed);
-    tracing::debug!(partitions = positions.len(), us, "committed");
-    Ok(())
+    tracing::debug!(partitions, us, "committed");
 }
 
 fn report(shared: &Shared, consumer: &dyn BackendConsumer, tasks: &BTreeMap<TaskId, Task>, member: &str) {
