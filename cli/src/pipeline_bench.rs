@@ -26,6 +26,9 @@ pub struct PipelineBench {
     dir: PathBuf,
     #[arg(long)]
     keep: bool,
+    /// at-least-once or exactly-once.
+    #[arg(long, default_value = "at-least-once")]
+    guarantee: String,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -88,6 +91,7 @@ pub fn run(b: PipelineBench) -> Result<()> {
         .to("pipeline-out", Produced::with(StringSerde, JsonSerde::new()));
     let mut config = AppConfig::new("bench-pipeline");
     config.num_threads = b.threads;
+    config.set("processing.guarantee", &b.guarantee)?;
     let mut app = App::new(builder.build()?, config, Arc::new(log.clone()))?;
     let start = Instant::now();
     app.start()?;
@@ -109,9 +113,10 @@ pub fn run(b: PipelineBench) -> Result<()> {
     progress.finish();
     let m = app.metrics();
     println!(
-        "pipeline: {} records with {} thread(s) in {:.2} s = {:.0} records/s ({} written; {:.2} s including the final commit)",
+        "pipeline: {} records with {} thread(s), {} in {:.2} s = {:.0} records/s ({} written; {:.2} s including the final commit)",
         m.records_in,
         b.threads,
+        b.guarantee,
         processed_s,
         m.records_in as f64 / processed_s,
         m.records_out,
