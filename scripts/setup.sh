@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine with only Rust lacks to build Garam.
-# Today: a C compiler (zstd's bindings build C). Later issues add libclang (RocksDB's bindings).
+# A C/C++ compiler (zstd, mimalloc and RocksDB build C/C++) and libclang (RocksDB's bindings).
 set -euo pipefail
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+# RocksDB's Rust bindings are generated with libclang.
+ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so >/dev/null 2>&1 || missing+=(libclang-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -176,6 +176,15 @@ pub trait BackendProducer: Send {
     }
 }
 
+/// Records read from one partition by offset (restores).
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// The records (read-committed reads skip aborted transactions).
+    pub records: Vec<ConsumedRecord>,
+    /// Where to read next.
+    pub next_offset: u64,
+}
+
 /// A log the runtime can run on: the embedded log or Kafka.
 pub trait Backend: Send + Sync + 'static {
     /// "embedded" or "kafka".
@@ -196,6 +205,17 @@ pub trait Backend: Send + Sync + 'static {
         settings: ConsumerSettings,
         listener: Box<dyn RebalanceListener>,
     ) -> Result<Box<dyn BackendConsumer>>;
+    /// Reads a partition from `offset` (a restore's changelog read).
+    fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        read_committed: bool,
+    ) -> Result<Fetched>;
+    /// The end of a partition: the high watermark, or the last stable offset for read-committed.
+    fn end_offset(&self, topic: &str, partition: u32, read_committed: bool) -> Result<u64>;
     /// Committed offsets and log end offsets of a group on a topic: `(partition, committed, end)`.
     fn group_offsets(&self, group: &str, topic: &str) -> Result<Vec<(u32, Option<u64>, u64)>>;
     /// Where the runtime may write status files (the embedded log's data directory).

@@ -6,6 +6,7 @@
 //! | [`serdes`] | the [`Serde`](serdes::Serde) trait; JSON, bincode, string, bytes, integers, unit, option |
 //! | [`partitioner`] | Kafka's default partitioner (murmur2), so a key lands where it would on Kafka |
 //! | [`processor`] | the Processor API and the batch plumbing operators are built on |
+//! | [`state`] | the store trait, store handles with changelogs, store specs |
 //! | [`topology`] | the dataflow graph, sub-topologies, `describe()` and DOT |
 //! | [`backend`] | what the runtime needs from a log (embedded log now, Kafka later) |
 //! | [`runtime`] | [`App`](runtime::App): worker threads, tasks, commits, shutdown, metrics |
@@ -27,6 +28,7 @@ pub mod processor;
 pub mod record;
 pub mod runtime;
 pub mod serdes;
+pub mod state;
 pub mod testing;
 pub mod time;
 pub mod topology;

@@ -48,6 +48,15 @@ struct Inner {
     next_offset: BTreeMap<String, u64>,
     pending: VecDeque<(String, ConsumedRecord)>,
     wall_clock_ms: i64,
+    /// Stores live here, removed when the driver is dropped.
+    state_dir: std::path::PathBuf,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tasks.clear();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
 }
 
 struct Collector<'a> {
@@ -86,10 +95,37 @@ impl RecordCollector for Collector<'_> {
     }
 }
 
+/// The driver's topics as a backend, for restoring stores from their changelogs.
+struct ChangelogReader<'a> {
+    written: &'a BTreeMap<String, Vec<ConsumedRecord>>,
+}
+
+impl crate::runtime::stores::ChangelogReader for ChangelogReader<'_> {
+    fn fetch(&self, topic: &str, _p: u32, offset: u64, _max: usize, _rc: bool) -> Result<crate::backend::Fetched> {
+        let all = self.written.get(topic).map(Vec::as_slice).unwrap_or(&[]);
+        let records = all.iter().skip(offset as usize).cloned().collect::<Vec<_>>();
+        Ok(crate::backend::Fetched { next_offset: all.len() as u64, records })
+    }
+    fn end_offset(&self, topic: &str, _p: u32, _rc: bool) -> Result<u64> {
+        Ok(self.written.get(topic).map_or(0, Vec::len) as u64)
+    }
+}
+
 impl Inner {
     fn task(&mut self, sub: usize) -> Result<&mut Task> {
         if !self.tasks.contains_key(&sub) {
-            let t = Task::new(&self.topology, &self.config.application_id, TaskId { subtopology: sub, partition: 0 })?;
+            let id = TaskId { subtopology: sub, partition: 0 };
+            let stores = crate::runtime::stores::TaskStores::open(
+                &self.topology,
+                &self.config.application_id,
+                &self.state_dir,
+                id,
+                &ChangelogReader { written: &self.written },
+                false,
+                &crate::state::StoreContext { memory_max_bytes: self.config.state_memory_max_bytes },
+                None,
+            )?;
+            let t = Task::new(&self.topology, &self.config.application_id, id, stores)?;
             self.tasks.insert(sub, t);
         }
         Ok(self.tasks.get_mut(&sub).expect("inserted above"))
@@ -148,6 +184,11 @@ impl TopologyTestDriver {
                 next_offset: BTreeMap::new(),
                 pending: VecDeque::new(),
                 wall_clock_ms: 0,
+                state_dir: {
+                    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    std::env::temp_dir().join(format!("garam-test-driver-{}-{n}", std::process::id()))
+                },
             })),
         })
     }
@@ -176,6 +217,54 @@ impl TopologyTestDriver {
     /// Raw records written to a topic so far (including internal and dead-letter topics).
     pub fn written(&self, topic: &str) -> Vec<ConsumedRecord> {
         self.inner.borrow().written.get(topic).cloned().unwrap_or_default()
+    }
+
+    /// The entries of a store (raw bytes, in key order), across the driver's tasks.
+    pub fn store_entries(&self, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut inner = self.inner.borrow_mut();
+        let subs: Vec<usize> =
+            inner.topology.all_stores().into_iter().filter(|(s, _)| s.name == name).map(|(_, sub)| sub).collect();
+        let Some(sub) = subs.first().copied() else {
+            return Err(StreamsError::Topology(format!("no store named '{name}'")));
+        };
+        let task = inner.task(sub)?;
+        let store = task
+            .stores()
+            .stores
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StreamsError::Topology(format!("no store named '{name}'")))?;
+        let entries = store.borrow().all()?;
+        Ok(entries)
+    }
+
+    /// The entries of a store, deserialized.
+    pub fn store<K: 'static, V: 'static>(
+        &self,
+        name: &str,
+        key: impl Serde<K>,
+        value: impl Serde<V>,
+    ) -> Result<Vec<(K, V)>> {
+        let de = |e: crate::serdes::SerdeError| StreamsError::Topology(format!("store '{name}': {e}"));
+        self.store_entries(name)?
+            .into_iter()
+            .map(|(k, v)| Ok((key.deserialize(&k).map_err(de)?, value.deserialize(&v).map_err(de)?)))
+            .collect()
+    }
+
+    /// Simulates losing every local store: closes the tasks, deletes their state, and rebuilds the
+    /// stores from the changelog records written so far.
+    pub fn restart(&self) -> Result<()> {
+        let mut inner = self.inner.borrow_mut();
+        for (_, mut t) in std::mem::take(&mut inner.tasks) {
+            t.close()?;
+        }
+        let _ = std::fs::remove_dir_all(&inner.state_dir);
+        let subs: std::collections::BTreeSet<usize> = inner.topology.all_stores().into_iter().map(|(_, s)| s).collect();
+        for s in subs {
+            inner.task(s)?;
+        }
+        Ok(())
     }
 
     /// Moves the wall clock forward and fires due wall-clock punctuations.

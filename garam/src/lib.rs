@@ -36,7 +36,9 @@ pub use garam_operators as operators;
 
 pub use garam_core::runtime::{App, AppConfig, ProcessingGuarantee};
 pub use garam_core::{Result, StreamsError};
-pub use garam_operators::{Consumed, Grouped, GroupedStream, Produced, Repartitioned, Stream, StreamBuilder};
+pub use garam_operators::{
+    Consumed, Grouped, GroupedStream, Materialized, Produced, Repartitioned, Stream, StreamBuilder, Table,
+};
 
 /// Opens (or creates) the embedded log in `dir` as a backend for [`App`].
 pub fn embedded(dir: impl AsRef<Path>) -> Result<Arc<dyn garam_core::backend::Backend>> {
@@ -57,5 +59,7 @@ pub mod prelude {
         UnitSerde,
     };
     pub use garam_core::testing::TopologyTestDriver;
-    pub use garam_operators::{Consumed, Grouped, GroupedStream, Produced, Repartitioned, Stream, StreamBuilder};
+    pub use garam_operators::{
+        Consumed, Grouped, GroupedStream, Materialized, Produced, Repartitioned, Stream, StreamBuilder, Table,
+    };
 }

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use garam_core::backend::{
-    Backend, BackendConsumer, BackendProducer, ConsumerSettings, GroupMetadata, OffsetCommitter, PolledRecords,
-    RebalanceListener as CoreListener, TopicPartition,
+    Backend, BackendConsumer, BackendProducer, ConsumerSettings, Fetched, GroupMetadata, OffsetCommitter,
+    PolledRecords, RebalanceListener as CoreListener, TopicPartition,
 };
 use garam_core::{Header, StreamsError};
 
-use crate::consumer::{Consumer, ConsumerConfig, RebalanceListener, RevokeCommits};
+use crate::consumer::{Consumer, ConsumerConfig, PartitionRecords, RebalanceListener, RevokeCommits};
 use crate::error::LogError;
 use crate::log::Log;
 use crate::producer::Producer;
@@ -80,6 +80,28 @@ impl Backend for Log {
         .map_err(to_streams)?;
         c.set_listener(Box::new(ListenerAdapter(listener)));
         Ok(Box::new(c))
+    }
+
+    fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        read_committed: bool,
+    ) -> garam_core::Result<Fetched> {
+        let part = self.partition(topic, partition).map_err(to_streams)?;
+        let start = part.offsets().log_start_offset;
+        let offset = offset.max(start);
+        let data = part.read_isolated(offset, max_bytes, read_committed).map_err(to_streams)?;
+        let recs = PartitionRecords::new(TopicPartition::new(topic, partition), offset, data, read_committed);
+        let records = recs.records().collect::<Result<Vec<_>, _>>().map_err(to_streams)?;
+        Ok(Fetched { records, next_offset: recs.next_offset() })
+    }
+
+    fn end_offset(&self, topic: &str, partition: u32, read_committed: bool) -> garam_core::Result<u64> {
+        let part = self.partition(topic, partition).map_err(to_streams)?;
+        Ok(if read_committed { part.last_stable_offset() } else { part.high_watermark() })
     }
 
     fn group_offsets(&self, group: &str, topic: &str) -> garam_core::Result<Vec<(u32, Option<u64>, u64)>> {

@@ -85,6 +85,10 @@ pub struct PartitionRecords {
 }
 
 impl PartitionRecords {
+    pub(crate) fn new(tp: TopicPartition, from_offset: u64, data: FetchData, read_committed: bool) -> Self {
+        PartitionRecords { tp, from_offset, data, check_crcs: true, read_committed }
+    }
+
     /// The records at or after `from_offset`, skipping control batches.
     /// A corrupt batch is an error naming the segment file, the partition, the offset and the byte.
     pub fn records(&self) -> impl Iterator<Item = Result<ConsumedRecord>> + '_ {

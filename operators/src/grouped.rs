@@ -1,6 +1,14 @@
 //! `GroupedStream<K, V>`: a stream partitioned by its key, the input of aggregations.
 
+use std::sync::Arc;
+
+use garam_core::serdes::U64Serde;
+use garam_core::state::StoreSpec;
+use garam_core::topology::NodeKind;
+
+use crate::ops;
 use crate::stream::Stream;
+use crate::table::{Materialized, Table};
 use crate::Data;
 
 /// A stream whose records with equal keys are in the same partition, so per-key state can live in
@@ -23,5 +31,98 @@ impl<K: Data, V: Data> GroupedStream<K, V> {
     /// The co-partitioned stream behind the grouping.
     pub fn stream(&self) -> &Stream<K, V> {
         &self.stream
+    }
+
+    /// Aggregates each key's records into a value kept in a store named by `materialized`:
+    /// `init()` starts a key, `agg(key, value, aggregate)` folds a record in. Every update is
+    /// forwarded.
+    pub fn aggregate<VA: Data>(
+        &self,
+        init: impl Fn() -> VA + Send + Sync + 'static,
+        agg: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+        materialized: Materialized<K, VA>,
+    ) -> Table<K, VA> {
+        let name = materialized.name.clone();
+        if self.store_taken(&name) {
+            return Table {
+                stream: Stream::new(self.stream.graph.clone(), self.stream.node, None, None, false),
+                store: None,
+            };
+        }
+        let key = materialized.key.clone().or_else(|| self.stream.key_serde.clone());
+        let (Some(key), Some(value)) = (key, materialized.value.clone()) else {
+            self.stream.graph.borrow_mut().add_error(format!(
+                "store '{name}' needs serdes: give them with Materialized::named(\"{name}\").with(key_serde, value_serde)"
+            ));
+            return Table {
+                stream: Stream::new(self.stream.graph.clone(), self.stream.node, None, None, false),
+                store: None,
+            };
+        };
+        let mut g = self.stream.graph.borrow_mut();
+        let node_name = format!("{name}-aggregate");
+        let factory = ops::aggregate::factory::<K, V, VA>(
+            name.clone(),
+            key.clone(),
+            value.clone(),
+            Arc::new(init),
+            Arc::new(agg),
+        );
+        let id = g.add_node(node_name, NodeKind::Processor { stores: vec![] }, &[self.stream.node], factory);
+        g.add_store(StoreSpec { name: name.clone(), supplier: materialized.supplier.clone() }, id);
+        drop(g);
+        Table { stream: Stream::new(self.stream.graph.clone(), id, Some(key), Some(value), false), store: Some(name) }
+    }
+
+    /// Reports (and returns true) when a store of this name exists already.
+    fn store_taken(&self, name: &str) -> bool {
+        let mut g = self.stream.graph.borrow_mut();
+        let taken = g.stores().iter().any(|(s, _)| s.name == name);
+        if taken {
+            g.add_error(format!("two stores are named '{name}'; every stateful operator needs its own name"));
+        }
+        taken
+    }
+
+    /// Counts records per key.
+    pub fn count(&self, materialized: Materialized<K, u64>) -> Table<K, u64> {
+        let m = if materialized.value.is_none() { materialized.with_value_serde(U64Serde) } else { materialized };
+        self.aggregate(|| 0u64, |_k, _v, n| n + 1, m)
+    }
+
+    /// Combines each key's values with `f(aggregate, value)`; the first value starts the aggregate.
+    pub fn reduce(
+        &self,
+        f: impl Fn(V, V) -> V + Send + Sync + 'static,
+        materialized: Materialized<K, V>,
+    ) -> Table<K, V> {
+        let value = materialized.value.clone().or_else(|| self.stream.value_serde.clone());
+        let m = Materialized { value, ..materialized };
+        // Option<V> as the aggregate would need an Option serde; fold through a one-slot Vec instead.
+        let f = Arc::new(f);
+        let name = m.name.clone();
+        if self.store_taken(&name) {
+            return Table {
+                stream: Stream::new(self.stream.graph.clone(), self.stream.node, None, None, false),
+                store: None,
+            };
+        }
+        let key = m.key.clone().or_else(|| self.stream.key_serde.clone());
+        let (Some(key), Some(value)) = (key, m.value.clone()) else {
+            self.stream.graph.borrow_mut().add_error(format!(
+                "store '{name}' needs serdes: give them with Materialized::named(\"{name}\").with(key_serde, value_serde)"
+            ));
+            return Table {
+                stream: Stream::new(self.stream.graph.clone(), self.stream.node, None, None, false),
+                store: None,
+            };
+        };
+        let mut g = self.stream.graph.borrow_mut();
+        let factory = ops::reduce::factory::<K, V>(name.clone(), key.clone(), value.clone(), f);
+        let id =
+            g.add_node(format!("{name}-reduce"), NodeKind::Processor { stores: vec![] }, &[self.stream.node], factory);
+        g.add_store(StoreSpec { name: name.clone(), supplier: m.supplier.clone() }, id);
+        drop(g);
+        Table { stream: Stream::new(self.stream.graph.clone(), id, Some(key), Some(value), false), store: Some(name) }
     }
 }

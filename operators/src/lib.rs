@@ -5,6 +5,7 @@
 //! | [`builder`] | [`StreamBuilder`] and the option objects: [`Consumed`], [`Produced`], [`Grouped`], [`Repartitioned`] |
 //! | [`stream`] | [`Stream<K, V>`]: `filter`, `map`, `flat_map`, `select_key`, `split`, `merge`, `to`, `repartition`, `group_by`, `process` … |
 //! | [`grouped`] | [`GroupedStream`]: a stream partitioned by its key, ready for aggregations |
+//! | [`table`] | [`Table`] (latest value per key) and [`Materialized`] (store name, serdes, backend) |
 //! | `ops` | one file per operator: source, sink, stateless transforms, split, user processors |
 //!
 //! ```
@@ -33,10 +34,12 @@ pub mod builder;
 pub mod grouped;
 mod ops;
 pub mod stream;
+pub mod table;
 
 pub use builder::{Consumed, Grouped, Produced, Repartitioned, StreamBuilder};
 pub use grouped::GroupedStream;
 pub use stream::{Splitter, Stream};
+pub use table::{Materialized, Table};
 
 /// What a key or value type needs to flow through operators: it is cloned only when one stream
 /// feeds several operators.

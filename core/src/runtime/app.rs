@@ -44,6 +44,7 @@ pub struct App {
     status_thread: Option<JoinHandle<()>>,
     status: Arc<Mutex<AppStatus>>,
     failure: Arc<Mutex<Option<String>>>,
+    restore_listener: Option<crate::runtime::stores::RestoreListener>,
 }
 
 impl App {
@@ -59,7 +60,16 @@ impl App {
             status_thread: None,
             status: Arc::new(Mutex::new(AppStatus::Created)),
             failure: Arc::new(Mutex::new(None)),
+            restore_listener: None,
         })
+    }
+
+    /// Calls `f` with the progress of every store restore (before `start`).
+    pub fn set_restore_listener(
+        &mut self,
+        f: impl Fn(&crate::runtime::stores::RestoreProgress) + Send + Sync + 'static,
+    ) {
+        self.restore_listener = Some(Arc::new(f));
     }
 
     /// The topology.
@@ -89,6 +99,17 @@ impl App {
             self.backend.ensure_topic(topic, *partitions, &BTreeMap::new())?;
             tracing::info!(topic = %topic, partitions, "internal topic ready");
         }
+        // Changelog topics: compacted, one partition per task of the store's sub-topology.
+        for (spec, sub) in self.topology.all_stores() {
+            let n = self
+                .topology
+                .source_topics(sub, &app_id)
+                .first()
+                .and_then(|t| internal.get(t).copied().or_else(|| count(t)))
+                .unwrap_or(1);
+            let cfg = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+            self.backend.ensure_topic(&spec.changelog_topic(&app_id), n, &cfg)?;
+        }
         let dlq = self.config.dead_letter_topic();
         if self.config.deserialization_policy == DeserializationPolicy::DeadLetter {
             self.backend.ensure_topic(&dlq, 1, &BTreeMap::new())?;
@@ -100,6 +121,14 @@ impl App {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             dead_letter_topic: dlq,
+            state_dir: match &self.config.state_dir {
+                Some(d) => d.clone(),
+                None => self
+                    .backend
+                    .status_dir()
+                    .map_or_else(|| std::env::temp_dir().join("garam-streams"), |d| d.join("state")),
+            },
+            restore_listener: self.restore_listener.clone(),
             instance: {
                 static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 INSTANCES.fetch_add(1, Ordering::Relaxed)

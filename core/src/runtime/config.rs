@@ -39,6 +39,10 @@ pub struct AppConfig {
     pub poll_timeout: Duration,
     /// `session.timeout.ms`.
     pub session_timeout: Duration,
+    /// `state.dir`: where task stores live (default: `<data dir>/state` on the embedded log).
+    pub state_dir: Option<std::path::PathBuf>,
+    /// `state.memory.max.bytes`: the bound on all RocksDB stores' memory together.
+    pub state_memory_max_bytes: u64,
     commit_interval_set: bool,
 }
 
@@ -56,6 +60,8 @@ impl AppConfig {
             max_poll_records: 10_000,
             poll_timeout: Duration::from_millis(100),
             session_timeout: Duration::from_secs(10),
+            state_dir: None,
+            state_memory_max_bytes: 256 << 20,
             commit_interval_set: false,
         }
     }
@@ -108,6 +114,8 @@ impl AppConfig {
             "max.poll.records" => self.max_poll_records = num()?.max(1) as usize,
             "poll.ms" => self.poll_timeout = Duration::from_millis(num()?),
             "session.timeout.ms" => self.session_timeout = Duration::from_millis(num()?.max(1)),
+            "state.dir" => self.state_dir = Some(value.into()),
+            "state.memory.max.bytes" => self.state_memory_max_bytes = num()?.max(1 << 20),
             _ => return Err(bad("unknown config key")),
         }
         Ok(self)

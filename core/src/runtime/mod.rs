@@ -8,6 +8,7 @@
 mod app;
 mod config;
 mod metrics;
+pub mod stores;
 mod task;
 mod worker;
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::backend::PolledRecords;
 use crate::error::{Result, StreamsError};
 use crate::processor::{DeserializationPolicy, RecordCollector, TaskContext, TaskCounters, TaskId};
+use crate::runtime::stores::TaskStores;
 use crate::topology::{Instantiation, TaskGraph, Topology};
 
 /// What a task needs from its runner besides the collector.
@@ -18,11 +19,12 @@ pub struct TaskEnv<'a> {
     pub wall_clock_ms: i64,
 }
 
-/// One task's operators and clocks.
+/// One task's operators, stores and clocks.
 pub struct Task {
     /// The task.
     pub id: TaskId,
     graph: TaskGraph,
+    stores: TaskStores,
     /// Largest record timestamp seen.
     pub stream_time: i64,
     /// What it has done.
@@ -31,10 +33,36 @@ pub struct Task {
 }
 
 impl Task {
-    /// Builds the task's operators.
-    pub fn new(topology: &Arc<Topology>, application_id: &str, id: TaskId) -> Result<Task> {
-        let graph = Instantiation::build(topology, application_id, id)?;
-        Ok(Task { id, graph, stream_time: -1, counters: TaskCounters::default(), initialized: false })
+    /// Builds the task's operators over its opened (and restored) stores.
+    pub fn new(topology: &Arc<Topology>, application_id: &str, id: TaskId, stores: TaskStores) -> Result<Task> {
+        let graph = Instantiation::build(topology, application_id, id, &stores.stores)?;
+        Ok(Task { id, graph, stores, stream_time: -1, counters: TaskCounters::default(), initialized: false })
+    }
+
+    /// Sends the stores' changes to their changelog topics (the task's partition).
+    fn flush_changelogs(&mut self, collector: &mut dyn RecordCollector) -> Result<()> {
+        let ts = self.stream_time.max(0);
+        for (name, store) in &self.stores.stores {
+            let changes = store.borrow_mut().drain_changes();
+            if changes.is_empty() {
+                continue;
+            }
+            let topic = &self.stores.changelogs[name];
+            for (k, v) in changes {
+                collector.send(topic, Some(self.id.partition), Some(&k), v.as_deref(), ts, &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the stores and checkpoints their changelog offsets (after a commit).
+    pub fn checkpoint(&self, backend: &dyn crate::runtime::stores::ChangelogReader, exactly_once: bool) -> Result<()> {
+        self.stores.checkpoint(backend, self.id.partition, exactly_once)
+    }
+
+    /// The task's stores.
+    pub fn stores(&self) -> &TaskStores {
+        &self.stores
     }
 
     fn ctx<'a>(&'a mut self, collector: &'a mut dyn RecordCollector, env: &TaskEnv<'a>) -> TaskContext<'a> {
@@ -80,7 +108,8 @@ impl Task {
         source.borrow_mut().push_raw(&tp, polled.records, &mut ctx)?;
         let stream_time = ctx.stream_time;
         self.stream_time = stream_time;
-        self.punctuate(collector, env)
+        self.punctuate(collector, env)?;
+        self.flush_changelogs(collector)
     }
 
     /// Fires due punctuations.
@@ -94,7 +123,7 @@ impl Task {
         for l in &lifecycles {
             l.borrow_mut().punctuate(&mut ctx)?;
         }
-        Ok(())
+        self.flush_changelogs(collector)
     }
 
     /// Closes the task's operators.

@@ -54,6 +54,16 @@ pub(crate) struct Shared {
     pub dead_letter_topic: String,
     /// This App instance's number in the process (unique transactional ids).
     pub instance: u64,
+    /// `state.dir`.
+    pub state_dir: std::path::PathBuf,
+    /// Restore progress callback.
+    pub restore_listener: Option<crate::runtime::stores::RestoreListener>,
+}
+
+impl Shared {
+    fn eos(&self) -> bool {
+        self.config.processing_guarantee == super::config::ProcessingGuarantee::ExactlyOnce
+    }
 }
 
 /// What the rebalance listener shares with the loop: the producer, and events to apply.
@@ -116,15 +126,37 @@ fn task_of(shared: &Shared, tp: &TopicPartition) -> Option<TaskId> {
     shared.topic_to_sub.get(&tp.topic).map(|s| TaskId { subtopology: *s, partition: tp.partition })
 }
 
-fn close_tasks(tasks: &mut BTreeMap<TaskId, Task>, ids: &BTreeSet<TaskId>) {
+/// Closes tasks; after a successful commit (`checkpoint`), their stores are checkpointed so the
+/// next owner restores only what came after.
+fn close_tasks(shared: &Shared, tasks: &mut BTreeMap<TaskId, Task>, ids: &BTreeSet<TaskId>, checkpoint: bool) {
     for id in ids {
         if let Some(mut t) = tasks.remove(id) {
             if let Err(e) = t.close() {
                 tracing::warn!(task = %id, error = %e, "closing task failed");
             }
+            if checkpoint {
+                if let Err(e) = t.checkpoint(&crate::runtime::stores::BackendReader(&*shared.backend), shared.eos()) {
+                    tracing::warn!(task = %id, error = %e, "checkpointing stores failed; the next owner restores more");
+                }
+            }
             tracing::info!(task = %id, "closed task");
         }
     }
+}
+
+/// Opens a task's stores (restoring them from their changelogs) and builds its operators.
+fn new_task(shared: &Shared, id: TaskId) -> Result<Task> {
+    let stores = crate::runtime::stores::TaskStores::open(
+        &shared.topology,
+        &shared.config.application_id,
+        &shared.state_dir,
+        id,
+        &crate::runtime::stores::BackendReader(&*shared.backend),
+        shared.eos(),
+        &crate::state::StoreContext { memory_max_bytes: shared.config.state_memory_max_bytes },
+        shared.restore_listener.as_ref(),
+    )?;
+    Task::new(&shared.topology, &shared.config.application_id, id, stores)
 }
 
 /// Runs inside `poll`. Tasks live on the worker thread, so the listener only flushes, commits,
@@ -178,13 +210,14 @@ fn apply_events(shared: &Shared, state: &Mutex<Shared2>, tasks: &mut BTreeMap<Ta
         match e {
             Event::Revoked(tps) => {
                 let ids: BTreeSet<TaskId> = tps.iter().filter_map(|tp| task_of(shared, tp)).collect();
-                close_tasks(tasks, &ids);
+                let failed = lock(state).failed;
+                close_tasks(shared, tasks, &ids, !failed);
             }
             Event::Assigned(tps) => {
                 for id in tps.iter().filter_map(|tp| task_of(shared, tp)) {
                     if let std::collections::btree_map::Entry::Vacant(v) = tasks.entry(id) {
                         tracing::info!(task = %id, "created task");
-                        v.insert(Task::new(&shared.topology, &shared.config.application_id, id)?);
+                        v.insert(new_task(shared, id)?);
                     }
                 }
             }
@@ -230,7 +263,7 @@ pub(crate) fn run(
     // Graceful stop: commit what was processed, then leave the group. After a failure the
     // positions include records that were never processed: commit nothing, so they are read again.
     let commit = if result.is_ok() {
-        commit(&shared, &mut *consumer, &state)
+        commit(&shared, &mut *consumer, &state, &tasks)
     } else {
         let mut st = lock(&state);
         st.failed = true;
@@ -244,7 +277,8 @@ pub(crate) fn run(
     };
     let close = consumer.close();
     let ids: BTreeSet<TaskId> = tasks.keys().copied().collect();
-    close_tasks(&mut tasks, &ids);
+    let clean = result.is_ok() && commit.is_ok();
+    close_tasks(&shared, &mut tasks, &ids, clean);
     shared.metrics.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     shared.metrics.lag.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     tracing::info!(member = %member, "worker stopped");
@@ -287,7 +321,7 @@ fn run_loop(
             for p in polled {
                 let Some(id) = task_of(shared, &p.tp) else { continue };
                 if !tasks.contains_key(&id) {
-                    tasks.insert(id, Task::new(&shared.topology, &shared.config.application_id, id)?);
+                    tasks.insert(id, new_task(shared, id)?);
                 }
                 let task = tasks.get_mut(&id).expect("inserted above");
                 let before = task.counters;
@@ -307,7 +341,7 @@ fn run_loop(
             shared.metrics.process_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         if last_commit.elapsed() >= shared.config.commit_interval {
-            commit(shared, consumer, state)?;
+            commit(shared, consumer, state, tasks)?;
             last_commit = Instant::now();
         }
         if last_report.elapsed() >= std::time::Duration::from_millis(100) {
@@ -320,7 +354,12 @@ fn run_loop(
 
 /// At-least-once commit: flush outputs, then commit the positions of everything processed.
 /// Exactly-once: commit the transaction with the positions.
-fn commit(shared: &Shared, consumer: &mut dyn BackendConsumer, state: &Arc<Mutex<Shared2>>) -> Result<()> {
+fn commit(
+    shared: &Shared,
+    consumer: &mut dyn BackendConsumer,
+    state: &Arc<Mutex<Shared2>>,
+    tasks: &BTreeMap<TaskId, Task>,
+) -> Result<()> {
     let started = Instant::now();
     let positions = consumer.positions();
     {
@@ -345,6 +384,10 @@ fn commit(shared: &Shared, consumer: &mut dyn BackendConsumer, state: &Arc<Mutex
             }
             Err(e) => return Err(e),
         }
+    }
+    // At-least-once: the stores may be checkpointed now; a restart restores from here.
+    for t in tasks.values() {
+        t.checkpoint(&crate::runtime::stores::BackendReader(&*shared.backend), false)?;
     }
     record_commit(shared, started, positions.len());
     Ok(())

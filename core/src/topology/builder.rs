@@ -94,6 +94,7 @@ pub struct NodeDef {
 /// The graph of a topology under construction (Kafka's `InternalTopologyBuilder`).
 #[derive(Clone, Default)]
 pub struct TopologyBuilder {
+    stores: Vec<(crate::state::StoreSpec, NodeId)>,
     nodes: Vec<NodeDef>,
     names: HashSet<String>,
     internal: Vec<InternalTopic>,
@@ -136,6 +137,24 @@ impl TopologyBuilder {
         }
         // The writer's sub-topology is resolved in `components`; remember the node for now.
         self.internal.push(InternalTopic { name: name.to_string(), partitions, writer: writer_node });
+    }
+
+    /// Declares a state store used by processor `node` (its name must be unique).
+    pub fn add_store(&mut self, spec: crate::state::StoreSpec, node: NodeId) {
+        if self.stores.iter().any(|(s, _)| s.name == spec.name) {
+            self.errors
+                .push(format!("two stores are named '{}'; every stateful operator needs its own name", spec.name));
+            return;
+        }
+        if let NodeKind::Processor { stores } = &mut self.nodes[node].kind {
+            stores.push(spec.name.clone());
+        }
+        self.stores.push((spec, node));
+    }
+
+    /// The stores and the nodes that own them.
+    pub fn stores(&self) -> &[(crate::state::StoreSpec, NodeId)] {
+        &self.stores
     }
 
     /// Records a problem found while building, reported by `build()`.

@@ -20,6 +20,7 @@ pub struct TaskGraph {
 
 /// State while a task's operators are built: memoised inputs, so merges share one child.
 pub struct Instantiation<'a> {
+    stores: &'a std::collections::BTreeMap<String, crate::state::SharedStore>,
     topology: &'a Topology,
     application_id: &'a str,
     task: TaskId,
@@ -29,12 +30,18 @@ pub struct Instantiation<'a> {
 
 impl<'a> Instantiation<'a> {
     /// Builds every operator of `task`'s sub-topology.
-    pub fn build(topology: &'a Topology, application_id: &'a str, task: TaskId) -> Result<TaskGraph> {
+    pub fn build(
+        topology: &'a Topology,
+        application_id: &'a str,
+        task: TaskId,
+        stores: &'a std::collections::BTreeMap<String, crate::state::SharedStore>,
+    ) -> Result<TaskGraph> {
         let st = topology
             .subtopologies()
             .get(task.subtopology)
             .ok_or_else(|| StreamsError::Topology(format!("task {task} names a missing sub-topology")))?;
-        let mut inst = Instantiation { topology, application_id, task, built: HashMap::new(), lifecycles: Vec::new() };
+        let mut inst =
+            Instantiation { stores, topology, application_id, task, built: HashMap::new(), lifecycles: Vec::new() };
         let mut sources = HashMap::new();
         for &s in &st.sources {
             let node = topology.graph().node(s);
@@ -87,6 +94,13 @@ impl<'a> Instantiation<'a> {
     /// The ids of node `id`'s children, in the order they were added.
     pub fn child_ids(&self, id: NodeId) -> Vec<NodeId> {
         self.topology.graph().node(id).children.clone()
+    }
+
+    /// The task's instance of a store (opened and restored before the operators are built).
+    pub fn store(&self, name: &str) -> Result<crate::state::SharedStore> {
+        self.stores.get(name).cloned().ok_or_else(|| {
+            StreamsError::Topology(format!("internal: store '{name}' is not open in task {}", self.task))
+        })
     }
 
     /// Registers an operator's lifecycle hooks.

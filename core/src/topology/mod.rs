@@ -84,6 +84,17 @@ impl Topology {
         self.builder.internal_topics()
     }
 
+    /// The stores of a sub-topology.
+    pub fn stores_of(&self, subtopology: usize) -> Vec<crate::state::StoreSpec> {
+        let nodes = &self.subtopologies[subtopology].nodes;
+        self.builder.stores().iter().filter(|(_, n)| nodes.contains(n)).map(|(s, _)| s.clone()).collect()
+    }
+
+    /// Every store with the sub-topology that owns it.
+    pub fn all_stores(&self) -> Vec<(crate::state::StoreSpec, usize)> {
+        self.subtopologies.iter().flat_map(|st| self.stores_of(st.id).into_iter().map(move |s| (s, st.id))).collect()
+    }
+
     /// Topics a sub-topology reads, with internal topic names resolved for `application_id`.
     pub fn source_topics(&self, subtopology: usize, application_id: &str) -> Vec<String> {
         let mut topics: Vec<String> = self.subtopologies[subtopology]

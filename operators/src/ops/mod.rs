@@ -1,6 +1,8 @@
 //! One file per operator. Each exposes a `factory` that builds the operator for a task.
 
+pub(crate) mod aggregate;
 pub(crate) mod process;
+pub(crate) mod reduce;
 pub(crate) mod sink;
 pub(crate) mod source;
 pub(crate) mod split;

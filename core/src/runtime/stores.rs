@@ -1,0 +1,210 @@
+//! Opening, restoring and checkpointing a task's state stores.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::error::{Result, StreamsError};
+use crate::processor::TaskId;
+use crate::state::{SharedStore, StoreContext, StoreHandle};
+use crate::topology::Topology;
+
+/// Restore progress, reported to `tracing` and to the app's restore listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreProgress {
+    /// The store.
+    pub store: String,
+    /// The task.
+    pub task: TaskId,
+    /// Changelog records applied so far.
+    pub restored: u64,
+    /// Changelog offset reached.
+    pub offset: u64,
+    /// Changelog end offset to reach.
+    pub end: u64,
+    /// True on the last report of this restore.
+    pub done: bool,
+}
+
+/// Where restores read changelogs: a backend, or the test driver's topics.
+pub trait ChangelogReader {
+    /// Reads a partition from `offset`.
+    fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        read_committed: bool,
+    ) -> Result<crate::backend::Fetched>;
+    /// The end of a partition (the last stable offset for read-committed).
+    fn end_offset(&self, topic: &str, partition: u32, read_committed: bool) -> Result<u64>;
+}
+
+/// A backend as a changelog reader.
+pub struct BackendReader<'a>(pub &'a dyn Backend);
+
+impl ChangelogReader for BackendReader<'_> {
+    fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        read_committed: bool,
+    ) -> Result<crate::backend::Fetched> {
+        self.0.fetch(topic, partition, offset, max_bytes, read_committed)
+    }
+    fn end_offset(&self, topic: &str, partition: u32, read_committed: bool) -> Result<u64> {
+        self.0.end_offset(topic, partition, read_committed)
+    }
+}
+
+/// Called with restore progress.
+pub type RestoreListener = std::sync::Arc<dyn Fn(&RestoreProgress) + Send + Sync>;
+
+/// A task's open stores and the lock on its state directory.
+pub struct TaskStores {
+    /// Store name → handle.
+    pub stores: BTreeMap<String, SharedStore>,
+    /// Store name → changelog topic.
+    pub changelogs: BTreeMap<String, String>,
+    dir: PathBuf,
+    _lock: Option<File>,
+}
+
+const CHECKPOINT: &str = ".checkpoint";
+
+fn read_checkpoint(dir: &Path) -> BTreeMap<String, u64> {
+    let Ok(s) = fs::read_to_string(dir.join(CHECKPOINT)) else { return BTreeMap::new() };
+    let mut lines = s.lines();
+    if lines.next() != Some("v1") {
+        return BTreeMap::new();
+    }
+    lines.filter_map(|l| l.rsplit_once(' ').and_then(|(n, o)| o.parse().ok().map(|o| (n.to_string(), o)))).collect()
+}
+
+impl TaskStores {
+    /// Opens the task's stores, restoring each from its changelog: from the checkpointed offset when
+    /// the store is on disk and was checkpointed (at-least-once), otherwise wiped and rebuilt from
+    /// the start (always under exactly-once after an unclean stop, when no checkpoint survives).
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        topology: &Topology,
+        application_id: &str,
+        state_dir: &Path,
+        task: TaskId,
+        backend: &dyn ChangelogReader,
+        exactly_once: bool,
+        ctx: &StoreContext,
+        listener: Option<&RestoreListener>,
+    ) -> Result<TaskStores> {
+        let specs = topology.stores_of(task.subtopology);
+        let dir = state_dir.join(application_id).join(task.to_string());
+        if specs.is_empty() {
+            return Ok(TaskStores { stores: BTreeMap::new(), changelogs: BTreeMap::new(), dir, _lock: None });
+        }
+        let io = |e: std::io::Error| StreamsError::backend(format!("state dir {}: {e}", dir.display()), true);
+        fs::create_dir_all(&dir).map_err(io)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".lock")).map_err(io)?;
+        lock.try_lock().map_err(|_| {
+            StreamsError::backend(
+                format!("state dir {} is locked by another instance of task {task}", dir.display()),
+                true,
+            )
+        })?;
+        let checkpoint = read_checkpoint(&dir);
+        let mut stores = BTreeMap::new();
+        let mut changelogs = BTreeMap::new();
+        for spec in specs {
+            let store_dir = dir.join(&spec.name);
+            let topic = spec.changelog_topic(application_id);
+            let from = match checkpoint.get(&spec.name) {
+                Some(o) if spec.supplier.persistent() => *o,
+                _ => {
+                    let _ = fs::remove_dir_all(&store_dir);
+                    0
+                }
+            };
+            fs::create_dir_all(&store_dir).map_err(io)?;
+            let mut handle = StoreHandle::new(&spec.name, spec.supplier.open(&store_dir, ctx)?);
+            restore(&mut handle, backend, &topic, task, from, exactly_once, listener)?;
+            stores.insert(spec.name.clone(), Rc::new(RefCell::new(handle)));
+            changelogs.insert(spec.name.clone(), topic);
+        }
+        if exactly_once {
+            // Under exactly-once the store may run ahead of the last commit from now on: a crash
+            // must find no checkpoint, and wipe.
+            let _ = fs::remove_file(dir.join(CHECKPOINT));
+        }
+        Ok(TaskStores { stores, changelogs, dir, _lock: Some(lock) })
+    }
+
+    /// Flushes every store and records the changelog offsets reached (after a commit).
+    pub fn checkpoint(&self, backend: &dyn ChangelogReader, partition: u32, exactly_once: bool) -> Result<()> {
+        if self.stores.is_empty() {
+            return Ok(());
+        }
+        let mut out = String::from("v1\n");
+        for (name, store) in &self.stores {
+            store.borrow_mut().flush()?;
+            let end = backend.end_offset(&self.changelogs[name], partition, exactly_once)?;
+            out.push_str(&format!("{name} {end}\n"));
+        }
+        let tmp = self.dir.join(".checkpoint.tmp");
+        fs::write(&tmp, out)
+            .and_then(|()| fs::rename(&tmp, self.dir.join(CHECKPOINT)))
+            .map_err(|e| StreamsError::backend(e, true))
+    }
+
+    /// Deletes the checkpoint (exactly-once: the next commit writes a fresh one).
+    pub fn clear_checkpoint(&self) {
+        let _ = fs::remove_file(self.dir.join(CHECKPOINT));
+    }
+}
+
+fn restore(
+    store: &mut StoreHandle,
+    backend: &dyn ChangelogReader,
+    topic: &str,
+    task: TaskId,
+    from: u64,
+    read_committed: bool,
+    listener: Option<&RestoreListener>,
+) -> Result<()> {
+    let started = Instant::now();
+    let end = backend.end_offset(topic, task.partition, read_committed)?;
+    let mut offset = from;
+    let mut restored = 0u64;
+    let name = store.name().to_string();
+    let report = |restored, offset, done| {
+        let p = RestoreProgress { store: name.clone(), task, restored, offset, end, done };
+        if let Some(l) = listener {
+            l(&p);
+        }
+    };
+    while offset < end {
+        let fetched = backend.fetch(topic, task.partition, offset, 4 << 20, read_committed)?;
+        for r in &fetched.records {
+            if r.offset >= end {
+                break;
+            }
+            let Some(key) = r.key.as_deref() else { continue };
+            store.restore(key, r.value.as_deref())?;
+            restored += 1;
+        }
+        if fetched.next_offset <= offset {
+            break;
+        }
+        offset = fetched.next_offset;
+        report(restored, offset, false);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(store = %store.name(), task = %task, restored, from, end, secs, "restored store from its changelog");
+    report(restored, end.max(offset), true);
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Garam's state stores: RocksDB (default) and in-memory, behind `garam_core::state::KeyValueStore`.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`memory`] | [`InMemorySupplier`]: an ordered map, rebuilt from the changelog on every start |
+//! | `rocks` | [`RocksDbSupplier`]: the one module that uses `rocksdb`; one block cache and write-buffer manager bound every store of the process together |
+//!
+//! The runtime wraps each store in a `StoreHandle` (versioned values, changelog records) and opens
+//! it under `state.dir/<application.id>/<task>/<store>`.
+#![deny(missing_docs)]
+
+pub mod memory;
+mod rocks;
+
+pub use memory::InMemorySupplier;
+pub use rocks::RocksDbSupplier;

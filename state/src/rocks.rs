@@ -1,0 +1,104 @@
+//! The RocksDB store — the only module that touches `rocksdb`.
+//!
+//! Every store of the process shares one LRU block cache and one write-buffer manager charged to
+//! that cache, sized by `state.memory.max.bytes`: with many tasks and stores, RocksDB's memory stays
+//! bounded instead of growing with each instance (a classic Kafka Streams complaint).
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use garam_core::state::{KeyValueStore, StoreContext, StoreSupplier};
+use garam_core::{Result, StreamsError};
+use rocksdb::{BlockBasedOptions, Cache, Direction, IteratorMode, Options, WriteBufferManager, WriteOptions, DB};
+
+/// Opens RocksDB stores.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RocksDbSupplier;
+
+struct Shared {
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+}
+
+// RocksDB's cache and write-buffer manager are thread-safe C++ objects.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+fn shared(budget: u64) -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let cache = Cache::new_lru_cache(budget as usize);
+        // Memtables are charged to the cache: block cache + write buffers stay under the budget.
+        let write_buffers =
+            WriteBufferManager::new_write_buffer_manager_with_cache((budget / 2) as usize, false, cache.clone());
+        tracing::info!(bytes = budget, "RocksDB memory bound for all stores");
+        Shared { cache, write_buffers }
+    })
+}
+
+fn err(e: rocksdb::Error) -> StreamsError {
+    StreamsError::backend(format!("rocksdb: {e}"), false)
+}
+
+struct RocksStore {
+    db: DB,
+    write: WriteOptions,
+}
+
+impl StoreSupplier for RocksDbSupplier {
+    fn open(&self, dir: &Path, ctx: &StoreContext) -> Result<Box<dyn KeyValueStore>> {
+        let s = shared(ctx.memory_max_bytes);
+        let mut block = BlockBasedOptions::default();
+        block.set_block_cache(&s.cache);
+        block.set_cache_index_and_filter_blocks(true);
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_block_based_table_factory(&block);
+        opts.set_write_buffer_manager(&s.write_buffers);
+        opts.set_max_write_buffer_number(2);
+        opts.set_write_buffer_size(16 << 20);
+        opts.set_max_open_files(64);
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let db = DB::open(&opts, dir).map_err(err)?;
+        let mut write = WriteOptions::default();
+        // The changelog is the durable copy; the store's own WAL would be a second one.
+        write.disable_wal(true);
+        Ok(Box::new(RocksStore { db, write }))
+    }
+    fn persistent(&self) -> bool {
+        true
+    }
+}
+
+impl KeyValueStore for RocksStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get(key).map_err(err)
+    }
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.db.put_opt(key, value, &self.write).map_err(err)
+    }
+    fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.db.delete_opt(key, &self.write).map_err(err)
+    }
+    fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(from, Direction::Forward)) {
+            let (k, v) = item.map_err(err)?;
+            if k.as_ref() >= to {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+    fn all(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.db.iterator(IteratorMode::Start).map(|i| i.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err)).collect()
+    }
+    fn flush(&mut self) -> Result<()> {
+        // Without a WAL, a checkpoint is only honest once the memtables are on disk.
+        self.db.flush().map_err(err)
+    }
+    fn persistent(&self) -> bool {
+        true
+    }
+}
