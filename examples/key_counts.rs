@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::Parser;
 use garam::operators::Materialized;
 use garam::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Parser)]
 struct Args {
@@ -35,7 +35,7 @@ struct Args {
     exit_when_idle: bool,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Deserialize, Clone)]
 struct Count {
     key: String,
     count: u64,

@@ -111,12 +111,18 @@ impl TaskStores {
         let io = |e: std::io::Error| StreamsError::backend(format!("state dir {}: {e}", dir.display()), true);
         fs::create_dir_all(&dir).map_err(io)?;
         let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".lock")).map_err(io)?;
-        lock.try_lock().map_err(|_| {
-            StreamsError::backend(
-                format!("state dir {} is locked by another instance of task {task}", dir.display()),
-                true,
-            )
-        })?;
+        // The previous owner (another thread of this process, during a rebalance) closes the task
+        // right after its poll returns; wait for it rather than fail, as Kafka Streams retries.
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while lock.try_lock().is_err() {
+            if Instant::now() >= deadline {
+                return Err(StreamsError::backend(
+                    format!("state dir {} is locked by another instance of task {task}", dir.display()),
+                    true,
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let checkpoint = read_checkpoint(&dir);
         let mut stores = BTreeMap::new();
         let mut changelogs = BTreeMap::new();
