@@ -265,3 +265,28 @@ fn exactly_once_outputs_are_committed_with_offsets() {
         assert_eq!(part.last_stable_offset(), part.high_watermark(), "no transaction left open");
     }
 }
+
+#[test]
+fn a_panicking_processor_fails_the_app_without_committing_past_it() {
+    for guarantee in ["at_least_once", "exactly_once_v2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        log.create_topic("in", 1, TopicConfig::default()).unwrap();
+        log.create_topic("out", 1, TopicConfig::default()).unwrap();
+        produce(&log, "in", 0, 100);
+        let b = StreamBuilder::new();
+        b.stream::<String, u64>("in", Consumed::with(StringSerde, JsonSerde::new()))
+            .map_values(|v| if v == 50 { panic!("boom at 50") } else { v })
+            .to("out", Produced::with(StringSerde, JsonSerde::new()));
+        let mut config = AppConfig::new("panics");
+        config.set("processing.guarantee", guarantee).unwrap();
+        let mut app = App::new(b.build().unwrap(), config, Arc::new(log.clone())).unwrap();
+        let err = app.run_until_shutdown().unwrap_err().to_string();
+        assert!(err.contains("boom at 50"), "{err}");
+        let committed = log.groups().committed("panics", &garam::core::backend::TopicPartition::new("in", 0));
+        assert!(
+            committed.as_ref().is_none_or(|c| c.offset <= 50),
+            "{guarantee}: committed past the panic: {committed:?}"
+        );
+    }
+}

@@ -213,7 +213,12 @@ impl BackendProducer for TransactionalProducer {
         offsets: &[(TopicPartition, u64)],
     ) -> garam_core::Result<()> {
         let meta = crate::txn::GroupMetadata { group: group.group.clone(), member_id: Some(group.member_id.clone()) };
-        TransactionalProducer::commit_transaction(self, Some(&meta), offsets).map_err(to_streams)
+        TransactionalProducer::commit_transaction(self, Some(&meta), offsets).map_err(|e| {
+            // Only a fenced producer or a member that lost its partitions may abort and go on;
+            // anything else (I/O, past the commit point) stops the worker.
+            let retriable = matches!(e, LogError::Group { .. } | LogError::ProducerFenced { .. });
+            StreamsError::Backend { message: e.to_string(), retriable }
+        })
     }
 
     fn abort_transaction(&mut self) -> garam_core::Result<()> {

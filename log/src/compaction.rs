@@ -70,15 +70,23 @@ pub fn compact(p: &Partition, now_ms: i64) -> Result<CompactionStats> {
         return Ok(stats);
     }
     let _cleaning = p.cleaner.lock().unwrap_or_else(|e| e.into_inner());
-    let (segments, hw) = p.segments_snapshot();
+    let (segments, _hw) = p.segments_snapshot();
     if segments.len() < 2 {
         return Ok(stats);
     }
+    // Transactions: only stable offsets (below the last stable offset) are compacted, and records
+    // of aborted transactions never count as a key's latest value — they are dropped instead.
+    let lso = p.last_stable_offset();
+    let aborted = p.aborted_transactions();
+    let is_aborted = |b: &crate::batch::Batch| {
+        let h = b.header();
+        h.is_transactional() && aborted.iter().any(|a| a.covers(h.producer_id, h.base_offset as u64))
+    };
     // Latest offset of every key, over the whole log including the active segment.
     let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
     for seg in &segments {
-        for_each_record(seg, |_, r| {
-            if r.offset < hw {
+        for_each_record(seg, |b, r| {
+            if r.offset < lso && !is_aborted(b) {
                 if let Some(k) = &r.key {
                     match latest.get_mut(k.as_ref()) {
                         Some(o) => *o = (*o).max(r.offset),
@@ -94,7 +102,12 @@ pub fn compact(p: &Partition, now_ms: i64) -> Result<CompactionStats> {
     // Closed segments old enough to clean, from the start.
     let lag = config.min_compaction_lag_ms as i64;
     let closed = &segments[..segments.len() - 1];
-    let cleanable = closed.iter().take_while(|s| now_ms - s.max_timestamp.load(Ordering::Acquire) >= lag).count();
+    let cleanable = closed
+        .iter()
+        .take_while(|s| {
+            now_ms - s.max_timestamp.load(Ordering::Acquire) >= lag && s.next_offset.load(Ordering::Acquire) <= lso
+        })
+        .count();
     let mut i = 0;
     while i < cleanable {
         // Group consecutive segments that fit one segment.
@@ -106,7 +119,7 @@ pub fn compact(p: &Partition, now_ms: i64) -> Result<CompactionStats> {
         }
         let from = segments[i].base_offset;
         let to = segments[j].base_offset;
-        clean_group(p, &segments[i..j], from, to, &latest, now_ms, config.delete_retention_ms, &mut stats)?;
+        clean_group(p, &segments[i..j], from, to, &latest, &aborted, now_ms, config.delete_retention_ms, &mut stats)?;
         i = j;
     }
     Ok(stats)
@@ -144,6 +157,7 @@ fn clean_group(
     from: u64,
     to: u64,
     latest: &HashMap<Vec<u8>, u64>,
+    aborted: &[crate::txn_state::AbortedTxn],
     now_ms: i64,
     delete_retention_ms: u64,
     stats: &mut CompactionStats,
@@ -162,6 +176,11 @@ fn clean_group(
             pos += data.len() as u64;
             for b in BatchIter::new(data) {
                 let b = b?;
+                if aborted.iter().any(|a| {
+                    b.header().is_transactional() && a.covers(b.header().producer_id, b.header().base_offset as u64)
+                }) {
+                    continue; // an aborted transaction's records: never readable, dropped
+                }
                 let h = *b.header();
                 let horizon =
                     (h.attributes & crate::batch::attributes::DELETE_HORIZON != 0).then_some(h.base_timestamp);

@@ -237,6 +237,11 @@ impl Partition {
         self.last_stable.load(Ordering::Acquire)
     }
 
+    /// The aborted transactions still in the log.
+    pub fn aborted_transactions(&self) -> Vec<AbortedTxn> {
+        self.state().txns.aborted.clone()
+    }
+
     /// Producers with an open transaction here, with the first offset of it.
     pub fn open_transactions(&self) -> Vec<(i64, u64)> {
         self.state().txns.ongoing.iter().map(|(p, o)| (*p, *o)).collect()
@@ -263,6 +268,15 @@ impl Partition {
     /// `flush.messages` set, returns once the data is fsynced, sharing the fsync with concurrent
     /// appenders (group commit).
     pub fn append(&self, data: &mut [u8]) -> Result<AppendInfo> {
+        self.append_checked(data, false)
+    }
+
+    /// Appends a transaction marker (control batch): only the transaction coordinator does.
+    pub(crate) fn append_control(&self, data: &mut [u8]) -> Result<AppendInfo> {
+        self.append_checked(data, true)
+    }
+
+    fn append_checked(&self, data: &mut [u8], control_allowed: bool) -> Result<AppendInfo> {
         let config = self.config();
         // Validate outside the lock.
         let mut headers: Vec<(usize, BatchHeader)> = Vec::with_capacity(1);
@@ -284,6 +298,12 @@ impl Partition {
             let crc = crc32c::crc32c(&data[pos + 21..pos + len]);
             if crc != h.crc {
                 return Err(self.rejected(LogError::corrupt(format!("CRC mismatch in produced batch at byte {pos}"))));
+            }
+            if h.is_control() && !control_allowed {
+                return Err(LogError::InvalidArgument(format!(
+                    "control batches (transaction markers) are written by the transaction coordinator, not appended to {}",
+                    self.name
+                )));
             }
             headers.push((pos, h));
             pos += len;

@@ -130,7 +130,7 @@ impl TransactionCoordinator {
         frame.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
         frame.extend_from_slice(&body);
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let len = f.metadata().map_err(LogError::io("stat transaction log", &self.path))?.len();
         let r = f.write_all(&frame).and_then(|()| if sync { f.sync_data() } else { Ok(()) });
         if let Err(e) = r {
             let _ = f.set_len(len);
@@ -159,34 +159,68 @@ impl TransactionCoordinator {
         Ok(())
     }
 
-    /// Writes markers (and, with `apply_offsets`, applies the offsets) for a prepared transaction,
-    /// then records it complete.
+    /// Recovery: markers, offsets, and the completion record of a prepared transaction.
     fn complete(&self, log: &Log, rec: &TxnRecord, apply_offsets: bool) -> Result<()> {
-        let (id, pid, epoch, partitions, kind) = match rec {
-            TxnRecord::PrepareCommit { id, pid, epoch, partitions, .. } => {
-                (id, *pid, *epoch, partitions, ControlType::Commit)
+        self.write_markers(log, rec)?;
+        if apply_offsets {
+            self.apply_offsets(log, rec)?;
+        }
+        match rec {
+            TxnRecord::PrepareCommit { id, pid, epoch, .. } | TxnRecord::PrepareAbort { id, pid, epoch, .. } => {
+                self.finish(id, *pid, *epoch)
             }
-            TxnRecord::PrepareAbort { id, pid, epoch, partitions } => {
-                (id, *pid, *epoch, partitions, ControlType::Abort)
-            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes a prepare record (the commit point, fsynced) if the producer still holds the
+    /// current epoch — checked under the same lock `init` takes, so a fenced producer cannot slip
+    /// a prepare in after a newer instance aborted its transaction.
+    fn write_prepare(&self, id: &str, pid: i64, epoch: i16, rec: &TxnRecord) -> Result<()> {
+        let mut txns = self.txns();
+        match txns.get(id) {
+            Some(m) if m.pid == pid && m.epoch == epoch => {}
+            Some(m) => return Err(LogError::ProducerFenced { producer_id: pid, epoch, current_epoch: m.epoch }),
+            None => return Err(LogError::InvalidArgument(format!("unknown transactional id '{id}'"))),
+        }
+        self.write(rec, true)?;
+        if let Some(m) = txns.get_mut(id) {
+            m.pending = Some(rec.clone());
+        }
+        Ok(())
+    }
+
+    /// Writes the markers of a prepared transaction where it is still open, and fsyncs them (so a
+    /// completion record never outlives its markers in a power failure).
+    fn write_markers(&self, log: &Log, rec: &TxnRecord) -> Result<()> {
+        let (pid, epoch, partitions, kind) = match rec {
+            TxnRecord::PrepareCommit { pid, epoch, partitions, .. } => (*pid, *epoch, partitions, ControlType::Commit),
+            TxnRecord::PrepareAbort { pid, epoch, partitions, .. } => (*pid, *epoch, partitions, ControlType::Abort),
             _ => return Ok(()),
         };
         for (t, p) in partitions {
-            let tp = TopicPartition::new(t.clone(), *p);
+            let Ok(part) = log.partition(t, *p) else { continue };
             // Idempotent: only where the transaction is still open.
-            let open = log
-                .partition(t, *p)
-                .map(|part| part.open_transactions().iter().any(|(x, _)| *x == pid))
-                .unwrap_or(false);
-            if open {
-                write_marker(log, &tp, pid, epoch, kind)?;
+            if part.open_transactions().iter().any(|(x, _)| *x == pid) {
+                write_marker(log, &TopicPartition::new(t.clone(), *p), pid, epoch, kind)?;
+                part.flush()?;
             }
         }
-        if let (true, TxnRecord::PrepareCommit { group: Some(group), offsets, .. }) = (apply_offsets, rec) {
+        Ok(())
+    }
+
+    /// Applies a committed transaction's offsets to its group.
+    fn apply_offsets(&self, log: &Log, rec: &TxnRecord) -> Result<()> {
+        if let TxnRecord::PrepareCommit { group: Some(group), offsets, .. } = rec {
             let offsets: Vec<_> = offsets.iter().map(|(t, p, o)| (TopicPartition::new(t.clone(), *p), *o)).collect();
             log.groups().apply_transactional(group, &offsets)?;
         }
-        self.write(&TxnRecord::Complete { id: id.clone(), pid, epoch }, false)?;
+        Ok(())
+    }
+
+    /// Records a transaction complete (markers and offsets are in place).
+    fn finish(&self, id: &str, pid: i64, epoch: i16) -> Result<()> {
+        self.write(&TxnRecord::Complete { id: id.to_string(), pid, epoch }, false)?;
         if let Some(m) = self.txns().get_mut(id) {
             m.pending = None;
             m.partitions.clear();
@@ -197,6 +231,11 @@ impl TransactionCoordinator {
     /// Registers a transactional id: a new producer id the first time, the epoch bumped after.
     /// The previous epoch's open transaction is aborted, and its producer fenced.
     fn init(&self, log: &Log, id: &str) -> Result<(i64, i16)> {
+        // A transaction of the old epoch past its commit point rolls forward first.
+        let pending = self.txns().get(id).and_then(|m| m.pending.clone());
+        if let Some(rec) = pending {
+            self.complete(log, &rec, true)?;
+        }
         let (pid, epoch, open) = {
             let mut txns = self.txns();
             let known = txns.get(id).map(|m| (m.pid, m.epoch));
@@ -250,7 +289,7 @@ fn write_marker(log: &Log, tp: &TopicPartition, pid: i64, epoch: i16, kind: Cont
     b.control(true);
     b.push(garam_core::time::now_ms(), Some(&kind.key()), Some(&[0, 0, 0, 0, 0, 0]), &[]);
     let mut bytes = b.finish()?.to_vec();
-    log.partition(&tp.topic, tp.partition)?.append(&mut bytes)?;
+    log.partition(&tp.topic, tp.partition)?.append_control(&mut bytes)?;
     Ok(())
 }
 
@@ -273,6 +312,12 @@ pub struct TransactionalProducer {
     pid: i64,
     epoch: i16,
     open: bool,
+    /// Partitions written in the open transaction (kept until it completes, so an abort after a
+    /// refused commit still reaches every one).
+    partitions: std::collections::BTreeSet<TopicPartition>,
+    /// Set once a commit's prepare record is durable: the transaction can no longer abort; it
+    /// completes here or on the next open of the log.
+    prepared: bool,
 }
 
 impl TransactionalProducer {
@@ -280,7 +325,16 @@ impl TransactionalProducer {
         let (pid, epoch) = log.inner.txns.init(&log, id)?;
         config.idempotent = false;
         let producer = Producer::transactional(log.clone(), config, pid, epoch);
-        Ok(TransactionalProducer { log, producer, id: id.to_string(), pid, epoch, open: false })
+        Ok(TransactionalProducer {
+            log,
+            producer,
+            id: id.to_string(),
+            pid,
+            epoch,
+            open: false,
+            partitions: Default::default(),
+            prepared: false,
+        })
     }
 
     /// The producer id and epoch.
@@ -313,7 +367,7 @@ impl TransactionalProducer {
         timestamp: i64,
         headers: &[garam_core::Header],
     ) -> Result<()> {
-        if !self.open {
+        if !self.open || self.prepared {
             return Err(LogError::InvalidArgument("send outside a transaction: call begin_transaction first".into()));
         }
         let p = self.producer.send_raw(topic, partition, key, value, timestamp, headers)?;
@@ -324,6 +378,10 @@ impl TransactionalProducer {
     }
 
     /// Commits the transaction's records together with `offsets` for `group`.
+    ///
+    /// Fails without committing when the producer was fenced or the member no longer owns the
+    /// partitions (abort then). Once the prepare record is durable, a failure leaves the
+    /// transaction to complete on the next open of the log; aborting it is refused.
     pub fn commit_transaction(
         &mut self,
         group: Option<&GroupMetadata>,
@@ -335,7 +393,8 @@ impl TransactionalProducer {
         let coordinator = &self.log.inner.txns;
         coordinator.check_epoch(&self.id, self.pid, self.epoch)?;
         self.producer.flush()?;
-        let partitions: Vec<TopicPartition> = self.producer.take_touched();
+        self.partitions.extend(self.producer.take_touched());
+        let partitions: Vec<TopicPartition> = self.partitions.iter().cloned().collect();
         // Durable before the commit point: the records, then the prepare record.
         for tp in &partitions {
             self.log.partition(&tp.topic, tp.partition)?.flush()?;
@@ -348,19 +407,26 @@ impl TransactionalProducer {
             group: group.map(|g| g.group.clone()),
             offsets: offsets.iter().map(|(tp, o)| (tp.topic.clone(), tp.partition, *o)).collect(),
         };
+        let prepared = &mut self.prepared;
+        let mut commit_point = || -> Result<()> {
+            coordinator.write_prepare(&self.id, self.pid, self.epoch, &rec)?;
+            *prepared = true;
+            coordinator.write_markers(&self.log, &rec)
+        };
         match group {
-            // The group checks that the member still owns every partition and applies the
-            // offsets under its locks, so a rebalance cannot slip between the check and the commit.
-            Some(g) => self.log.groups().commit_owned(&g.group, g.member_id.as_deref(), offsets, || {
-                coordinator.write(&rec, true)?;
-                coordinator.complete(&self.log, &rec, false)
-            })?,
+            // The group checks that the member still owns every partition, then (under its locks,
+            // so a rebalance cannot slip in) runs the commit point and stores the offsets.
+            Some(g) => self.log.groups().commit_owned(&g.group, g.member_id.as_deref(), offsets, commit_point)?,
             None => {
-                coordinator.write(&rec, true)?;
-                coordinator.complete(&self.log, &rec, true)?;
+                commit_point()?;
+                coordinator.apply_offsets(&self.log, &rec)?;
             }
         }
+        // Markers and offsets are in place: the transaction is complete.
+        coordinator.finish(&self.id, self.pid, self.epoch)?;
         self.open = false;
+        self.prepared = false;
+        self.partitions.clear();
         Ok(())
     }
 
@@ -369,17 +435,27 @@ impl TransactionalProducer {
         if !self.open {
             return Ok(());
         }
+        if self.prepared {
+            return Err(LogError::InvalidArgument(format!(
+                "transaction of '{}' is past its commit point; it completes when the log is next opened",
+                self.id
+            )));
+        }
+        let coordinator = &self.log.inner.txns;
+        coordinator.check_epoch(&self.id, self.pid, self.epoch)?;
         self.producer.discard();
-        let partitions: Vec<TopicPartition> = self.producer.take_touched();
+        self.partitions.extend(self.producer.take_touched());
         let rec = TxnRecord::PrepareAbort {
             id: self.id.clone(),
             pid: self.pid,
             epoch: self.epoch,
-            partitions: partitions.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect(),
+            partitions: self.partitions.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect(),
         };
-        self.log.inner.txns.write(&rec, true)?;
-        self.log.inner.txns.complete(&self.log, &rec, false)?;
+        coordinator.write_prepare(&self.id, self.pid, self.epoch, &rec)?;
+        coordinator.write_markers(&self.log, &rec)?;
+        coordinator.finish(&self.id, self.pid, self.epoch)?;
         self.open = false;
+        self.partitions.clear();
         Ok(())
     }
 }

@@ -217,3 +217,66 @@ fn transactions_are_atomic_across_sigkill() {
     }
     assert!(acknowledged > 0, "the child never committed");
 }
+
+#[test]
+fn a_refused_commit_aborts_everything_the_transaction_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 2, TopicConfig::default()).unwrap();
+    let mut p = log
+        .transactional_producer("t", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() })
+        .unwrap();
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 0, "a");
+    send(&mut p, "out", 1, "b");
+    // The member does not own the input partition (it never joined): refused before the commit point.
+    let g = GroupMetadata { group: "g".into(), member_id: Some("nobody".into()) };
+    let err = p.commit_transaction(Some(&g), &[(TopicPartition::new("in", 0), 1)]).unwrap_err();
+    assert!(matches!(err, LogError::Group { .. }), "{err}");
+    p.abort_transaction().unwrap();
+    for part in 0..2 {
+        let pt = log.partition("out", part).unwrap();
+        assert!(pt.open_transactions().is_empty(), "partition {part} still has an open transaction");
+        assert_eq!(pt.last_stable_offset(), pt.high_watermark());
+    }
+    assert!(read(&log, "out", true).is_empty());
+    assert!(log.groups().committed("g", &TopicPartition::new("in", 0)).is_none());
+}
+
+#[test]
+fn producers_cannot_append_transaction_markers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("t", 1, TopicConfig::default()).unwrap();
+    let mut b = garam_log::batch::BatchBuilder::new(Default::default());
+    b.producer(5, 0, -1);
+    b.transactional(true);
+    b.control(true);
+    b.push(0, Some(&[0, 0, 0, 1]), Some(&[0, 0, 0, 0, 0, 0]), &[]);
+    let err = log.append("t", 0, &mut b.finish().unwrap().to_vec()).unwrap_err().to_string();
+    assert!(err.contains("transaction coordinator"), "{err}");
+}
+
+#[test]
+fn compaction_keeps_committed_values_over_aborted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    let mut c = TopicConfig::default();
+    c.set("cleanup.policy", "compact").unwrap();
+    log.create_topic("c", 1, c).unwrap();
+    let mut p = log
+        .transactional_producer("t", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() })
+        .unwrap();
+    p.begin_transaction().unwrap();
+    p.send_raw("c", Some(0), Some(b"k"), Some(b"committed"), 0, &[]).unwrap();
+    p.commit_transaction(None, &[]).unwrap();
+    p.begin_transaction().unwrap();
+    p.send_raw("c", Some(0), Some(b"k"), Some(b"aborted"), 0, &[]).unwrap();
+    p.abort_transaction().unwrap();
+    log.partition("c", 0).unwrap().roll().unwrap();
+    // Markers carry wall-clock time: clean "later" than they were written.
+    log.run_cleaner(garam_core::time::now_ms() + 1000).unwrap();
+    assert_eq!(read(&log, "c", true), vec!["committed"]);
+    assert_eq!(read(&log, "c", false), vec!["committed"], "the aborted record was dropped by the cleaner");
+}

@@ -144,8 +144,12 @@ impl TaskStores {
         }
         if exactly_once {
             // Under exactly-once the store may run ahead of the last commit from now on: a crash
-            // must find no checkpoint, and wipe.
-            let _ = fs::remove_file(dir.join(CHECKPOINT));
+            // must find no checkpoint, and wipe. Durably, or a stale checkpoint could reappear.
+            match fs::remove_file(dir.join(CHECKPOINT)) {
+                Ok(()) => File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
         }
         Ok(TaskStores { stores, changelogs, dir, _lock: Some(lock) })
     }
@@ -161,10 +165,16 @@ impl TaskStores {
             let end = backend.end_offset(&self.changelogs[name], partition, exactly_once)?;
             out.push_str(&format!("{name} {end}\n"));
         }
+        // Durable: the file, the rename, and the directory entry.
         let tmp = self.dir.join(".checkpoint.tmp");
-        fs::write(&tmp, out)
-            .and_then(|()| fs::rename(&tmp, self.dir.join(CHECKPOINT)))
-            .map_err(|e| StreamsError::backend(e, true))
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, out.as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, self.dir.join(CHECKPOINT))?;
+            File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| StreamsError::backend(format!("checkpoint in {}: {e}", self.dir.display()), true))
     }
 
     /// Deletes the checkpoint (exactly-once: the next commit writes a fresh one).

@@ -79,6 +79,8 @@ struct Shared2 {
     in_txn: bool,
     /// The group and member, for transactional offset commits.
     group: Option<GroupMetadata>,
+    /// Exactly-once: a transaction was aborted, so every task's store is ahead of its changelog.
+    dirty: bool,
 }
 
 impl Shared2 {
@@ -103,13 +105,30 @@ impl Shared2 {
                 Ok(true)
             }
             Err(e) if e.is_retriable() => {
+                // Fenced or no longer the owner: the session expired, so the positions are reset on
+                // rejoin; the stores hold the aborted updates and must be rebuilt.
                 tracing::warn!(error = %e, "transaction refused; aborting it, the records are reprocessed");
-                self.in_txn = false;
-                self.producer.abort_transaction()?;
+                self.abort();
                 Ok(false)
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
         }
+    }
+
+    /// Aborts the open transaction; every task's store then holds aborted updates: close them
+    /// all without a checkpoint, so they are wiped and restored.
+    fn abort(&mut self) {
+        if self.in_txn {
+            self.in_txn = false;
+            if let Err(e) = self.producer.abort_transaction() {
+                tracing::warn!(error = %e, "aborting the transaction failed; the log finishes it on recovery");
+                self.failed = true;
+            }
+        }
+        self.dirty = true;
     }
 }
 
@@ -181,7 +200,7 @@ impl RebalanceListener for Listener {
             // with every position before the partitions go.
             let offsets = committer.positions();
             if let Err(e) = st.commit_transaction(&offsets) {
-                tracing::warn!(error = %e, "transactional commit on revoke failed; the records will be reprocessed");
+                tracing::error!(error = %e, "transactional commit on revoke failed; stopping this worker");
             }
             st.events.push(Event::Revoked(partitions.to_vec()));
             return;
@@ -200,12 +219,29 @@ impl RebalanceListener for Listener {
     }
 
     fn on_lost(&mut self, partitions: &[TopicPartition]) {
-        lock(&self.state).events.push(Event::Revoked(partitions.to_vec()));
+        let mut st = lock(&self.state);
+        if st.eos {
+            // The open transaction covers the lost tasks too: it must never commit.
+            st.abort();
+        }
+        st.events.push(Event::Revoked(partitions.to_vec()));
     }
 }
 
 fn apply_events(shared: &Shared, state: &Mutex<Shared2>, tasks: &mut BTreeMap<TaskId, Task>) -> Result<()> {
-    let events = std::mem::take(&mut lock(state).events);
+    let (events, dirty, failed) = {
+        let mut st = lock(state);
+        (std::mem::take(&mut st.events), std::mem::take(&mut st.dirty), st.failed)
+    };
+    if failed {
+        return Err(crate::error::StreamsError::backend("a commit failed during a rebalance", false));
+    }
+    if dirty {
+        // A transaction was aborted: every store holds its updates. Close all tasks without a
+        // checkpoint; they reopen wiped and restored from committed changelog records.
+        let ids: BTreeSet<TaskId> = tasks.keys().copied().collect();
+        close_tasks(shared, tasks, &ids, false);
+    }
     for e in events {
         match e {
             Event::Revoked(tps) => {
@@ -243,8 +279,15 @@ pub(crate) fn run(
     } else {
         backend.producer()?
     };
-    let state =
-        Arc::new(Mutex::new(Shared2 { producer, events: Vec::new(), failed: false, eos, in_txn: false, group: None }));
+    let state = Arc::new(Mutex::new(Shared2 {
+        producer,
+        events: Vec::new(),
+        failed: false,
+        eos,
+        in_txn: false,
+        group: None,
+        dirty: false,
+    }));
     let listener = Listener { state: state.clone() };
     let settings = ConsumerSettings {
         group: shared.config.application_id.clone(),
@@ -259,7 +302,19 @@ pub(crate) fn run(
     let member = consumer.member_id();
     tracing::info!(member = %member, "worker started");
     let mut tasks: BTreeMap<TaskId, Task> = BTreeMap::new();
-    let result = run_loop(&shared, &mut *consumer, &state, &mut tasks, &member, &shutdown);
+    // A panic in user code must take the failure path (no commit), not unwind through the
+    // consumer's drop, whose revoke would commit positions past unprocessed records.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_loop(&shared, &mut *consumer, &state, &mut tasks, &member, &shutdown)
+    }))
+    .unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a processor panicked".into());
+        Err(crate::error::StreamsError::Processor { processor: "user code".into(), message: msg })
+    });
     // Graceful stop: commit what was processed, then leave the group. After a failure the
     // positions include records that were never processed: commit nothing, so they are read again.
     let commit = if result.is_ok() {
