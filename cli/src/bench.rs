@@ -17,6 +17,8 @@ pub enum BenchCommand {
     Log(LogBench),
     /// JSON decode → filter → map → JSON encode → to(topic) over a pre-filled 8-partition topic.
     Pipeline(crate::pipeline_bench::PipelineBench),
+    /// Stateful count per key with RocksDB and a changelog, then a restore from the changelog.
+    Count(crate::count_bench::CountBench),
 }
 
 #[derive(Args)]
@@ -50,6 +52,7 @@ pub fn run(_data_dir: &Path, cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Log(b) => log_bench(b),
         BenchCommand::Pipeline(b) => crate::pipeline_bench::run(b),
+        BenchCommand::Count(b) => crate::count_bench::run(b),
     }
 }
 

@@ -3,6 +3,7 @@
 mod apps;
 mod bench;
 mod consume;
+mod count_bench;
 mod demo;
 mod groups;
 mod pipeline_bench;
