@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
-use garam_core::serdes::U64Serde;
+use garam_core::serdes::{SharedSerde, U64Serde};
 use garam_core::state::StoreSpec;
+use garam_core::topology::builder::Factory;
 use garam_core::topology::NodeKind;
 
 use crate::ops;
@@ -42,46 +43,10 @@ impl<K: Data, V: Data> GroupedStream<K, V> {
         agg: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
         materialized: Materialized<K, VA>,
     ) -> Table<K, VA> {
-        let name = materialized.name.clone();
-        if self.store_taken(&name) {
-            return Table {
-                stream: Stream::new(self.stream.graph.clone(), self.stream.node, None, None, false),
-                store: None,
-            };
-        }
-        let key = materialized.key.clone().or_else(|| self.stream.key_serde.clone());
-        let (Some(key), Some(value)) = (key, materialized.value.clone()) else {
-            self.stream.graph.borrow_mut().add_error(format!(
-                "store '{name}' needs serdes: give them with Materialized::named(\"{name}\").with(key_serde, value_serde)"
-            ));
-            return Table {
-                stream: Stream::new(self.stream.graph.clone(), self.stream.node, None, None, false),
-                store: None,
-            };
-        };
-        let mut g = self.stream.graph.borrow_mut();
-        let node_name = format!("{name}-aggregate");
-        let factory = ops::aggregate::factory::<K, V, VA>(
-            name.clone(),
-            key.clone(),
-            value.clone(),
-            Arc::new(init),
-            Arc::new(agg),
-        );
-        let id = g.add_node(node_name, NodeKind::Processor { stores: vec![] }, &[self.stream.node], factory);
-        g.add_store(StoreSpec { name: name.clone(), supplier: materialized.supplier.clone() }, id);
-        drop(g);
-        Table { stream: Stream::new(self.stream.graph.clone(), id, Some(key), Some(value), false), store: Some(name) }
-    }
-
-    /// Reports (and returns true) when a store of this name exists already.
-    fn store_taken(&self, name: &str) -> bool {
-        let mut g = self.stream.graph.borrow_mut();
-        let taken = g.stores().iter().any(|(s, _)| s.name == name);
-        if taken {
-            g.add_error(format!("two stores are named '{name}'; every stateful operator needs its own name"));
-        }
-        taken
+        let (init, agg) = (Arc::new(init), Arc::new(agg));
+        self.stateful("aggregate", materialized, |name, key, value| {
+            ops::aggregate::factory::<K, V, VA>(name, key, value, init, agg)
+        })
     }
 
     /// Counts records per key.
@@ -97,30 +62,41 @@ impl<K: Data, V: Data> GroupedStream<K, V> {
         materialized: Materialized<K, V>,
     ) -> Table<K, V> {
         let value = materialized.value.clone().or_else(|| self.stream.value_serde.clone());
-        let m = Materialized { value, ..materialized };
-        // Option<V> as the aggregate would need an Option serde; fold through a one-slot Vec instead.
         let f = Arc::new(f);
+        self.stateful("reduce", Materialized { value, ..materialized }, |name, key, value| {
+            ops::reduce::factory::<K, V>(name, key, value, f)
+        })
+    }
+
+    /// Adds a stateful operator `<store>-<kind>` with its store, checking the store's name and
+    /// serdes (problems are reported by `build()`).
+    fn stateful<VA: Data>(
+        &self,
+        kind: &str,
+        m: Materialized<K, VA>,
+        factory: impl FnOnce(String, SharedSerde<K>, SharedSerde<VA>) -> Factory,
+    ) -> Table<K, VA> {
         let name = m.name.clone();
-        if self.store_taken(&name) {
-            return Table {
-                stream: Stream::new(self.stream.graph.clone(), self.stream.node, None, None, false),
-                store: None,
-            };
+        let unbuilt = || Table {
+            stream: Stream::new(self.stream.graph.clone(), self.stream.node, None, None, false),
+            store: None,
+        };
+        let mut g = self.stream.graph.borrow_mut();
+        if g.stores().iter().any(|(s, _)| s.name == name) {
+            g.add_error(format!("two stores are named '{name}'; every stateful operator needs its own name"));
+            drop(g);
+            return unbuilt();
         }
         let key = m.key.clone().or_else(|| self.stream.key_serde.clone());
         let (Some(key), Some(value)) = (key, m.value.clone()) else {
-            self.stream.graph.borrow_mut().add_error(format!(
+            g.add_error(format!(
                 "store '{name}' needs serdes: give them with Materialized::named(\"{name}\").with(key_serde, value_serde)"
             ));
-            return Table {
-                stream: Stream::new(self.stream.graph.clone(), self.stream.node, None, None, false),
-                store: None,
-            };
+            drop(g);
+            return unbuilt();
         };
-        let mut g = self.stream.graph.borrow_mut();
-        let factory = ops::reduce::factory::<K, V>(name.clone(), key.clone(), value.clone(), f);
-        let id =
-            g.add_node(format!("{name}-reduce"), NodeKind::Processor { stores: vec![] }, &[self.stream.node], factory);
+        let f = factory(name.clone(), key.clone(), value.clone());
+        let id = g.add_node(format!("{name}-{kind}"), NodeKind::Processor { stores: vec![] }, &[self.stream.node], f);
         g.add_store(StoreSpec { name: name.clone(), supplier: m.supplier.clone() }, id);
         drop(g);
         Table { stream: Stream::new(self.stream.graph.clone(), id, Some(key), Some(value), false), store: Some(name) }

@@ -365,34 +365,12 @@ impl Coordinator {
             None => {}
         }
         commit_point()?;
-        let now = garam_core::time::now_ms();
-        store.commit(
-            offsets
-                .iter()
-                .map(|(tp, o)| {
-                    (
-                        (group.to_string(), tp.topic.clone(), tp.partition),
-                        CommittedOffset { offset: *o, metadata: "txn".into(), timestamp: now },
-                    )
-                })
-                .collect(),
-        )
+        store.commit(entries(group, offsets, "txn"))
     }
 
     /// Applies a committed transaction's offsets (recovery after a crash past the commit point).
     pub(crate) fn apply_transactional(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<()> {
-        let now = garam_core::time::now_ms();
-        self.store().commit(
-            offsets
-                .iter()
-                .map(|(tp, o)| {
-                    (
-                        (group.to_string(), tp.topic.clone(), tp.partition),
-                        CommittedOffset { offset: *o, metadata: "txn".into(), timestamp: now },
-                    )
-                })
-                .collect(),
-        )
+        self.store().commit(entries(group, offsets, "txn"))
     }
 
     /// Sets committed offsets explicitly (may rewind). Only for groups with no active member.
@@ -405,18 +383,7 @@ impl Coordinator {
                 retriable: true,
             });
         }
-        let now = garam_core::time::now_ms();
-        store.commit(
-            offsets
-                .iter()
-                .map(|(tp, o)| {
-                    (
-                        (group.to_string(), tp.topic.clone(), tp.partition),
-                        CommittedOffset { offset: *o, metadata: "reset".into(), timestamp: now },
-                    )
-                })
-                .collect(),
-        )
+        store.commit(entries(group, offsets, "reset"))
     }
 
     /// The committed offset of a partition.
@@ -490,6 +457,20 @@ impl Coordinator {
     pub(crate) fn close(&self) -> Result<()> {
         self.store().sync()
     }
+}
+
+/// Offset-store entries for `offsets` of `group`, stamped now.
+fn entries(group: &str, offsets: &[(TopicPartition, u64)], metadata: &str) -> Vec<(OffsetKey, CommittedOffset)> {
+    let now = garam_core::time::now_ms();
+    offsets
+        .iter()
+        .map(|(tp, o)| {
+            (
+                (group.to_string(), tp.topic.clone(), tp.partition),
+                CommittedOffset { offset: *o, metadata: metadata.to_string(), timestamp: now },
+            )
+        })
+        .collect()
 }
 
 fn rebalance(g: &mut Group) {
