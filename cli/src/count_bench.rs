@@ -30,6 +30,9 @@ pub struct CountBench {
     dir: PathBuf,
     #[arg(long)]
     keep: bool,
+    /// Extra app configuration, as key=value (for example statestore.cache.max.bytes=0).
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    config: Vec<String>,
 }
 
 fn topology() -> Result<garam::core::topology::Topology> {
@@ -66,6 +69,10 @@ pub fn run(b: CountBench) -> Result<()> {
     config.num_threads = b.threads;
     config.set("processing.guarantee", &b.guarantee)?;
     config.state_dir = Some(b.dir.join("state-a"));
+    for kv in &b.config {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--config expects key=value, got '{kv}'"))?;
+        config.set(k, v)?;
+    }
     let mut app = App::new(topology()?, config.clone(), Arc::new(log.clone()))?;
     let start = Instant::now();
     app.start()?;

@@ -40,6 +40,8 @@ struct Inner {
     topic_to_sub: BTreeMap<String, usize>,
     internal: Vec<String>,
     tasks: BTreeMap<usize, Task>,
+    /// The store caches' budget (`None`: caching disabled).
+    cache: Option<Rc<crate::state::CacheBudget>>,
     /// Every record written, per topic.
     written: BTreeMap<String, Vec<ConsumedRecord>>,
     /// Read positions of output readers.
@@ -122,7 +124,8 @@ impl Inner {
                 id,
                 &ChangelogReader { written: &self.written },
                 false,
-                &crate::state::StoreContext { memory_max_bytes: self.config.state_memory_max_bytes },
+                &self.config.store_context(),
+                self.cache.as_ref(),
                 None,
             )?;
             let t = Task::new(&self.topology, &self.config.application_id, id, stores)?;
@@ -150,6 +153,8 @@ impl Inner {
             let task = tasks.get_mut(&sub).expect("created above");
             let mut c = Collector { written, pending, internal: &internal };
             task.process(PolledRecords { tp: TopicPartition::new(topic, 0), records: vec![rec] }, &mut c, &env)?;
+            // Like Kafka Streams' driver, commit after every record: caches reach the changelogs.
+            task.flush_caches(&mut c)?;
         }
         Ok(())
     }
@@ -175,6 +180,7 @@ impl TopologyTestDriver {
             inner: Rc::new(RefCell::new(Inner {
                 topology: Arc::new(topology),
                 dead_letter_topic: config.dead_letter_topic(),
+                cache: config.thread_cache(),
                 config,
                 topic_to_sub,
                 internal,

@@ -198,15 +198,16 @@ impl TransactionCoordinator {
             TxnRecord::PrepareAbort { pid, epoch, partitions, .. } => (*pid, *epoch, partitions, ControlType::Abort),
             _ => return Ok(()),
         };
+        let mut written = Vec::new();
         for (t, p) in partitions {
             let Ok(part) = log.partition(t, *p) else { continue };
             // Idempotent: only where the transaction is still open.
             if part.open_transactions().iter().any(|(x, _)| *x == pid) {
                 write_marker(log, &TopicPartition::new(t.clone(), *p), pid, epoch, kind)?;
-                part.flush()?;
+                written.push(part);
             }
         }
-        Ok(())
+        flush_all(&written)
     }
 
     /// Applies a committed transaction's offsets to its group.
@@ -396,9 +397,9 @@ impl TransactionalProducer {
         self.partitions.extend(self.producer.take_touched());
         let partitions: Vec<TopicPartition> = self.partitions.iter().cloned().collect();
         // Durable before the commit point: the records, then the prepare record.
-        for tp in &partitions {
-            self.log.partition(&tp.topic, tp.partition)?.flush()?;
-        }
+        let parts =
+            partitions.iter().map(|tp| self.log.partition(&tp.topic, tp.partition)).collect::<Result<Vec<_>>>()?;
+        flush_all(&parts)?;
         let rec = TxnRecord::PrepareCommit {
             id: self.id.clone(),
             pid: self.pid,
@@ -457,5 +458,25 @@ impl TransactionalProducer {
         self.open = false;
         self.partitions.clear();
         Ok(())
+    }
+}
+
+/// Fsyncs partitions concurrently: one commit touches many partitions, and the file system folds
+/// concurrent fsyncs into few journal commits where one after another would each wait for one.
+fn flush_all(parts: &[std::sync::Arc<crate::partition::Partition>]) -> Result<()> {
+    match parts {
+        [] => Ok(()),
+        [one] => one.flush(),
+        _ => std::thread::scope(|scope| {
+            let handles: Vec<_> = parts.iter().map(|p| scope.spawn(move || p.flush())).collect();
+            let mut result = Ok(());
+            for h in handles {
+                let r = h.join().unwrap_or_else(|_| Err(LogError::InvalidArgument("an fsync thread panicked".into())));
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+            result
+        }),
     }
 }

@@ -5,11 +5,13 @@
 //! bounded instead of growing with each instance (a classic Kafka Streams complaint).
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use garam_core::state::{KeyValueStore, StoreContext, StoreSupplier};
+use garam_core::state::{KeyValueStore, ReadableStore, StoreContext, StoreSupplier};
 use garam_core::{Result, StreamsError};
-use rocksdb::{BlockBasedOptions, Cache, Direction, IteratorMode, Options, WriteBufferManager, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, Direction, IteratorMode, Options, WriteBatch, WriteBufferManager, WriteOptions, DB,
+};
 
 /// Opens RocksDB stores.
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,8 +43,39 @@ fn err(e: rocksdb::Error) -> StreamsError {
 }
 
 struct RocksStore {
-    db: DB,
+    db: Arc<DB>,
     write: WriteOptions,
+}
+
+/// Reads for other threads: RocksDB is safe to read while its owner writes.
+struct RocksReader(Arc<DB>);
+
+fn range(db: &DB, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for item in db.iterator(IteratorMode::From(from, Direction::Forward)) {
+        let (k, v) = item.map_err(err)?;
+        if k.as_ref() >= to {
+            break;
+        }
+        out.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(out)
+}
+
+fn all(db: &DB) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    db.iterator(IteratorMode::Start).map(|i| i.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err)).collect()
+}
+
+impl ReadableStore for RocksReader {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.0.get(key).map_err(err)
+    }
+    fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        range(&self.0, from, to)
+    }
+    fn all(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        all(&self.0)
+    }
 }
 
 impl StoreSupplier for RocksDbSupplier {
@@ -51,6 +84,9 @@ impl StoreSupplier for RocksDbSupplier {
         let mut block = BlockBasedOptions::default();
         block.set_block_cache(&s.cache);
         block.set_cache_index_and_filter_blocks(true);
+        // Most reads of a count or an aggregate miss (a key seen for the first time): a bloom
+        // filter answers them without reading data blocks.
+        block.set_bloom_filter(10.0, false);
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_block_based_table_factory(&block);
@@ -59,11 +95,14 @@ impl StoreSupplier for RocksDbSupplier {
         opts.set_write_buffer_size(16 << 20);
         opts.set_max_open_files(64);
         opts.set_compression_type(rocksdb::DBCompressionType::None);
+        // Point lookups check a bloom filter over the memtable before searching its skip list.
+        opts.set_memtable_prefix_bloom_ratio(0.05);
+        opts.set_memtable_whole_key_filtering(true);
         let db = DB::open(&opts, dir).map_err(err)?;
         let mut write = WriteOptions::default();
         // The changelog is the durable copy; the store's own WAL would be a second one.
         write.disable_wal(true);
-        Ok(Box::new(RocksStore { db, write }))
+        Ok(Box::new(RocksStore { db: Arc::new(db), write }))
     }
     fn persistent(&self) -> bool {
         true
@@ -81,18 +120,23 @@ impl KeyValueStore for RocksStore {
         self.db.delete_opt(key, &self.write).map_err(err)
     }
     fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(from, Direction::Forward)) {
-            let (k, v) = item.map_err(err)?;
-            if k.as_ref() >= to {
-                break;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        range(&self.db, from, to)
     }
     fn all(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.db.iterator(IteratorMode::Start).map(|i| i.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err)).collect()
+        all(&self.db)
+    }
+    fn write_batch(&mut self, entries: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (k, v) in entries {
+            match v {
+                Some(v) => batch.put(k, v),
+                None => batch.delete(k),
+            }
+        }
+        self.db.write_opt(batch, &self.write).map_err(err)
+    }
+    fn reader(&self) -> Arc<dyn ReadableStore> {
+        Arc::new(RocksReader(self.db.clone()))
     }
     fn flush(&mut self) -> Result<()> {
         // Without a WAL, a checkpoint is only honest once the memtables are on disk.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use garam_core::state::{KeyValueStore, StoreContext, StoreHandle, StoreSupplier};
+use garam_core::state::{CacheBudget, KeyValueStore, StoreContext, StoreHandle, StoreSupplier};
 use garam_state::{InMemorySupplier, RocksDbSupplier};
 use proptest::prelude::*;
 
@@ -55,6 +55,17 @@ fn check_against_model(store: &mut dyn KeyValueStore, ops: &[Op]) {
     assert_eq!(store.range(&from, &to).unwrap(), ranged);
     assert!(store.range(&to, &from).unwrap().is_empty());
     store.flush().unwrap();
+    // A batch applies in order, and the cross-thread reader sees it.
+    let batch =
+        vec![(b"b1".to_vec(), Some(b"x".to_vec())), (b"b1".to_vec(), None), (b"b2".to_vec(), Some(b"y".to_vec()))];
+    store.write_batch(&batch).unwrap();
+    let reader = store.reader();
+    assert_eq!(reader.get(b"b1").unwrap(), None);
+    assert_eq!(reader.get(b"b2").unwrap(), Some(b"y".to_vec()));
+    assert_eq!(reader.all().unwrap(), store.all().unwrap());
+    assert_eq!(reader.range(&from, &to).unwrap(), store.range(&from, &to).unwrap());
+    store.write_batch(&[(b"b2".to_vec(), None)]).unwrap();
+    store.flush().unwrap();
 }
 
 proptest! {
@@ -80,27 +91,84 @@ proptest! {
         }
     }
 
-    /// Through the handle: values are versioned, every change is queued for the changelog, and
-    /// replaying the changelog into an empty store rebuilds the same content.
+    /// Through every layer stack of the handle (no cache, a cache, a cache so small that it
+    /// evicts all the time): reads see every write at once; values are versioned; after a
+    /// checkpoint the backend, its cross-thread reader and a store rebuilt from the changelog all
+    /// equal the model.
     #[test]
-    fn handles_version_values_and_rebuild_from_their_changelog(ops in ops()) {
+    fn every_layer_stack_matches_a_model_and_rebuilds_from_its_changelog(ops in handle_ops()) {
         for (name, s) in suppliers() {
-            let dir = tempfile::tempdir().unwrap();
-            let mut h = StoreHandle::new("s", s.open(&dir.path().join("a"), &CTX).unwrap());
-            for op in &ops {
-                match op { Op::Put(k, v) => h.put(k, v).unwrap(), Op::Delete(k) => h.delete(k).unwrap() }
+            for (stack, budget) in [("uncached", None), ("cached", Some(1 << 20)), ("evicting", Some(200))] {
+                let dir = tempfile::tempdir().unwrap();
+                let backend = s.open(&dir.path().join("a"), &CTX).unwrap();
+                let budget = budget.map(CacheBudget::new);
+                let mut h = match &budget {
+                    Some(b) => StoreHandle::with_cache("s", backend, b.clone()),
+                    None => StoreHandle::new("s", backend),
+                };
+                let reader = h.reader();
+                let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+                let mut changelog = Vec::new();
+                for op in &ops {
+                    match op {
+                        HandleOp::Put(k, v) => { h.put(k, v).unwrap(); model.insert(k.clone(), v.clone()); }
+                        HandleOp::Delete(k) => { h.delete(k).unwrap(); model.remove(k); }
+                        HandleOp::Get(k) => {
+                            let got = h.get(k).unwrap();
+                            prop_assert_eq!(got.as_ref(), model.get(k), "{} {}", name, stack);
+                        }
+                        HandleOp::Commit => { h.flush_cache().unwrap(); changelog.extend(h.drain_changes()); }
+                    }
+                }
+                let all: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                prop_assert_eq!(h.all().unwrap(), all.clone(), "{} {}: all before the flush", name, stack);
+                let (from, to) = (vec![1u8], vec![3u8, 0]);
+                let ranged: Vec<_> = model.range(from.clone()..to.clone()).map(|(k, v)| (k.clone(), v.clone())).collect();
+                prop_assert_eq!(h.range(&from, &to).unwrap(), ranged, "{} {}: range", name, stack);
+                h.flush_cache().unwrap();
+                changelog.extend(h.drain_changes());
+                if stack == "uncached" {
+                    let writes = ops.iter().filter(|o| matches!(o, HandleOp::Put(..) | HandleOp::Delete(_))).count();
+                    prop_assert_eq!(changelog.len(), writes);
+                }
+                prop_assert!(changelog.iter().all(|(_, v)| v.as_ref().is_none_or(|v| v[0] == 1)), "{}: format version", name);
+                // A checkpoint writes what only the changelog had to the backend.
+                h.flush().unwrap();
+                prop_assert!(h.drain_changes().is_empty(), "the changelog already had everything");
+                let versioned: Vec<_> = reader.all().unwrap().into_iter().map(|(k, v)| (k, v[1..].to_vec())).collect();
+                prop_assert_eq!(versioned, all.clone(), "{} {}: the reader after a flush", name, stack);
+                let mut rebuilt = StoreHandle::new("s", s.open(&dir.path().join("b"), &CTX).unwrap());
+                rebuilt.restore_batch(changelog).unwrap();
+                prop_assert!(rebuilt.drain_changes().is_empty(), "restores are not logged again");
+                prop_assert_eq!(rebuilt.all().unwrap(), all, "{} {}: rebuilt", name, stack);
+                drop(h);
+                if let Some(b) = budget {
+                    prop_assert_eq!(b.used(), 0, "a dropped cache returns its bytes");
+                }
             }
-            let changelog = h.drain_changes();
-            prop_assert_eq!(changelog.len(), ops.len());
-            prop_assert!(changelog.iter().all(|(_, v)| v.as_ref().is_none_or(|v| v[0] == 1)), "{}: format version", name);
-            let mut rebuilt = StoreHandle::new("s", s.open(&dir.path().join("b"), &CTX).unwrap());
-            for (k, v) in &changelog {
-                rebuilt.restore(k, v.as_deref()).unwrap();
-            }
-            prop_assert!(rebuilt.drain_changes().is_empty(), "restores are not logged again");
-            prop_assert_eq!(rebuilt.all().unwrap(), h.all().unwrap(), "{}", name);
         }
     }
+}
+
+#[derive(Debug, Clone)]
+enum HandleOp {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    Get(Vec<u8>),
+    Commit,
+}
+
+fn handle_ops() -> impl Strategy<Value = Vec<HandleOp>> {
+    let key = proptest::collection::vec(0u8..6, 0..3);
+    proptest::collection::vec(
+        prop_oneof![
+            4 => (key.clone(), proptest::collection::vec(any::<u8>(), 0..8)).prop_map(|(k, v)| HandleOp::Put(k, v)),
+            1 => key.clone().prop_map(HandleOp::Delete),
+            3 => key.prop_map(HandleOp::Get),
+            1 => Just(HandleOp::Commit),
+        ],
+        0..80,
+    )
 }
 
 #[test]
@@ -108,7 +176,7 @@ fn unknown_value_versions_are_an_error_not_garbage() {
     let dir = tempfile::tempdir().unwrap();
     let mut raw = RocksDbSupplier.open(dir.path(), &CTX).unwrap();
     raw.put(b"k", &[9, 1, 2]).unwrap();
-    let h = StoreHandle::new("s", raw);
+    let mut h = StoreHandle::new("s", raw);
     let e = h.get(b"k").unwrap_err().to_string();
     assert!(e.contains("unknown value format version 9"), "{e}");
 }

@@ -254,17 +254,31 @@ impl App {
             self.start()?;
         }
         let mut idle_since: Option<std::time::Instant> = None;
-        let mut last_in = u64::MAX;
+        let mut last = (u64::MAX, u64::MAX);
+        let mut commits_at_change = 0;
         while !self.shutdown.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(20));
             let m = self.metrics();
-            let caught_up = !m.tasks.is_empty() && m.total_lag() == 0 && m.records_in == last_in;
-            last_in = m.records_in;
-            match (caught_up, idle_since) {
-                (true, None) => idle_since = Some(std::time::Instant::now()),
-                (true, Some(t)) if t.elapsed() >= quiet_for => break,
-                (false, _) => idle_since = None,
-                _ => {}
+            if (m.records_in, m.records_out) != last {
+                last = (m.records_in, m.records_out);
+                commits_at_change = m.commits;
+                idle_since = None;
+                continue;
+            }
+            // Lag counts only what producers have flushed: records waiting in a producer (for an
+            // internal topic, say) show up after its worker's next commit. Ask every worker for one.
+            if m.commits < commits_at_change + self.config.num_threads as u64 {
+                self.metrics.commit_requests.fetch_add(1, Ordering::AcqRel);
+                continue;
+            }
+            if m.tasks.is_empty() || m.total_lag() != 0 {
+                idle_since = None;
+                continue;
+            }
+            match idle_since {
+                None => idle_since = Some(std::time::Instant::now()),
+                Some(t) if t.elapsed() >= quiet_for => break,
+                Some(_) => {}
             }
         }
         self.close()

@@ -43,6 +43,9 @@ pub struct AppConfig {
     pub state_dir: Option<std::path::PathBuf>,
     /// `state.memory.max.bytes`: the bound on all RocksDB stores' memory together.
     pub state_memory_max_bytes: u64,
+    /// `statestore.cache.max.bytes` (also `cache.max.bytes`): the store caches of all worker
+    /// threads together, carved out of `state.memory.max.bytes`; 0 disables caching.
+    pub cache_max_bytes: u64,
     commit_interval_set: bool,
 }
 
@@ -62,6 +65,7 @@ impl AppConfig {
             session_timeout: Duration::from_secs(10),
             state_dir: None,
             state_memory_max_bytes: 256 << 20,
+            cache_max_bytes: 128 << 20,
             commit_interval_set: false,
         }
     }
@@ -116,9 +120,24 @@ impl AppConfig {
             "session.timeout.ms" => self.session_timeout = Duration::from_millis(num()?.max(1)),
             "state.dir" => self.state_dir = Some(value.into()),
             "state.memory.max.bytes" => self.state_memory_max_bytes = num()?.max(1 << 20),
+            "statestore.cache.max.bytes" | "cache.max.bytes" | "cache.max.bytes.buffering" => {
+                self.cache_max_bytes = num()?
+            }
             _ => return Err(bad("unknown config key")),
         }
         Ok(self)
+    }
+
+    /// What store suppliers get: RocksDB's share of `state.memory.max.bytes` after the caches.
+    pub fn store_context(&self) -> crate::state::StoreContext {
+        let rocksdb = self.state_memory_max_bytes.saturating_sub(self.cache_max_bytes).max(8 << 20);
+        crate::state::StoreContext { memory_max_bytes: rocksdb }
+    }
+
+    /// The store-cache budget of one worker thread (`None`: caching disabled).
+    pub fn thread_cache(&self) -> Option<std::rc::Rc<crate::state::CacheBudget>> {
+        let per_thread = self.cache_max_bytes / self.num_threads.max(1) as u64;
+        (per_thread > 0).then(|| crate::state::CacheBudget::new(per_thread as usize))
     }
 
     /// The dead-letter topic.

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub(crate) batches: AtomicU64,
     pub(crate) process_us: AtomicU64,
     pub(crate) commits: AtomicU64,
+    /// Bumped to ask every worker to commit at its next loop (run_until_idle).
+    pub(crate) commit_requests: AtomicU64,
     pub(crate) commit_us: AtomicU64,
     pub(crate) commit_max_us: AtomicU64,
     pub(crate) lag: Mutex<BTreeMap<String, BTreeMap<TopicPartition, u64>>>,

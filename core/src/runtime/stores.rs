@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::backend::Backend;
 use crate::error::{Result, StreamsError};
 use crate::processor::TaskId;
-use crate::state::{SharedStore, StoreContext, StoreHandle};
+use crate::state::{CacheBudget, SharedStore, StoreContext, StoreHandle};
 use crate::topology::Topology;
 
 /// Restore progress, reported to `tracing` and to the app's restore listener.
@@ -101,6 +101,7 @@ impl TaskStores {
         backend: &dyn ChangelogReader,
         exactly_once: bool,
         ctx: &StoreContext,
+        cache: Option<&Rc<CacheBudget>>,
         listener: Option<&RestoreListener>,
     ) -> Result<TaskStores> {
         let specs = topology.stores_of(task.subtopology);
@@ -137,7 +138,11 @@ impl TaskStores {
                 }
             };
             fs::create_dir_all(&store_dir).map_err(io)?;
-            let mut handle = StoreHandle::new(&spec.name, spec.supplier.open(&store_dir, ctx)?);
+            let backend_store = spec.supplier.open(&store_dir, ctx)?;
+            let mut handle = match cache {
+                Some(budget) => StoreHandle::with_cache(&spec.name, backend_store, budget.clone()),
+                None => StoreHandle::new(&spec.name, backend_store),
+            };
             restore(&mut handle, backend, &topic, task, from, exactly_once, listener)?;
             stores.insert(spec.name.clone(), Rc::new(RefCell::new(handle)));
             changelogs.insert(spec.name.clone(), topic);
@@ -205,14 +210,16 @@ fn restore(
     };
     while offset < end {
         let fetched = backend.fetch(topic, task.partition, offset, 4 << 20, read_committed)?;
+        let mut batch = Vec::with_capacity(fetched.records.len());
         for r in &fetched.records {
             if r.offset >= end {
                 break;
             }
             let Some(key) = r.key.as_deref() else { continue };
-            store.restore(key, r.value.as_deref())?;
-            restored += 1;
+            batch.push((key.to_vec(), r.value.as_deref().map(<[u8]>::to_vec)));
         }
+        restored += batch.len() as u64;
+        store.restore_batch(batch)?;
         if fetched.next_offset <= offset {
             break;
         }

@@ -55,6 +55,15 @@ impl Task {
         Ok(())
     }
 
+    /// Flushes the stores' caches and sends what reached the backends to the changelogs: the
+    /// first step of every commit.
+    pub fn flush_caches(&mut self, collector: &mut dyn RecordCollector) -> Result<()> {
+        for store in self.stores.stores.values() {
+            store.borrow_mut().flush_cache()?;
+        }
+        self.flush_changelogs(collector)
+    }
+
     /// Flushes the stores and checkpoints their changelog offsets (after a commit).
     pub fn checkpoint(&self, backend: &dyn crate::runtime::stores::ChangelogReader, exactly_once: bool) -> Result<()> {
         self.stores.checkpoint(backend, self.id.partition, exactly_once)

@@ -1,6 +1,8 @@
 //! A worker thread: one group member running the poll → process → produce loop over its tasks.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -163,8 +165,40 @@ fn close_tasks(shared: &Shared, tasks: &mut BTreeMap<TaskId, Task>, ids: &BTreeS
     }
 }
 
+/// A worker's tasks. During `poll` they are lent to the rebalance listener on the same thread
+/// (see [`lend_tasks`]), which flushes their caches before partitions are revoked.
+type Tasks = RefCell<BTreeMap<TaskId, Task>>;
+
+thread_local! {
+    /// The tasks lent for the duration of one `poll` or `close` on this thread; null otherwise.
+    static LENT: Cell<*const Tasks> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Runs `f` (a `poll`) with `tasks` reachable through [`with_lent_tasks`] on this thread: the
+/// rebalance listener runs inside `poll` on the polling thread but is owned by the consumer,
+/// which needs it `Send`, so it cannot hold the tasks itself (the scoped-TLS pattern).
+fn lend_tasks<R>(tasks: &Tasks, f: impl FnOnce() -> R) -> R {
+    struct Reset(*const Tasks);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            LENT.with(|l| l.set(self.0));
+        }
+    }
+    let previous = LENT.with(|l| l.replace(tasks as *const Tasks));
+    let _reset = Reset(previous);
+    f()
+}
+
+/// Calls `f` with the tasks lent by [`lend_tasks`] further up this thread's stack, if any.
+fn with_lent_tasks<R>(f: impl FnOnce(&Tasks) -> R) -> Option<R> {
+    let p = LENT.with(Cell::get);
+    // SAFETY: a non-null pointer was set by `lend_tasks` from a reference that outlives its call,
+    // on this thread, and is reset (also on unwind) before that call returns.
+    (!p.is_null()).then(|| f(unsafe { &*p }))
+}
+
 /// Opens a task's stores (restoring them from their changelogs) and builds its operators.
-fn new_task(shared: &Shared, id: TaskId) -> Result<Task> {
+fn new_task(shared: &Shared, id: TaskId, cache: Option<&Rc<crate::state::CacheBudget>>) -> Result<Task> {
     let stores = crate::runtime::stores::TaskStores::open(
         &shared.topology,
         &shared.config.application_id,
@@ -172,7 +206,8 @@ fn new_task(shared: &Shared, id: TaskId) -> Result<Task> {
         id,
         &crate::runtime::stores::BackendReader(&*shared.backend),
         shared.eos(),
-        &crate::state::StoreContext { memory_max_bytes: shared.config.state_memory_max_bytes },
+        &shared.config.store_context(),
+        cache,
         shared.restore_listener.as_ref(),
     )?;
     Task::new(&shared.topology, &shared.config.application_id, id, stores)
@@ -182,6 +217,31 @@ fn new_task(shared: &Shared, id: TaskId) -> Result<Task> {
 /// and leaves events for the loop to apply right after `poll` returns.
 struct Listener {
     state: Arc<Mutex<Shared2>>,
+    shared: Arc<Shared>,
+}
+
+/// Flushes the caches of the lent tasks into the producer (their changelogs), before a commit
+/// inside the rebalance listener.
+fn flush_lent_caches(shared: &Shared, st: &mut Shared2) -> Result<()> {
+    with_lent_tasks(|tasks| {
+        let mut tasks = tasks
+            .try_borrow_mut()
+            .map_err(|_| crate::error::StreamsError::backend("tasks are busy during a rebalance callback", false))?;
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        st.ensure_txn()?;
+        let mut collector = ProducerCollector {
+            producer: &mut *st.producer,
+            out: &shared.metrics.records_out,
+            backend: &*shared.backend,
+        };
+        for t in tasks.values_mut() {
+            t.flush_caches(&mut collector)?;
+        }
+        Ok(())
+    })
+    .unwrap_or(Ok(()))
 }
 
 impl RebalanceListener for Listener {
@@ -192,6 +252,15 @@ impl RebalanceListener for Listener {
     fn on_revoked(&mut self, partitions: &[TopicPartition], committer: &mut dyn OffsetCommitter) {
         let mut st = lock(&self.state);
         if st.failed {
+            st.events.push(Event::Revoked(partitions.to_vec()));
+            return;
+        }
+        if let Err(e) = flush_lent_caches(&self.shared, &mut st) {
+            // Without the caches in the changelogs, committing positions would lose updates.
+            tracing::error!(error = %e, "flushing store caches on revoke failed; committing nothing");
+            if st.eos {
+                st.abort();
+            }
             st.events.push(Event::Revoked(partitions.to_vec()));
             return;
         }
@@ -228,7 +297,12 @@ impl RebalanceListener for Listener {
     }
 }
 
-fn apply_events(shared: &Shared, state: &Mutex<Shared2>, tasks: &mut BTreeMap<TaskId, Task>) -> Result<()> {
+fn apply_events(
+    shared: &Shared,
+    state: &Mutex<Shared2>,
+    tasks: &mut BTreeMap<TaskId, Task>,
+    cache: Option<&Rc<crate::state::CacheBudget>>,
+) -> Result<()> {
     let (events, dirty, failed) = {
         let mut st = lock(state);
         (std::mem::take(&mut st.events), std::mem::take(&mut st.dirty), st.failed)
@@ -253,7 +327,7 @@ fn apply_events(shared: &Shared, state: &Mutex<Shared2>, tasks: &mut BTreeMap<Ta
                 for id in tps.iter().filter_map(|tp| task_of(shared, tp)) {
                     if let std::collections::btree_map::Entry::Vacant(v) = tasks.entry(id) {
                         tracing::info!(task = %id, "created task");
-                        v.insert(new_task(shared, id)?);
+                        v.insert(new_task(shared, id, cache)?);
                     }
                 }
             }
@@ -288,7 +362,7 @@ pub(crate) fn run(
         group: None,
         dirty: false,
     }));
-    let listener = Listener { state: state.clone() };
+    let listener = Listener { state: state.clone(), shared: shared.clone() };
     let settings = ConsumerSettings {
         group: shared.config.application_id.clone(),
         client_id: name.clone(),
@@ -301,11 +375,12 @@ pub(crate) fn run(
     let mut consumer = backend.consumer(settings, Box::new(listener))?;
     let member = consumer.member_id();
     tracing::info!(member = %member, "worker started");
-    let mut tasks: BTreeMap<TaskId, Task> = BTreeMap::new();
+    let tasks: Tasks = RefCell::new(BTreeMap::new());
+    let cache = shared.config.thread_cache();
     // A panic in user code must take the failure path (no commit), not unwind through the
     // consumer's drop, whose revoke would commit positions past unprocessed records.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_loop(&shared, &mut *consumer, &state, &mut tasks, &member, &shutdown)
+        run_loop(&shared, &mut *consumer, &state, &tasks, cache.as_ref(), &member, &shutdown)
     }))
     .unwrap_or_else(|panic| {
         let msg = panic
@@ -318,7 +393,7 @@ pub(crate) fn run(
     // Graceful stop: commit what was processed, then leave the group. After a failure the
     // positions include records that were never processed: commit nothing, so they are read again.
     let commit = if result.is_ok() {
-        commit(&shared, &mut *consumer, &state, &tasks)
+        commit(&shared, &mut *consumer, &state, &mut tasks.borrow_mut())
     } else {
         let mut st = lock(&state);
         st.failed = true;
@@ -330,7 +405,8 @@ pub(crate) fn run(
         }
         Ok(())
     };
-    let close = consumer.close();
+    let close = lend_tasks(&tasks, || consumer.close());
+    let mut tasks = tasks.borrow_mut();
     let ids: BTreeSet<TaskId> = tasks.keys().copied().collect();
     let clean = result.is_ok() && commit.is_ok();
     close_tasks(&shared, &mut tasks, &ids, clean);
@@ -344,16 +420,19 @@ fn run_loop(
     shared: &Shared,
     consumer: &mut dyn BackendConsumer,
     state: &Arc<Mutex<Shared2>>,
-    tasks: &mut BTreeMap<TaskId, Task>,
+    tasks: &Tasks,
+    cache: Option<&Rc<crate::state::CacheBudget>>,
     member: &str,
     shutdown: &AtomicBool,
 ) -> Result<()> {
     let mut last_commit = Instant::now();
     let mut last_report = Instant::now();
+    let mut seen_request = shared.metrics.commit_requests.load(Ordering::Acquire);
     let dlq = shared.dead_letter_topic.as_str();
     while !shutdown.load(Ordering::Acquire) {
-        let polled = consumer.poll(shared.config.poll_timeout)?;
-        apply_events(shared, state, tasks)?;
+        let polled = lend_tasks(tasks, || consumer.poll(shared.config.poll_timeout))?;
+        let tasks = &mut *tasks.borrow_mut();
+        apply_events(shared, state, tasks, cache)?;
         let started = Instant::now();
         let n = polled.len() as u64;
         {
@@ -375,10 +454,10 @@ fn run_loop(
             };
             for p in polled {
                 let Some(id) = task_of(shared, &p.tp) else { continue };
-                if !tasks.contains_key(&id) {
-                    tasks.insert(id, new_task(shared, id)?);
-                }
-                let task = tasks.get_mut(&id).expect("inserted above");
+                let task = match tasks.entry(id) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => v.insert(new_task(shared, id, cache)?),
+                };
                 let before = task.counters;
                 task.process(p, &mut collector, &env)?;
                 let after = task.counters;
@@ -395,9 +474,11 @@ fn run_loop(
             shared.metrics.batches.fetch_add(n, Ordering::Relaxed);
             shared.metrics.process_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
-        if last_commit.elapsed() >= shared.config.commit_interval {
+        let requested = shared.metrics.commit_requests.load(Ordering::Acquire);
+        if last_commit.elapsed() >= shared.config.commit_interval || requested != seen_request {
             commit(shared, consumer, state, tasks)?;
             last_commit = Instant::now();
+            seen_request = requested;
         }
         if last_report.elapsed() >= std::time::Duration::from_millis(100) {
             report(shared, consumer, tasks, member);
@@ -413,12 +494,24 @@ fn commit(
     shared: &Shared,
     consumer: &mut dyn BackendConsumer,
     state: &Arc<Mutex<Shared2>>,
-    tasks: &BTreeMap<TaskId, Task>,
+    tasks: &mut BTreeMap<TaskId, Task>,
 ) -> Result<()> {
     let started = Instant::now();
     let positions = consumer.positions();
     {
         let mut st = lock(state);
+        // Caches first: what they absorbed must reach the changelogs before the offsets commit.
+        if !tasks.is_empty() {
+            st.ensure_txn()?;
+            let mut collector = ProducerCollector {
+                producer: &mut *st.producer,
+                out: &shared.metrics.records_out,
+                backend: &*shared.backend,
+            };
+            for t in tasks.values_mut() {
+                t.flush_caches(&mut collector)?;
+            }
+        }
         if st.eos {
             st.group = Some(consumer.group_metadata());
             st.commit_transaction(&positions)?;

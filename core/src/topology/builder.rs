@@ -299,10 +299,7 @@ impl TopologyBuilder {
 }
 
 /// Helper for factories: a clonable `Any` check with a clear internal error.
-pub fn downcast<T: 'static>(b: &dyn Any, what: &str) -> Result<T>
-where
-    T: Clone,
-{
+pub fn downcast<T: Clone + 'static>(b: &dyn Any, what: &str) -> Result<T> {
     b.downcast_ref::<T>()
         .cloned()
         .ok_or_else(|| StreamsError::Topology(format!("internal: type mismatch wiring {what}")))

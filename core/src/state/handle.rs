@@ -1,0 +1,259 @@
+//! [`StoreHandle`]: a store as an operator uses it — metered, cached, changelogged, versioned.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use super::cache::{CacheBudget, StoreCache};
+use super::{KeyValueStore, ReadableStore, VALUE_FORMAT_VERSION};
+use crate::error::{Result, StreamsError};
+
+/// A changelog record: a key and its versioned value (`None`: deleted).
+pub type Change = (Vec<u8>, Option<Vec<u8>>);
+
+/// What a store has done (the metered layer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreMetrics {
+    /// Reads.
+    pub gets: u64,
+    /// Reads answered by the cache.
+    pub cache_hits: u64,
+    /// Writes (puts and deletes).
+    pub writes: u64,
+    /// Entries written to the backend (after the cache absorbed repeats).
+    pub backend_writes: u64,
+    /// Cache flushes (commits and evictions).
+    pub flushes: u64,
+    /// Changelog records applied by restores.
+    pub restored: u64,
+}
+
+/// A store as an operator uses it. The layers, outermost first: metered (counts in
+/// [`StoreMetrics`]) → caching (optional, see [`CacheBudget`]) → changelogging (every change that
+/// reaches the backend is queued for the changelog) → the backend. Values carry a format-version
+/// byte in the backend and in the changelog; callers never see it.
+pub struct StoreHandle {
+    name: String,
+    inner: Box<dyn KeyValueStore>,
+    cache: Option<StoreCache>,
+    /// Changes that reached the backend since the last drain, for the changelog.
+    pending: Vec<Change>,
+    buf: Vec<u8>,
+    metrics: StoreMetrics,
+}
+
+impl StoreHandle {
+    /// Wraps an opened store, without a cache: every write reaches the backend and the changelog.
+    pub fn new(name: &str, inner: Box<dyn KeyValueStore>) -> Self {
+        StoreHandle {
+            name: name.to_string(),
+            inner,
+            cache: None,
+            pending: Vec::new(),
+            buf: Vec::new(),
+            metrics: StoreMetrics::default(),
+        }
+    }
+
+    /// Wraps an opened store behind a cache drawing on `budget`.
+    pub fn with_cache(name: &str, inner: Box<dyn KeyValueStore>, budget: Rc<CacheBudget>) -> Self {
+        let mut h = StoreHandle::new(name, inner);
+        h.cache = Some(StoreCache::new(budget));
+        h
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the store has done.
+    pub fn metrics(&self) -> StoreMetrics {
+        self.metrics
+    }
+
+    /// A thread-safe reader of the backend (interactive queries): it sees what has been flushed
+    /// from the cache, that is the state as of the last commit or eviction.
+    pub fn reader(&self) -> std::sync::Arc<dyn ReadableStore> {
+        self.inner.reader()
+    }
+
+    fn unversion<'a>(name: &str, raw: &'a [u8]) -> Result<&'a [u8]> {
+        unversion(name, raw)
+    }
+
+    /// The value of `key`.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.metrics.gets += 1;
+        if let Some(cache) = &mut self.cache {
+            if let Some(hit) = cache.get(key) {
+                self.metrics.cache_hits += 1;
+                return hit.map(|v| Ok(Self::unversion(&self.name, v)?.to_vec())).transpose();
+            }
+            let raw = self.inner.get(key)?;
+            let out =
+                raw.as_deref().map(|v| Ok::<_, StreamsError>(Self::unversion(&self.name, v)?.to_vec())).transpose()?;
+            cache.insert_clean(key, raw);
+            return Ok(out);
+        }
+        match self.inner.get(key)? {
+            Some(v) => Ok(Some(Self::unversion(&self.name, &v)?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets `key`.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.buf.clear();
+        self.buf.push(VALUE_FORMAT_VERSION);
+        self.buf.extend_from_slice(value);
+        self.write(key, true)
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.write(key, false)
+    }
+
+    /// Writes `self.buf` (`put`) or a tombstone to `key`.
+    fn write(&mut self, key: &[u8], put: bool) -> Result<()> {
+        self.metrics.writes += 1;
+        let value = put.then_some(self.buf.as_slice());
+        match &mut self.cache {
+            Some(cache) => {
+                cache.write(key, value);
+                if cache.over_budget() {
+                    self.persist_cache()?;
+                    if let Some(cache) = &mut self.cache {
+                        cache.evict_cold();
+                    }
+                }
+                Ok(())
+            }
+            None => {
+                match value {
+                    Some(v) => self.inner.put(key, v)?,
+                    None => self.inner.delete(key)?,
+                }
+                self.metrics.backend_writes += 1;
+                self.pending.push((key.to_vec(), value.map(<[u8]>::to_vec)));
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues the cache's changes for the changelog, once per key. Called before every commit:
+    /// the changelog is what makes them durable.
+    pub fn flush_cache(&mut self) -> Result<()> {
+        let Some(cache) = &mut self.cache else { return Ok(()) };
+        let dirty = cache.take_dirty();
+        self.pending.extend(dirty);
+        Ok(())
+    }
+
+    /// Writes every change the backend lacks in one sorted batch (those the changelog lacks are
+    /// queued for it too). Called before an eviction and before a checkpoint.
+    pub fn persist_cache(&mut self) -> Result<()> {
+        let Some(cache) = &mut self.cache else { return Ok(()) };
+        if !cache.has_unpersisted() {
+            return Ok(());
+        }
+        let (all, dirty) = cache.take_unpersisted();
+        self.inner.write_batch(&all)?;
+        self.metrics.flushes += 1;
+        self.metrics.backend_writes += all.len() as u64;
+        self.pending.extend(dirty);
+        Ok(())
+    }
+
+    /// The backend's entries in `[from, to)` (`to` = `None`: to the end) with the cache's on top.
+    fn merged(&self, from: &[u8], to: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let backend = match to {
+            Some(to) => self.inner.range(from, to)?,
+            None => self.inner.all()?.into_iter().filter(|(k, _)| k.as_slice() >= from).collect(),
+        };
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = match &self.cache {
+            Some(cache) if !cache.range(from, to).is_empty() => {
+                let mut map: BTreeMap<Vec<u8>, Vec<u8>> = backend.into_iter().collect();
+                for (k, v) in cache.range(from, to) {
+                    match v {
+                        Some(v) => map.insert(k.to_vec(), v.to_vec()),
+                        None => map.remove(k),
+                    };
+                }
+                map.into_iter().collect()
+            }
+            _ => backend,
+        };
+        entries.into_iter().map(|(k, v)| Ok((k, Self::unversion(&self.name, &v)?.to_vec()))).collect()
+    }
+
+    /// Every entry, in key order.
+    pub fn all(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.merged(&[], None)
+    }
+
+    /// Entries with `from <= key < to`, in key order.
+    pub fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        self.merged(from, Some(to))
+    }
+
+    /// Takes the changes queued for the changelog.
+    pub fn drain_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Applies one changelog record during a restore (already versioned; not queued again).
+    pub fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        self.restore_batch(vec![(key.to_vec(), value.map(<[u8]>::to_vec))])
+    }
+
+    /// Applies changelog records in offset order: sorted by key, last write per key winning, and
+    /// written as one batch.
+    pub fn restore_batch(&mut self, mut changes: Vec<Change>) -> Result<()> {
+        for (_, v) in &changes {
+            if let Some(v) = v {
+                Self::unversion(&self.name, v)?;
+            }
+        }
+        self.metrics.restored += changes.len() as u64;
+        // A stable sort keeps offset order within a key; the last of each run wins.
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut latest: Vec<Change> = Vec::with_capacity(changes.len());
+        for c in changes {
+            match latest.last_mut() {
+                Some(last) if last.0 == c.0 => *last = c,
+                _ => latest.push(c),
+            }
+        }
+        if let Some(cache) = &mut self.cache {
+            for (k, _) in &latest {
+                cache.forget(k);
+            }
+        }
+        self.inner.write_batch(&latest)
+    }
+
+    /// Writes the cache to the backend and flushes it (RocksDB: memtables to disk), for a
+    /// checkpoint. Changes the changelog lacks are queued for it first.
+    pub fn flush(&mut self) -> Result<()> {
+        self.persist_cache()?;
+        self.inner.flush()
+    }
+
+    /// True for stores on disk.
+    pub fn persistent(&self) -> bool {
+        self.inner.persistent()
+    }
+}
+
+/// Strips the format-version byte of a stored value.
+pub fn unversion<'a>(store: &str, raw: &'a [u8]) -> Result<&'a [u8]> {
+    match raw.split_first() {
+        Some((&VALUE_FORMAT_VERSION, rest)) => Ok(rest),
+        Some((v, _)) => Err(StreamsError::Topology(format!("store {store}: unknown value format version {v}"))),
+        None => Err(StreamsError::Topology(format!("store {store}: empty value"))),
+    }
+}
