@@ -132,6 +132,12 @@ pub trait BackendConsumer: Send {
     fn group_metadata(&self) -> GroupMetadata;
     /// Leaves the group (revoke callbacks run first).
     fn close(&mut self) -> Result<()>;
+    /// Stops fetching `partitions` while keeping them (a task restoring its stores).
+    fn pause(&mut self, partitions: &[TopicPartition]);
+    /// Fetches paused partitions again.
+    fn resume(&mut self, partitions: &[TopicPartition]);
+    /// Moves an assigned partition's position (back to records returned but not processed).
+    fn seek(&mut self, tp: &TopicPartition, offset: u64) -> Result<()>;
 }
 
 /// A producer. Records are buffered into batches and appended on `flush` or when batches fill.

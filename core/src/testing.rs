@@ -117,7 +117,7 @@ impl Inner {
     fn task(&mut self, sub: usize) -> Result<&mut Task> {
         if !self.tasks.contains_key(&sub) {
             let id = TaskId { subtopology: sub, partition: 0 };
-            let stores = crate::runtime::stores::TaskStores::open(
+            let mut stores = crate::runtime::stores::TaskStores::open(
                 &self.topology,
                 &self.config.application_id,
                 &self.state_dir,
@@ -126,8 +126,8 @@ impl Inner {
                 false,
                 &self.config.store_context(),
                 self.cache.as_ref(),
-                None,
             )?;
+            stores.restore_all(&ChangelogReader { written: &self.written }, None)?;
             let t = Task::new(&self.topology, &self.config.application_id, id, stores)?;
             self.tasks.insert(sub, t);
         }

@@ -93,3 +93,55 @@ fn a_task_moves_restores_and_counts_on() {
         drop(second);
     }
 }
+
+/// A restore longer than the session timeout: the worker restores in steps and keeps polling, so
+/// it stays in its group — the store is restored once, not over and over after each expiry.
+#[test]
+fn a_restore_longer_than_the_session_timeout_keeps_the_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    log.create_topic("counter-counts-changelog", 1, TopicConfig::default()).unwrap();
+    // A changelog as a previous owner left it: 300 000 keys, each counted to 7.
+    let n = 300_000u64;
+    let mut p = log.producer(Default::default()).unwrap();
+    let mut value = vec![1u8];
+    value.extend_from_slice(&7u64.to_be_bytes());
+    for i in 0..n {
+        p.send_to(
+            "counter-counts-changelog",
+            Some(0),
+            garam::core::Record::new(Some(format!("k{i}")), Some(value.clone())),
+        )
+        .unwrap();
+    }
+    p.flush().unwrap();
+    drop(p);
+    produce(&log, 0, 50);
+    let mut c = AppConfig::new("counter");
+    c.num_threads = 1;
+    c.session_timeout = Duration::from_millis(300);
+    c.state_dir = Some(dir.path().join("state"));
+    let mut app = App::new(topology(false), c, Arc::new(log.clone())).unwrap();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let r2 = reports.clone();
+    app.set_restore_listener(move |p| r2.lock().unwrap().push((p.clone(), std::time::Instant::now())));
+    let started = std::time::Instant::now();
+    app.run_until_idle(Duration::from_millis(200)).unwrap();
+    let m = app.metrics();
+    assert_eq!(m.partitions_lost, 0, "the member kept its session while restoring: {m:?}");
+    assert_eq!(m.restored, n);
+    let reports = reports.lock().unwrap();
+    let took = reports.last().unwrap().1 - reports[0].1;
+    eprintln!("restore took {took:?}");
+    let reports: Vec<_> = reports.iter().map(|(p, _)| p.clone()).collect();
+    let done: Vec<_> = reports.iter().filter(|p| p.done).collect();
+    assert_eq!(done.len(), 1, "restored once, in {:?}: {done:?}", started.elapsed());
+    assert_eq!(done[0].restored, n);
+    assert!(reports.len() > 1, "progress is reported while restoring");
+    // Counting went on from the restored values: k0..k49 were at 7, plus one each.
+    let counts = latest_counts(&log, false);
+    assert_eq!(counts.len(), 50);
+    assert!(counts.values().all(|c| *c == 8), "{counts:?}");
+}

@@ -183,6 +183,18 @@ impl BackendConsumer for Consumer {
     fn close(&mut self) -> garam_core::Result<()> {
         Consumer::close(self).map_err(to_streams)
     }
+
+    fn pause(&mut self, partitions: &[TopicPartition]) {
+        Consumer::pause(self, partitions)
+    }
+
+    fn resume(&mut self, partitions: &[TopicPartition]) {
+        Consumer::resume(self, partitions)
+    }
+
+    fn seek(&mut self, tp: &TopicPartition, offset: u64) -> garam_core::Result<()> {
+        Consumer::seek(self, tp, offset).map_err(to_streams)
+    }
 }
 
 impl BackendProducer for TransactionalProducer {

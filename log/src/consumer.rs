@@ -210,6 +210,8 @@ pub struct Consumer {
     closed: bool,
     /// Partitions whose position was reset backwards: the next commit may go below the old one.
     rewound: std::collections::BTreeSet<TopicPartition>,
+    /// Partitions not fetched until resumed (their task is restoring its state, say).
+    paused: std::collections::BTreeSet<TopicPartition>,
 }
 
 impl Consumer {
@@ -232,6 +234,7 @@ impl Consumer {
             rr: 0,
             closed: false,
             rewound: Default::default(),
+            paused: Default::default(),
         };
         match c.config.group.clone() {
             Some(g) => c.join(&g, counts),
@@ -295,6 +298,23 @@ impl Consumer {
         Ok(())
     }
 
+    /// Stops fetching partitions (they stay assigned; the group still sees this member alive).
+    pub fn pause(&mut self, tps: &[TopicPartition]) {
+        self.paused.extend(tps.iter().cloned());
+    }
+
+    /// Fetches paused partitions again.
+    pub fn resume(&mut self, tps: &[TopicPartition]) {
+        for tp in tps {
+            self.paused.remove(tp);
+        }
+    }
+
+    /// The paused partitions.
+    pub fn paused(&self) -> Vec<TopicPartition> {
+        self.paused.iter().cloned().collect()
+    }
+
     fn init_position(&mut self, tp: TopicPartition) -> Result<()> {
         let partition = self.log.partition(&tp.topic, tp.partition)?;
         let committed = self.config.group.as_ref().and_then(|g| self.log.groups().committed(g, &tp)).map(|c| c.offset);
@@ -333,6 +353,7 @@ impl Consumer {
             Err(LogError::Group { retriable: true, .. }) => {
                 // Expired: our partitions are gone already.
                 let lost: Vec<_> = std::mem::take(&mut self.positions).into_keys().collect();
+                self.paused.clear();
                 if !lost.is_empty() {
                     tracing::warn!(group, member, partitions = lost.len(), "session expired; partitions lost");
                     if let Some(l) = self.listener.as_mut() {
@@ -358,6 +379,7 @@ impl Consumer {
             }
             self.log.groups().release(&group, &member, &plan.revoke);
             for tp in &plan.revoke {
+                self.paused.remove(tp);
                 self.positions.remove(tp);
             }
         }
@@ -396,7 +418,7 @@ impl Consumer {
                 s.partition.register_waiter(&self.signal);
             }
             let rc = self.config.read_committed;
-            if self.positions.values().any(|s| s.end(rc) > s.position) {
+            if self.positions.iter().any(|(tp, s)| !self.paused.contains(tp) && s.end(rc) > s.position) {
                 continue;
             }
             let heartbeat = now + (self.config.session_timeout / 3).max(Duration::from_millis(10));
@@ -420,6 +442,9 @@ impl Consumer {
                 break;
             }
             let tp = &keys[(start + i) % n];
+            if self.paused.contains(tp) {
+                continue;
+            }
             let reset = self.config.auto_offset_reset;
             let s = self.positions.get_mut(tp).ok_or_else(|| LogError::InvalidArgument("position vanished".into()))?;
             let read_committed = self.config.read_committed;

@@ -21,6 +21,9 @@ pub struct Metrics {
     /// Bumped to ask every worker to commit at its next loop (run_until_idle).
     pub(crate) commit_requests: AtomicU64,
     pub(crate) commit_us: AtomicU64,
+    pub(crate) rebalances: AtomicU64,
+    pub(crate) partitions_lost: AtomicU64,
+    pub(crate) restored: AtomicU64,
     pub(crate) commit_max_us: AtomicU64,
     pub(crate) lag: Mutex<BTreeMap<String, BTreeMap<TopicPartition, u64>>>,
     pub(crate) tasks: Mutex<BTreeMap<String, Vec<String>>>,
@@ -47,6 +50,12 @@ pub struct MetricsSnapshot {
     pub commit_latency_avg_us: f64,
     /// Slowest commit, µs.
     pub commit_latency_max_us: u64,
+    /// Rebalance callbacks (assignments and revocations) seen by the workers.
+    pub rebalances: u64,
+    /// Partitions lost without a commit (a member's session expired).
+    pub partitions_lost: u64,
+    /// Changelog records applied by store restores.
+    pub restored: u64,
     /// Lag per partition (`topic-partition` → records behind).
     pub lag: BTreeMap<String, u64>,
     /// Tasks per member.
@@ -83,6 +92,9 @@ impl Metrics {
             commits,
             commit_latency_avg_us: if commits == 0 { 0.0 } else { get(&self.commit_us) as f64 / commits as f64 },
             commit_latency_max_us: get(&self.commit_max_us),
+            rebalances: get(&self.rebalances),
+            partitions_lost: get(&self.partitions_lost),
+            restored: get(&self.restored),
             lag,
             tasks: self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }

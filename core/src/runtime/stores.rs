@@ -75,6 +75,23 @@ pub struct TaskStores {
     pub changelogs: BTreeMap<String, String>,
     dir: PathBuf,
     _lock: Option<File>,
+    task: TaskId,
+    /// Stores still catching up with their changelogs.
+    restoring: Vec<Restore>,
+    read_committed: bool,
+    /// Changelog records applied so far.
+    restored: u64,
+}
+
+/// One store's restore in progress: changelog records `[offset, end)` are still to apply.
+struct Restore {
+    store: String,
+    topic: String,
+    from: u64,
+    offset: u64,
+    end: u64,
+    restored: u64,
+    started: Instant,
 }
 
 const CHECKPOINT: &str = ".checkpoint";
@@ -89,9 +106,11 @@ fn read_checkpoint(dir: &Path) -> BTreeMap<String, u64> {
 }
 
 impl TaskStores {
-    /// Opens the task's stores, restoring each from its changelog: from the checkpointed offset when
-    /// the store is on disk and was checkpointed (at-least-once), otherwise wiped and rebuilt from
-    /// the start (always under exactly-once after an unclean stop, when no checkpoint survives).
+    /// Opens the task's stores and plans their restores: from the checkpointed offset when the
+    /// store is on disk and was checkpointed, otherwise wiped and rebuilt from the start (always
+    /// under exactly-once after an unclean stop, when no checkpoint survives). The restores run in
+    /// steps ([`TaskStores::restore_step`]) so that a worker keeps polling, and so stays in its
+    /// group, while a large store catches up.
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         topology: &Topology,
@@ -102,12 +121,20 @@ impl TaskStores {
         exactly_once: bool,
         ctx: &StoreContext,
         cache: Option<&Rc<CacheBudget>>,
-        listener: Option<&RestoreListener>,
     ) -> Result<TaskStores> {
         let specs = topology.stores_of(task.subtopology);
         let dir = state_dir.join(application_id).join(task.to_string());
         if specs.is_empty() {
-            return Ok(TaskStores { stores: BTreeMap::new(), changelogs: BTreeMap::new(), dir, _lock: None });
+            return Ok(TaskStores {
+                stores: BTreeMap::new(),
+                changelogs: BTreeMap::new(),
+                dir,
+                _lock: None,
+                task,
+                restoring: Vec::new(),
+                read_committed: exactly_once,
+                restored: 0,
+            });
         }
         let io = |e: std::io::Error| StreamsError::backend(format!("state dir {}: {e}", dir.display()), true);
         fs::create_dir_all(&dir).map_err(io)?;
@@ -127,6 +154,7 @@ impl TaskStores {
         let checkpoint = read_checkpoint(&dir);
         let mut stores = BTreeMap::new();
         let mut changelogs = BTreeMap::new();
+        let mut restoring = Vec::new();
         for spec in specs {
             let store_dir = dir.join(&spec.name);
             let topic = spec.changelog_topic(application_id);
@@ -139,11 +167,16 @@ impl TaskStores {
             };
             fs::create_dir_all(&store_dir).map_err(io)?;
             let backend_store = spec.supplier.open(&store_dir, ctx)?;
-            let mut handle = match cache {
+            let handle = match cache {
                 Some(budget) => StoreHandle::with_cache(&spec.name, backend_store, budget.clone()),
                 None => StoreHandle::new(&spec.name, backend_store),
             };
-            restore(&mut handle, backend, &topic, task, from, exactly_once, listener)?;
+            let end = backend.end_offset(&topic, task.partition, exactly_once)?;
+            if from < end {
+                let started = Instant::now();
+                let store = spec.name.clone();
+                restoring.push(Restore { store, topic: topic.clone(), from, offset: from, end, restored: 0, started });
+            }
             stores.insert(spec.name.clone(), Rc::new(RefCell::new(handle)));
             changelogs.insert(spec.name.clone(), topic);
         }
@@ -156,7 +189,80 @@ impl TaskStores {
                 Err(e) => return Err(io(e)),
             }
         }
-        Ok(TaskStores { stores, changelogs, dir, _lock: Some(lock) })
+        Ok(TaskStores {
+            stores,
+            changelogs,
+            dir,
+            _lock: Some(lock),
+            task,
+            restoring,
+            read_committed: exactly_once,
+            restored: 0,
+        })
+    }
+
+    /// Changelog records applied by this task's restores so far.
+    pub fn restored(&self) -> u64 {
+        self.restored
+    }
+
+    /// True while some store has changelog records left to apply.
+    pub fn is_restoring(&self) -> bool {
+        !self.restoring.is_empty()
+    }
+
+    /// Applies changelog records until `deadline` or until every store has caught up (then true).
+    pub fn restore_step(
+        &mut self,
+        backend: &dyn ChangelogReader,
+        deadline: Instant,
+        listener: Option<&RestoreListener>,
+    ) -> Result<bool> {
+        while let Some(r) = self.restoring.first_mut() {
+            let store = &self.stores[&r.store];
+            let fetched = backend.fetch(&r.topic, self.task.partition, r.offset, 1 << 20, self.read_committed)?;
+            let mut batch = Vec::with_capacity(fetched.records.len());
+            for rec in &fetched.records {
+                if rec.offset >= r.end {
+                    break;
+                }
+                let Some(key) = rec.key.as_deref() else { continue };
+                batch.push((key.to_vec(), rec.value.as_deref().map(<[u8]>::to_vec)));
+            }
+            r.restored += batch.len() as u64;
+            self.restored += batch.len() as u64;
+            store.borrow_mut().restore_batch(batch)?;
+            // No progress means the changelog ends early (truncated): what exists is restored.
+            let done = fetched.next_offset >= r.end || fetched.next_offset <= r.offset;
+            r.offset = fetched.next_offset.min(r.end).max(r.offset);
+            let progress = |done| RestoreProgress {
+                store: r.store.clone(),
+                task: self.task,
+                restored: r.restored,
+                offset: if done { r.end.max(r.offset) } else { r.offset },
+                end: r.end,
+                done,
+            };
+            if let Some(l) = listener {
+                l(&progress(done));
+            }
+            if done {
+                let secs = r.started.elapsed().as_secs_f64();
+                tracing::info!(store = %r.store, task = %self.task, restored = r.restored, from = r.from, end = r.end, secs,
+                    "restored store from its changelog");
+                self.restoring.remove(0);
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        Ok(self.restoring.is_empty())
+    }
+
+    /// Restores every store to the end of its changelog.
+    pub fn restore_all(&mut self, backend: &dyn ChangelogReader, listener: Option<&RestoreListener>) -> Result<()> {
+        while !self.restore_step(backend, Instant::now() + std::time::Duration::from_secs(3600), listener)? {}
+        Ok(())
     }
 
     /// Flushes every store and records the changelog offsets reached (after a commit).
@@ -167,7 +273,11 @@ impl TaskStores {
         let mut out = String::from("v1\n");
         for (name, store) in &self.stores {
             store.borrow_mut().flush()?;
-            let end = backend.end_offset(&self.changelogs[name], partition, exactly_once)?;
+            // A store closed mid-restore holds the changelog up to where its restore got.
+            let end = match self.restoring.iter().find(|r| &r.store == name) {
+                Some(r) => r.offset,
+                None => backend.end_offset(&self.changelogs[name], partition, exactly_once)?,
+            };
             out.push_str(&format!("{name} {end}\n"));
         }
         // Durable: the file, the rename, and the directory entry.
@@ -186,48 +296,4 @@ impl TaskStores {
     pub fn clear_checkpoint(&self) {
         let _ = fs::remove_file(self.dir.join(CHECKPOINT));
     }
-}
-
-fn restore(
-    store: &mut StoreHandle,
-    backend: &dyn ChangelogReader,
-    topic: &str,
-    task: TaskId,
-    from: u64,
-    read_committed: bool,
-    listener: Option<&RestoreListener>,
-) -> Result<()> {
-    let started = Instant::now();
-    let end = backend.end_offset(topic, task.partition, read_committed)?;
-    let mut offset = from;
-    let mut restored = 0u64;
-    let name = store.name().to_string();
-    let report = |restored, offset, done| {
-        let p = RestoreProgress { store: name.clone(), task, restored, offset, end, done };
-        if let Some(l) = listener {
-            l(&p);
-        }
-    };
-    while offset < end {
-        let fetched = backend.fetch(topic, task.partition, offset, 4 << 20, read_committed)?;
-        let mut batch = Vec::with_capacity(fetched.records.len());
-        for r in &fetched.records {
-            if r.offset >= end {
-                break;
-            }
-            let Some(key) = r.key.as_deref() else { continue };
-            batch.push((key.to_vec(), r.value.as_deref().map(<[u8]>::to_vec)));
-        }
-        restored += batch.len() as u64;
-        store.restore_batch(batch)?;
-        if fetched.next_offset <= offset {
-            break;
-        }
-        offset = fetched.next_offset;
-        report(restored, offset, false);
-    }
-    let secs = started.elapsed().as_secs_f64();
-    tracing::info!(store = %store.name(), task = %task, restored, from, end, secs, "restored store from its changelog");
-    report(restored, end.max(offset), true);
-    Ok(())
 }

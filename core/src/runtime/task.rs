@@ -74,6 +74,22 @@ impl Task {
         &self.stores
     }
 
+    /// True while the task's stores are catching up with their changelogs; it processes nothing
+    /// until they have.
+    pub fn is_restoring(&self) -> bool {
+        self.stores.is_restoring()
+    }
+
+    /// Restores the task's stores until `deadline`; true once they have caught up.
+    pub fn restore_step(
+        &mut self,
+        backend: &dyn crate::runtime::stores::ChangelogReader,
+        deadline: std::time::Instant,
+        listener: Option<&crate::runtime::stores::RestoreListener>,
+    ) -> Result<bool> {
+        self.stores.restore_step(backend, deadline, listener)
+    }
+
     fn ctx<'a>(&'a mut self, collector: &'a mut dyn RecordCollector, env: &TaskEnv<'a>) -> TaskContext<'a> {
         TaskContext {
             task: self.id,

@@ -208,7 +208,6 @@ fn new_task(shared: &Shared, id: TaskId, cache: Option<&Rc<crate::state::CacheBu
         shared.eos(),
         &shared.config.store_context(),
         cache,
-        shared.restore_listener.as_ref(),
     )?;
     Task::new(&shared.topology, &shared.config.application_id, id, stores)
 }
@@ -246,10 +245,14 @@ fn flush_lent_caches(shared: &Shared, st: &mut Shared2) -> Result<()> {
 
 impl RebalanceListener for Listener {
     fn on_assigned(&mut self, partitions: &[TopicPartition]) {
+        self.shared.metrics.rebalances.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(partitions = partitions.len(), "partitions assigned");
         lock(&self.state).events.push(Event::Assigned(partitions.to_vec()));
     }
 
     fn on_revoked(&mut self, partitions: &[TopicPartition], committer: &mut dyn OffsetCommitter) {
+        self.shared.metrics.rebalances.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(partitions = partitions.len(), "partitions revoked");
         let mut st = lock(&self.state);
         if st.failed {
             st.events.push(Event::Revoked(partitions.to_vec()));
@@ -288,6 +291,9 @@ impl RebalanceListener for Listener {
     }
 
     fn on_lost(&mut self, partitions: &[TopicPartition]) {
+        self.shared.metrics.rebalances.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.partitions_lost.fetch_add(partitions.len() as u64, Ordering::Relaxed);
+        tracing::warn!(partitions = partitions.len(), "partitions lost");
         let mut st = lock(&self.state);
         if st.eos {
             // The open transaction covers the lost tasks too: it must never commit.
@@ -429,10 +435,16 @@ fn run_loop(
     let mut last_report = Instant::now();
     let mut seen_request = shared.metrics.commit_requests.load(Ordering::Acquire);
     let dlq = shared.dead_letter_topic.as_str();
+    // Tasks whose input partitions are paused while their stores restore.
+    let mut paused: BTreeSet<TaskId> = BTreeSet::new();
     while !shutdown.load(Ordering::Acquire) {
-        let polled = lend_tasks(tasks, || consumer.poll(shared.config.poll_timeout))?;
+        // While stores restore, poll without waiting: the poll keeps the member in its group.
+        let timeout = if paused.is_empty() { shared.config.poll_timeout } else { std::time::Duration::ZERO };
+        let polled = lend_tasks(tasks, || consumer.poll(timeout))?;
         let tasks = &mut *tasks.borrow_mut();
         apply_events(shared, state, tasks, cache)?;
+        paused.retain(|id| tasks.contains_key(id));
+        pause_restoring(shared, consumer, tasks, &mut paused);
         let started = Instant::now();
         let n = polled.len() as u64;
         {
@@ -458,6 +470,16 @@ fn run_loop(
                     std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::btree_map::Entry::Vacant(v) => v.insert(new_task(shared, id, cache)?),
                 };
+                if task.is_restoring() {
+                    // Not processed yet: read these records again once the stores are restored.
+                    if let Some(first) = p.records.first() {
+                        consumer.seek(&p.tp, first.offset)?;
+                    }
+                    if paused.insert(id) {
+                        consumer.pause(&task_partitions(shared, id));
+                    }
+                    continue;
+                }
                 let before = task.counters;
                 task.process(p, &mut collector, &env)?;
                 let after = task.counters;
@@ -466,9 +488,12 @@ fn run_loop(
                 m.skipped.fetch_add(after.skipped - before.skipped, Ordering::Relaxed);
                 m.dead_lettered.fetch_add(after.dead_lettered - before.dead_lettered, Ordering::Relaxed);
             }
-            for task in tasks.values_mut() {
+            for task in tasks.values_mut().filter(|t| !t.is_restoring()) {
                 task.punctuate(&mut collector, &env)?;
             }
+        }
+        if !paused.is_empty() {
+            restore_step(shared, consumer, tasks, &mut paused)?;
         }
         if n > 0 {
             shared.metrics.batches.fetch_add(n, Ordering::Relaxed);
@@ -483,6 +508,58 @@ fn run_loop(
         if last_report.elapsed() >= std::time::Duration::from_millis(100) {
             report(shared, consumer, tasks, member);
             last_report = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+/// The input partitions of a task.
+fn task_partitions(shared: &Shared, id: TaskId) -> Vec<TopicPartition> {
+    shared
+        .topic_to_sub
+        .iter()
+        .filter(|(_, sub)| **sub == id.subtopology)
+        .map(|(topic, _)| TopicPartition::new(topic.clone(), id.partition))
+        .collect()
+}
+
+/// Pauses the inputs of tasks that have stores to restore.
+fn pause_restoring(
+    shared: &Shared,
+    consumer: &mut dyn BackendConsumer,
+    tasks: &BTreeMap<TaskId, Task>,
+    paused: &mut BTreeSet<TaskId>,
+) {
+    for (id, t) in tasks {
+        if t.is_restoring() && paused.insert(*id) {
+            tracing::info!(task = %id, "restoring stores; input paused");
+            consumer.pause(&task_partitions(shared, *id));
+        }
+    }
+}
+
+/// Restores paused tasks for a bounded time, then resumes the inputs of those that caught up.
+fn restore_step(
+    shared: &Shared,
+    consumer: &mut dyn BackendConsumer,
+    tasks: &mut BTreeMap<TaskId, Task>,
+    paused: &mut BTreeSet<TaskId>,
+) -> Result<()> {
+    // Short enough that polls (heartbeats) and commits of the other tasks go on.
+    let deadline = Instant::now() + std::time::Duration::from_millis(100);
+    let reader = crate::runtime::stores::BackendReader(&*shared.backend);
+    for id in paused.clone() {
+        let Some(task) = tasks.get_mut(&id) else { continue };
+        let before = task.stores().restored();
+        let done = task.restore_step(&reader, deadline, shared.restore_listener.as_ref())?;
+        shared.metrics.restored.fetch_add(task.stores().restored() - before, Ordering::Relaxed);
+        if done {
+            tracing::info!(task = %id, "stores restored; processing");
+            consumer.resume(&task_partitions(shared, id));
+            paused.remove(&id);
+        }
+        if Instant::now() >= deadline {
+            break;
         }
     }
     Ok(())
