@@ -86,6 +86,18 @@ pub struct ConsumerSettings {
     pub read_committed: bool,
 }
 
+/// A live member of a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// The member id the coordinator gave.
+    pub member_id: String,
+    /// The member's client id (a worker thread's name; with `application.server`, prefixed
+    /// `host:port#`).
+    pub client_id: String,
+    /// What it owns.
+    pub partitions: Vec<TopicPartition>,
+}
+
 /// The group a transaction commits offsets for, and the member that must own them (Kafka's
 /// `ConsumerGroupMetadata`): a member that lost its partitions cannot commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +236,10 @@ pub trait Backend: Send + Sync + 'static {
     fn end_offset(&self, topic: &str, partition: u32, read_committed: bool) -> Result<u64>;
     /// Committed offsets and log end offsets of a group on a topic: `(partition, committed, end)`.
     fn group_offsets(&self, group: &str, topic: &str) -> Result<Vec<(u32, Option<u64>, u64)>>;
+    /// The live members of a group and the partitions each owns (interactive-query metadata).
+    fn group_members(&self, _group: &str) -> Result<Vec<GroupMember>> {
+        Ok(Vec::new())
+    }
     /// Where the runtime may write status files (the embedded log's data directory).
     fn status_dir(&self) -> Option<PathBuf> {
         None

@@ -59,6 +59,32 @@ pub enum StreamsError {
         /// What happened.
         message: String,
     },
+    /// An interactive query named a store this topology does not have, or the wrong types.
+    #[error("no queryable store '{store}': {reason}")]
+    StoreNotFound {
+        /// The store.
+        store: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An interactive query reached a store that is still restoring from its changelog: retry.
+    #[error("store '{store}' partition {partition} is restoring from its changelog; retry later")]
+    StoreRestoring {
+        /// The store.
+        store: String,
+        /// The partition (task) that is restoring.
+        partition: u32,
+    },
+    /// The key's partition of a store is not hosted by this instance.
+    #[error("store '{store}' partition {partition} is not hosted here{}", host.as_ref().map(|h| format!(" (owner: {h})")).unwrap_or_default())]
+    NotHosted {
+        /// The store.
+        store: String,
+        /// The key's partition.
+        partition: u32,
+        /// The member that hosts it, if known (its `application.server` when set).
+        host: Option<String>,
+    },
     /// The application is not running (or already stopped).
     #[error("the application is not running")]
     NotRunning,
@@ -72,6 +98,6 @@ impl StreamsError {
 
     /// Whether retrying can help.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, StreamsError::Backend { retriable: true, .. })
+        matches!(self, StreamsError::Backend { retriable: true, .. } | StreamsError::StoreRestoring { .. })
     }
 }

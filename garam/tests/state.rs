@@ -128,6 +128,22 @@ fn a_restore_longer_than_the_session_timeout_keeps_the_member() {
     let r2 = reports.clone();
     app.set_restore_listener(move |p| r2.lock().unwrap().push((p.clone(), std::time::Instant::now())));
     let started = std::time::Instant::now();
+    app.start().unwrap();
+    // Interactive queries say the store is restoring, then answer from the restored state.
+    let store = app.store::<String, u64>("counts").unwrap();
+    let mut restoring_seen = false;
+    let value = loop {
+        match store.get(&"k123456".to_string()) {
+            Err(garam::core::StreamsError::StoreRestoring { .. }) => restoring_seen = true,
+            // Before the first assignment.
+            Err(garam::core::StreamsError::NotHosted { .. }) => {}
+            Ok(v) => break v,
+            Err(e) => panic!("{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert!(restoring_seen, "queries during the restore are refused");
+    assert_eq!(value, Some(7));
     app.run_until_idle(Duration::from_millis(200)).unwrap();
     let m = app.metrics();
     assert_eq!(m.partitions_lost, 0, "the member kept its session while restoring: {m:?}");

@@ -104,6 +104,20 @@ impl Backend for Log {
         Ok(if read_committed { part.last_stable_offset() } else { part.high_watermark() })
     }
 
+    fn group_members(&self, group: &str) -> garam_core::Result<Vec<garam_core::backend::GroupMember>> {
+        Ok(self
+            .groups()
+            .describe(group)
+            .members
+            .into_iter()
+            .map(|m| garam_core::backend::GroupMember {
+                member_id: m.member_id,
+                client_id: m.client_id,
+                partitions: m.owned,
+            })
+            .collect())
+    }
+
     fn group_offsets(&self, group: &str, topic: &str) -> garam_core::Result<Vec<(u32, Option<u64>, u64)>> {
         Ok(crate::consumer::group_lag(self, group, topic)
             .map_err(to_streams)?

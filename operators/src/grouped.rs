@@ -97,7 +97,8 @@ impl<K: Data, V: Data> GroupedStream<K, V> {
         };
         let f = factory(name.clone(), key.clone(), value.clone());
         let id = g.add_node(format!("{name}-{kind}"), NodeKind::Processor { stores: vec![] }, &[self.stream.node], f);
-        g.add_store(StoreSpec { name: name.clone(), supplier: m.supplier.clone() }, id);
+        let serdes: Arc<dyn std::any::Any + Send + Sync> = Arc::new((key.clone(), value.clone()));
+        g.add_store(StoreSpec { name: name.clone(), supplier: m.supplier.clone(), serdes: Some(serdes) }, id);
         drop(g);
         Table { stream: Stream::new(self.stream.graph.clone(), id, Some(key), Some(value), false), store: Some(name) }
     }

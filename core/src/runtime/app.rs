@@ -45,6 +45,7 @@ pub struct App {
     status: Arc<Mutex<AppStatus>>,
     failure: Arc<Mutex<Option<String>>>,
     restore_listener: Option<crate::runtime::stores::RestoreListener>,
+    queries: Arc<super::queries::StoreRegistry>,
 }
 
 impl App {
@@ -60,6 +61,7 @@ impl App {
             status_thread: None,
             status: Arc::new(Mutex::new(AppStatus::Created)),
             failure: Arc::new(Mutex::new(None)),
+            queries: Arc::default(),
             restore_listener: None,
         })
     }
@@ -129,6 +131,7 @@ impl App {
                     .map_or_else(|| std::env::temp_dir().join("garam-streams"), |d| d.join("state")),
             },
             restore_listener: self.restore_listener.clone(),
+            queries: self.queries.clone(),
             instance: {
                 static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 INSTANCES.fetch_add(1, Ordering::Relaxed)
@@ -245,6 +248,52 @@ impl App {
         }
         tracing::info!("shutting down");
         self.close()
+    }
+
+    /// A store of the running app, for reads from any thread (interactive queries): `get`,
+    /// `range` and `all` over the tasks hosted by this instance, as of each task's last commit.
+    /// Keys map to partitions with the default partitioner; [`ReadOnlyStore::metadata`] says
+    /// which member hosts a key that is elsewhere. A partition still restoring answers with
+    /// [`StreamsError::StoreRestoring`].
+    ///
+    /// [`ReadOnlyStore::metadata`]: super::queries::ReadOnlyStore::metadata
+    pub fn store<K: 'static, V: 'static>(&self, name: &str) -> Result<super::queries::ReadOnlyStore<K, V>> {
+        let not_found =
+            |reason: &str| StreamsError::StoreNotFound { store: name.to_string(), reason: reason.to_string() };
+        let (spec, sub) = self
+            .topology
+            .all_stores()
+            .into_iter()
+            .find(|(s, _)| s.name == name)
+            .ok_or_else(|| not_found("the topology has no store of that name"))?;
+        let (key, value) = spec
+            .serdes
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<(crate::serdes::SharedSerde<K>, crate::serdes::SharedSerde<V>)>())
+            .cloned()
+            .ok_or_else(|| not_found("its key and value types differ from the ones asked for"))?;
+        let app_id = &self.config.application_id;
+        let topics =
+            self.topology.topic_to_subtopology(app_id).into_iter().filter(|(_, s)| *s == sub).map(|(t, _)| t).collect();
+        // Stores with a cache publish what they have committed from their next commit on: ask
+        // for a commit and wait for it, so the first read is as fresh as the later ones.
+        let deadline = std::time::Instant::now() + self.config.commit_interval + Duration::from_secs(10);
+        while !self.queries.request(name) {
+            if std::time::Instant::now() >= deadline || self.shutdown.load(Ordering::Acquire) {
+                return Err(StreamsError::StoreRestoring { store: name.to_string(), partition: 0 });
+            }
+            self.metrics.commit_requests.fetch_add(1, Ordering::AcqRel);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(super::queries::ReadOnlyStore::new(
+            name,
+            self.queries.clone(),
+            self.backend.clone(),
+            app_id,
+            topics,
+            key,
+            value,
+        ))
     }
 
     /// Runs until every input partition is caught up (lag 0 with nothing in flight), then closes.

@@ -46,6 +46,9 @@ pub struct AppConfig {
     /// `statestore.cache.max.bytes` (also `cache.max.bytes`): the store caches of all worker
     /// threads together, carved out of `state.memory.max.bytes`; 0 disables caching.
     pub cache_max_bytes: u64,
+    /// `application.server`: this instance's `host:port` for interactive queries; other
+    /// instances learn it from the group and send queries for keys hosted here.
+    pub application_server: Option<String>,
     commit_interval_set: bool,
 }
 
@@ -66,6 +69,7 @@ impl AppConfig {
             state_dir: None,
             state_memory_max_bytes: 256 << 20,
             cache_max_bytes: 128 << 20,
+            application_server: None,
             commit_interval_set: false,
         }
     }
@@ -120,6 +124,12 @@ impl AppConfig {
             "session.timeout.ms" => self.session_timeout = Duration::from_millis(num()?.max(1)),
             "state.dir" => self.state_dir = Some(value.into()),
             "state.memory.max.bytes" => self.state_memory_max_bytes = num()?.max(1 << 20),
+            "application.server" => {
+                if value.contains('#') || !value.contains(':') {
+                    return Err(bad("expected host:port"));
+                }
+                self.application_server = Some(value.into())
+            }
             "statestore.cache.max.bytes" | "cache.max.bytes" | "cache.max.bytes.buffering" => {
                 self.cache_max_bytes = num()?
             }

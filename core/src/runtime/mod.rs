@@ -8,6 +8,7 @@
 mod app;
 mod config;
 mod metrics;
+pub mod queries;
 pub mod stores;
 mod task;
 mod worker;
@@ -15,4 +16,5 @@ mod worker;
 pub use app::{App, AppStatus};
 pub use config::{AppConfig, ProcessingGuarantee};
 pub use metrics::{Metrics, MetricsSnapshot};
+pub use queries::{KeyQueryMetadata, ReadOnlyStore};
 pub use task::{Task, TaskEnv};

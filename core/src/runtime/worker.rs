@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub state_dir: std::path::PathBuf,
     /// Restore progress callback.
     pub restore_listener: Option<crate::runtime::stores::RestoreListener>,
+    /// The stores open here, for interactive queries.
+    pub queries: Arc<super::queries::StoreRegistry>,
 }
 
 impl Shared {
@@ -152,6 +154,9 @@ fn task_of(shared: &Shared, tp: &TopicPartition) -> Option<TaskId> {
 fn close_tasks(shared: &Shared, tasks: &mut BTreeMap<TaskId, Task>, ids: &BTreeSet<TaskId>, checkpoint: bool) {
     for id in ids {
         if let Some(mut t) = tasks.remove(id) {
+            for (name, store) in &t.stores().stores {
+                shared.queries.unregister(name, id.partition, &store.borrow().view());
+            }
             if let Err(e) = t.close() {
                 tracing::warn!(task = %id, error = %e, "closing task failed");
             }
@@ -209,7 +214,14 @@ fn new_task(shared: &Shared, id: TaskId, cache: Option<&Rc<crate::state::CacheBu
         &shared.config.store_context(),
         cache,
     )?;
-    Task::new(&shared.topology, &shared.config.application_id, id, stores)
+    let task = Task::new(&shared.topology, &shared.config.application_id, id, stores)?;
+    let restoring = task.is_restoring();
+    for (name, store) in &task.stores().stores {
+        let topic = &task.stores().changelogs[name];
+        let partitions = shared.backend.partition_count(topic)?.unwrap_or(1);
+        shared.queries.register(name, id.partition, partitions, store.borrow().view(), restoring);
+    }
+    Ok(task)
 }
 
 /// Runs inside `poll`. Tasks live on the worker thread, so the listener only flushes, commits,
@@ -371,7 +383,11 @@ pub(crate) fn run(
     let listener = Listener { state: state.clone(), shared: shared.clone() };
     let settings = ConsumerSettings {
         group: shared.config.application_id.clone(),
-        client_id: name.clone(),
+        // The group carries `application.server` to other instances in the client id.
+        client_id: match &shared.config.application_server {
+            Some(server) => format!("{server}#{name}"),
+            None => name.clone(),
+        },
         topics: shared.topic_to_sub.keys().cloned().collect(),
         auto_offset_reset: shared.config.auto_offset_reset,
         max_poll_records: shared.config.max_poll_records,
@@ -555,6 +571,9 @@ fn restore_step(
         shared.metrics.restored.fetch_add(task.stores().restored() - before, Ordering::Relaxed);
         if done {
             tracing::info!(task = %id, "stores restored; processing");
+            for name in task.stores().stores.keys() {
+                shared.queries.restored(name, id.partition);
+            }
             consumer.resume(&task_partitions(shared, id));
             paused.remove(&id);
         }

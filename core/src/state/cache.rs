@@ -162,6 +162,14 @@ impl StoreCache {
         out
     }
 
+    /// The entries the backend lacks (logged or not).
+    pub(crate) fn unpersisted(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> + '_ {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.written != Written::Everywhere)
+            .map(|(k, e)| (k.as_slice(), e.value.as_deref()))
+    }
+
     /// True when some entry is not in the backend yet.
     pub(crate) fn has_unpersisted(&self) -> bool {
         self.unpersisted > 0

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use super::cache::{CacheBudget, StoreCache};
-use super::{KeyValueStore, ReadableStore, VALUE_FORMAT_VERSION};
+use super::{KeyValueStore, QueryView, VALUE_FORMAT_VERSION};
 use crate::error::{Result, StreamsError};
 
 /// A changelog record: a key and its versioned value (`None`: deleted).
@@ -39,13 +39,16 @@ pub struct StoreHandle {
     pending: Vec<Change>,
     buf: Vec<u8>,
     metrics: StoreMetrics,
+    view: std::sync::Arc<QueryView>,
 }
 
 impl StoreHandle {
     /// Wraps an opened store, without a cache: every write reaches the backend and the changelog.
     pub fn new(name: &str, inner: Box<dyn KeyValueStore>) -> Self {
+        let view = QueryView::new(name, inner.reader());
         StoreHandle {
             name: name.to_string(),
+            view,
             inner,
             cache: None,
             pending: Vec::new(),
@@ -71,9 +74,13 @@ impl StoreHandle {
         self.metrics
     }
 
-    /// A thread-safe reader of the backend (interactive queries): it sees what has been flushed
-    /// from the cache, that is the state as of the last commit or eviction.
-    pub fn reader(&self) -> std::sync::Arc<dyn ReadableStore> {
+    /// What interactive queries read from other threads: the store as of the last commit.
+    pub fn view(&self) -> std::sync::Arc<QueryView> {
+        self.view.clone()
+    }
+
+    /// A thread-safe reader of the backend alone (without what the cache holds).
+    pub fn reader(&self) -> std::sync::Arc<dyn super::ReadableStore> {
         self.inner.reader()
     }
 
@@ -144,8 +151,20 @@ impl StoreHandle {
     /// Queues the cache's changes for the changelog, once per key. Called before every commit:
     /// the changelog is what makes them durable.
     pub fn flush_cache(&mut self) -> Result<()> {
-        let Some(cache) = &mut self.cache else { return Ok(()) };
+        let Some(cache) = &mut self.cache else {
+            self.view.set_complete();
+            return Ok(());
+        };
         let dirty = cache.take_dirty();
+        if self.view.wanted() {
+            if self.view.is_complete() {
+                self.view.publish(dirty.iter().map(|(k, v)| (k.as_slice(), v.as_deref())));
+            } else {
+                // The first commit after a query asked: everything the backend lacks.
+                self.view.publish(cache.unpersisted());
+                self.view.set_complete();
+            }
+        }
         self.pending.extend(dirty);
         Ok(())
     }
@@ -159,6 +178,7 @@ impl StoreHandle {
         }
         let (all, dirty) = cache.take_unpersisted();
         self.inner.write_batch(&all)?;
+        self.view.persisted(&all);
         self.metrics.flushes += 1;
         self.metrics.backend_writes += all.len() as u64;
         self.pending.extend(dirty);

@@ -15,9 +15,11 @@ use crate::error::Result;
 
 mod cache;
 mod handle;
+mod query;
 
 pub use cache::CacheBudget;
 pub use handle::{unversion, Change, StoreHandle, StoreMetrics};
+pub use query::QueryView;
 
 /// Format version of store values and changelog records (the first byte of each).
 pub const VALUE_FORMAT_VERSION: u8 = 1;
@@ -89,6 +91,8 @@ pub struct StoreSpec {
     pub name: String,
     /// How to open it.
     pub supplier: Arc<dyn StoreSupplier>,
+    /// The typed serdes, `(SharedSerde<K>, SharedSerde<V>)`, for interactive queries.
+    pub serdes: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl StoreSpec {

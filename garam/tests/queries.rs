@@ -1,0 +1,122 @@
+//! Interactive queries: typed reads of a running app's stores, restoring errors, and the metadata
+//! that says which instance hosts a key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use garam::core::StreamsError;
+use garam::log::{Log, TopicConfig};
+use garam::prelude::*;
+
+fn topology() -> garam::core::topology::Topology {
+    let b = StreamBuilder::new();
+    b.stream::<String, String>("in", Consumed::with(StringSerde, StringSerde))
+        .group_by_key()
+        .count(Materialized::named("counts").with(StringSerde, U64Serde))
+        .to_stream()
+        .to("out", Produced::with(StringSerde, U64Serde));
+    b.build().unwrap()
+}
+
+fn produce(log: &Log, keys: u64, from: u64, to: u64) -> BTreeMap<String, u64> {
+    let mut p = log.producer(Default::default()).unwrap();
+    let mut truth = BTreeMap::new();
+    for i in from..to {
+        let k = format!("k{}", i % keys);
+        p.send("in", garam::core::Record::new(Some(k.clone()), Some("x"))).unwrap();
+        *truth.entry(k).or_insert(0) += 1;
+    }
+    p.flush().unwrap();
+    truth
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_running_app_answers_get_range_and_all_as_of_its_last_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 3, TopicConfig::default()).unwrap();
+    log.create_topic("out", 3, TopicConfig::default()).unwrap();
+    let mut truth = produce(&log, 40, 0, 4000);
+    let mut config = AppConfig::new("iq");
+    config.num_threads = 2;
+    config.state_dir = Some(dir.path().join("state"));
+    let mut app = App::new(topology(), config, Arc::new(log.clone())).unwrap();
+    app.start().unwrap();
+    wait_for("the input", || app.metrics().records_in == 4000);
+    let store = app.store::<String, u64>("counts").unwrap();
+    // Everything processed is visible after the next commit (the default cache holds it until then).
+    wait_for("a commit", || store.all().map(|all| all.len() == 40).unwrap_or(false));
+    wait_for("the counts", || store.get(&"k7".into()).unwrap() == Some(100));
+    for (k, n) in &truth {
+        assert_eq!(store.get(k).unwrap(), Some(*n), "{k}");
+        let md = store.metadata(k).unwrap();
+        assert!(md.local, "{k}: {md:?}");
+        assert!(md.member_id.is_some());
+    }
+    assert_eq!(store.get(&"absent".into()).unwrap(), None);
+    let mut all: Vec<(String, u64)> = store.all().unwrap();
+    all.sort();
+    assert_eq!(all, truth.iter().map(|(k, n)| (k.clone(), *n)).collect::<Vec<_>>());
+    // Serialized string keys order as the strings do.
+    let ranged = store.range(&"k1".into(), &"k2".into()).unwrap();
+    let expect: Vec<_> = truth.range("k1".to_string().."k2".to_string()).map(|(k, n)| (k.clone(), *n)).collect();
+    assert_eq!(ranged, expect);
+    // Later input shows up too.
+    for (k, n) in produce(&log, 40, 0, 400) {
+        *truth.get_mut(&k).unwrap() += n;
+    }
+    wait_for("the new counts", || store.get(&"k3".into()).unwrap() == truth.get("k3").copied());
+    // Wrong names and types are errors, not panics.
+    assert!(matches!(app.store::<String, u64>("nope"), Err(StreamsError::StoreNotFound { .. })));
+    assert!(matches!(app.store::<u64, u64>("counts"), Err(StreamsError::StoreNotFound { .. })));
+    app.close().unwrap();
+}
+
+#[test]
+fn keys_hosted_by_another_instance_name_its_application_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 2, TopicConfig::default()).unwrap();
+    log.create_topic("out", 2, TopicConfig::default()).unwrap();
+    let truth = produce(&log, 20, 0, 2000);
+    let make = |server: &str| {
+        let mut c = AppConfig::new("iq2");
+        c.num_threads = 1;
+        c.state_dir = Some(dir.path().join(server.replace(':', "_")));
+        c.set("application.server", server).unwrap();
+        let mut app = App::new(topology(), c, Arc::new(log.clone())).unwrap();
+        app.start().unwrap();
+        app
+    };
+    let mut a = make("host-a:7001");
+    let mut b = make("host-b:7002");
+    let (sa, sb) = (a.store::<String, u64>("counts").unwrap(), b.store::<String, u64>("counts").unwrap());
+    // Once the group has settled, every key is answered by exactly one instance, and the other
+    // names it.
+    wait_for("both instances to host a partition and count everything", || {
+        truth.iter().all(|(k, n)| match (sa.get(k), sb.get(k)) {
+            (Ok(Some(x)), Err(StreamsError::NotHosted { host: Some(h), .. })) => x == *n && h == "host-a:7001",
+            (Err(StreamsError::NotHosted { host: Some(h), .. }), Ok(Some(x))) => x == *n && h == "host-b:7002",
+            _ => false,
+        })
+    });
+    for k in truth.keys() {
+        let (ma, mb) = (sa.metadata(k).unwrap(), sb.metadata(k).unwrap());
+        assert_eq!(ma.partition, mb.partition);
+        assert_ne!(ma.local, mb.local, "{k}");
+        assert_eq!(ma.host, mb.host);
+        let expected = if ma.local { "host-a:7001" } else { "host-b:7002" };
+        assert_eq!(ma.host.as_deref(), Some(expected), "{k}");
+    }
+    a.close().unwrap();
+    b.close().unwrap();
+}
