@@ -53,13 +53,14 @@ pub fn embedded(dir: impl AsRef<Path>) -> Result<Arc<dyn garam_core::backend::Ba
 pub mod prelude {
     pub use garam_core::processor::{Processor, ProcessorContext, PunctuationType};
     pub use garam_core::record::StreamRecord;
-    pub use garam_core::runtime::{App, AppConfig};
+    pub use garam_core::runtime::{App, AppConfig, KeyQueryMetadata, ReadOnlyStore};
     pub use garam_core::serdes::{
         BincodeSerde, BytesSerde, I32Serde, I64Serde, JsonSerde, OptionSerde, Serde, StringSerde, U32Serde, U64Serde,
         UnitSerde,
     };
     pub use garam_core::testing::TopologyTestDriver;
     pub use garam_operators::{
-        Consumed, Grouped, GroupedStream, Materialized, Produced, Repartitioned, Stream, StreamBuilder, Table,
+        Change, Consumed, Grouped, GroupedStream, GroupedTable, Materialized, Produced, Repartitioned, Stream,
+        StreamBuilder, Table,
     };
 }

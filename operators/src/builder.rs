@@ -157,6 +157,40 @@ impl StreamBuilder {
         self.stream_from(topics.iter().map(|t| TopicRef::External(t.to_string())).collect(), consumed)
     }
 
+    /// A table over `topic`: each record is the latest value of its key, a null value (tombstone)
+    /// deletes it. The table is materialized in the store `materialized` names (serdes default to
+    /// the consumed ones), and its changes flow downstream.
+    pub fn table<K: Data, V: Data>(
+        &self,
+        topic: &str,
+        consumed: Consumed<K, V>,
+        materialized: crate::table::Materialized<K, V>,
+    ) -> crate::table::Table<K, V> {
+        let value = consumed.value.clone();
+        let key = consumed.key.clone();
+        let timestamp = consumed.timestamp.clone();
+        let nullable = Consumed::<K, Option<V>> {
+            key: consumed.key,
+            value: Arc::new(garam_core::serdes::OptionSerde(garam_core::serdes::ArcSerde(consumed.value))),
+            timestamp: timestamp.map(|f| {
+                let f: TimestampExtractor<K, Option<V>> = Arc::new(move |k: &K, v: &Option<V>, ts: i64| match v {
+                    Some(v) => f(k, v, ts),
+                    None => ts,
+                });
+                f
+            }),
+            name: consumed.name,
+        };
+        let source = self.stream_from(vec![TopicRef::External(topic.to_string())], nullable);
+        let m = crate::table::Materialized {
+            key: materialized.key.or(Some(key)),
+            value: materialized.value.or(Some(value)),
+            ..materialized
+        };
+        let update: crate::ops::keyed_update::Update<K, Option<V>, V> = Arc::new(|_, v, _| v);
+        crate::table::stateful(&source, "table-source", m, update)
+    }
+
     pub(crate) fn stream_from<K: Data, V: Data>(
         &self,
         topics: Vec<TopicRef>,

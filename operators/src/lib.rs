@@ -31,15 +31,17 @@
 #![deny(missing_docs)]
 
 pub mod builder;
+pub mod change;
 pub mod grouped;
 mod ops;
 pub mod stream;
 pub mod table;
 
 pub use builder::{Consumed, Grouped, Produced, Repartitioned, StreamBuilder};
+pub use change::{Change, ChangeSerde};
 pub use grouped::GroupedStream;
 pub use stream::{Splitter, Stream};
-pub use table::{Materialized, Table};
+pub use table::{GroupedTable, Materialized, Table};
 
 /// What a key or value type needs to flow through operators: it is cloned only when one stream
 /// feeds several operators.

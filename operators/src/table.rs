@@ -1,10 +1,15 @@
-//! `Table<K, V>`: the latest value per key, as a stream of updates.
+//! `Table<K, V>`: the latest value per key, as a stream of changes; and [`GroupedTable`], a table
+//! re-grouped by a new key for aggregation with an adder and a subtractor.
 
 use std::sync::Arc;
 
-use garam_core::serdes::{Serde, SharedSerde};
-use garam_core::state::StoreSupplier;
+use garam_core::serdes::{ArcSerde, OptionSerde, Serde, SharedSerde, U64Serde};
+use garam_core::state::{StoreSpec, StoreSupplier};
+use garam_core::topology::NodeKind;
 
+use crate::builder::{Grouped, Repartitioned};
+use crate::change::{Change, ChangeSerde};
+use crate::ops::keyed_update::{self, Update};
 use crate::stream::Stream;
 use crate::Data;
 
@@ -54,30 +59,199 @@ impl<K: 'static, V: 'static> Materialized<K, V> {
     }
 }
 
-/// A table: every record is the new value of its key. Produced by aggregations.
+/// A table: the latest value of each key. It travels as a stream of [`Change`]s (old and new
+/// value), produced by aggregations and by [`StreamBuilder::table`](crate::StreamBuilder::table).
 pub struct Table<K, V> {
-    pub(crate) stream: Stream<K, V>,
+    pub(crate) changes: Stream<K, Change<V>>,
+    pub(crate) value_serde: Option<SharedSerde<V>>,
     pub(crate) store: Option<String>,
 }
 
+impl<K, V> Clone for Table<K, V> {
+    fn clone(&self) -> Self {
+        Table { changes: self.changes.clone(), value_serde: self.value_serde.clone(), store: self.store.clone() }
+    }
+}
+
+fn change_serde<V: 'static>(value: &Option<SharedSerde<V>>) -> Option<SharedSerde<Change<V>>> {
+    value.clone().map(|v| Arc::new(ChangeSerde(v)) as SharedSerde<Change<V>>)
+}
+
 impl<K: Data, V: Data> Table<K, V> {
-    /// The stream of updates (one record per change of a key's value).
-    pub fn to_stream(&self) -> Stream<K, V> {
-        self.stream.clone()
+    pub(crate) fn from_changes(
+        changes: Stream<K, Change<V>>,
+        value_serde: Option<SharedSerde<V>>,
+        store: Option<String>,
+    ) -> Self {
+        let mut changes = changes;
+        changes.value_serde = change_serde(&value_serde);
+        Table { changes, value_serde, store }
     }
 
-    /// The name of the store that materializes the table.
+    /// The table's updates as a stream of new values (deletions are not in it; see
+    /// [`Table::to_stream_with_deletes`]).
+    pub fn to_stream(&self) -> Stream<K, V> {
+        let mut s = self.changes.flat_map_values(|c: Change<V>| c.new);
+        s.value_serde = self.value_serde.clone();
+        s
+    }
+
+    /// The table's updates with deletions as `None` — written to a topic, they are tombstones.
+    pub fn to_stream_with_deletes(&self) -> Stream<K, Option<V>> {
+        let mut s = self.changes.map_values(|c: Change<V>| c.new);
+        s.value_serde = self.value_serde.clone().map(|v| Arc::new(OptionSerde(ArcSerde(v))) as SharedSerde<Option<V>>);
+        s
+    }
+
+    /// The table's changes, old and new value.
+    pub fn to_change_stream(&self) -> Stream<K, Change<V>> {
+        self.changes.clone()
+    }
+
+    /// The store holding this table, if it is materialized.
     pub fn store_name(&self) -> Option<&str> {
         self.store.as_deref()
     }
 
-    /// Keeps the updates for which `pred` holds.
+    /// The rows that satisfy `pred`. A row that stops satisfying it is deleted downstream.
     pub fn filter(&self, pred: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> Table<K, V> {
-        Table { stream: self.stream.filter(pred), store: None }
+        let changes = self
+            .changes
+            .map_values_with_key(move |k, c: Change<V>| Change {
+                old: c.old.filter(|v| pred(k, v)),
+                new: c.new.filter(|v| pred(k, v)),
+            })
+            .filter(|_, c| c.old.is_some() || c.new.is_some());
+        Table::from_changes(changes, self.value_serde.clone(), None)
     }
 
-    /// Maps the values of updates.
+    /// Each row's value through `f` (old and new values alike).
     pub fn map_values<V2: Data>(&self, f: impl Fn(V) -> V2 + Send + Sync + 'static) -> Table<K, V2> {
-        Table { stream: self.stream.map_values(f), store: None }
+        let changes = self.changes.map_values(move |c: Change<V>| Change { old: c.old.map(&f), new: c.new.map(&f) });
+        Table::from_changes(changes, None, None)
     }
+
+    /// Gives the values' serde (after `map_values`, before `group_by` or `to_stream().to(..)`).
+    pub fn with_value_serde(&self, value: impl Serde<V>) -> Table<K, V> {
+        Table::from_changes(self.changes.clone(), Some(Arc::new(value)), self.store.clone())
+    }
+
+    /// Re-groups the rows by a new key (and value) for aggregation, through the repartition topic
+    /// `<application.id>-<grouped name>-repartition`. A changed row leaves its old group (the old
+    /// value goes to the subtractor) and joins its new one (the new value goes to the adder).
+    pub fn group_by<K2: Data, V2: Data>(
+        &self,
+        selector: impl Fn(&K, &V) -> (K2, V2) + Send + Sync + 'static,
+        grouped: Grouped<K2, V2>,
+    ) -> GroupedTable<K2, V2> {
+        let regrouped = self.changes.flat_map(move |k: K, c: Change<V>| {
+            let old = c.old.map(|o| {
+                let (k2, v2) = selector(&k, &o);
+                (k2, Change { old: Some(v2), new: None })
+            });
+            let new = c.new.map(|n| {
+                let (k2, v2) = selector(&k, &n);
+                (k2, Change { old: None, new: Some(v2) })
+            });
+            old.into_iter().chain(new)
+        });
+        let mut r = Repartitioned::<K2, Change<V2>>::named(&grouped.name);
+        r.key = grouped.key;
+        r.value = change_serde(&grouped.value);
+        GroupedTable { changes: regrouped.repartition(r), value_serde: grouped.value }
+    }
+}
+
+/// A table re-grouped by a new key: the input of aggregations that add a row's new value to its
+/// group and subtract its old one (Kafka Streams' `KGroupedTable`).
+pub struct GroupedTable<K, V> {
+    changes: Stream<K, Change<V>>,
+    value_serde: Option<SharedSerde<V>>,
+}
+
+impl<K: Data, V: Data> GroupedTable<K, V> {
+    /// Aggregates each group: `init()` starts it, `adder(key, value, agg)` adds a row's new value,
+    /// `subtractor(key, value, agg)` removes a row's old value.
+    pub fn aggregate<VA: Data>(
+        &self,
+        init: impl Fn() -> VA + Send + Sync + 'static,
+        adder: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+        subtractor: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+        materialized: Materialized<K, VA>,
+    ) -> Table<K, VA> {
+        let update: Update<K, Change<V>, VA> = Arc::new(move |k, c, current| {
+            let mut agg = current.unwrap_or_else(&init);
+            if let Some(old) = c.old {
+                agg = subtractor(k, old, agg);
+            }
+            if let Some(new) = c.new {
+                agg = adder(k, new, agg);
+            }
+            Some(agg)
+        });
+        stateful(&self.changes, "aggregate", materialized, update)
+    }
+
+    /// Counts the rows in each group.
+    pub fn count(&self, materialized: Materialized<K, u64>) -> Table<K, u64> {
+        let m = if materialized.value.is_none() { materialized.with_value_serde(U64Serde) } else { materialized };
+        self.aggregate(|| 0u64, |_, _, n| n + 1, |_, _, n| n.saturating_sub(1), m)
+    }
+
+    /// Combines each group's values: `adder(agg, new value)`, `subtractor(agg, old value)`.
+    pub fn reduce(
+        &self,
+        adder: impl Fn(V, V) -> V + Send + Sync + 'static,
+        subtractor: impl Fn(V, V) -> V + Send + Sync + 'static,
+        materialized: Materialized<K, V>,
+    ) -> Table<K, V> {
+        let value = materialized.value.clone().or_else(|| self.value_serde.clone());
+        let update: Update<K, Change<V>, V> = Arc::new(move |_, c, current| {
+            let mut agg = current;
+            if let Some(old) = c.old {
+                agg = agg.map(|a| subtractor(a, old));
+            }
+            if let Some(new) = c.new {
+                agg = Some(match agg {
+                    Some(a) => adder(a, new),
+                    None => new,
+                });
+            }
+            agg
+        });
+        stateful(&self.changes, "reduce", Materialized { value, ..materialized }, update)
+    }
+}
+
+/// Adds the stateful operator `<store>-<kind>` over `input` with its store, checking the store's
+/// name and serdes (problems are reported by `build()`).
+pub(crate) fn stateful<K: Data, V: Data, VA: Data>(
+    input: &Stream<K, V>,
+    kind: &str,
+    m: Materialized<K, VA>,
+    update: Update<K, V, VA>,
+) -> Table<K, VA> {
+    let name = m.name.clone();
+    let unbuilt = || Table::from_changes(input.map_values(|_| Change { old: None, new: None }), None, None);
+    let mut g = input.graph.borrow_mut();
+    if g.stores().iter().any(|(s, _)| s.name == name) {
+        g.add_error(format!("two stores are named '{name}'; every stateful operator needs its own name"));
+        drop(g);
+        return unbuilt();
+    }
+    let key = m.key.clone().or_else(|| input.key_serde.clone());
+    let (Some(key), Some(value)) = (key, m.value.clone()) else {
+        g.add_error(format!(
+            "store '{name}' needs serdes: give them with Materialized::named(\"{name}\").with(key_serde, value_serde)"
+        ));
+        drop(g);
+        return unbuilt();
+    };
+    let f = keyed_update::factory::<K, V, VA>(name.clone(), key.clone(), value.clone(), update);
+    let id = g.add_node(format!("{name}-{kind}"), NodeKind::Processor { stores: vec![] }, &[input.node], f);
+    let serdes: Arc<dyn std::any::Any + Send + Sync> = Arc::new((key.clone(), value.clone()));
+    g.add_store(StoreSpec { name: name.clone(), supplier: m.supplier.clone(), serdes: Some(serdes) }, id);
+    drop(g);
+    let changes = Stream::new(input.graph.clone(), id, Some(key), None, false);
+    Table::from_changes(changes, Some(value), Some(name))
 }

@@ -1,8 +1,7 @@
 //! One file per operator. Each exposes a `factory` that builds the operator for a task.
 
-pub(crate) mod aggregate;
+pub(crate) mod keyed_update;
 pub(crate) mod process;
-pub(crate) mod reduce;
 pub(crate) mod sink;
 pub(crate) mod source;
 pub(crate) mod split;

@@ -1,0 +1,89 @@
+//! The one stateful per-key operator behind `aggregate`, `count`, `reduce`, table sources and table
+//! aggregations: each record updates its key's value in a store (`update(key, record, current) ->
+//! new`, `None` deleting it), and the change — old and new value — is forwarded.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use garam_core::processor::{Batch, Downstream, DownstreamRef, Fanout, TaskContext};
+use garam_core::record::StreamRecord;
+use garam_core::serdes::SharedSerde;
+use garam_core::state::SharedStore;
+use garam_core::topology::builder::Factory;
+use garam_core::{Result, StreamsError};
+
+use crate::change::Change;
+use crate::Data;
+
+/// `update(key, record value, current value) -> new value` (`None`: absent / delete).
+pub(crate) type Update<K, V, VA> = Arc<dyn Fn(&K, V, Option<VA>) -> Option<VA> + Send + Sync>;
+
+struct KeyedUpdate<K, V, VA> {
+    store: SharedStore,
+    key: SharedSerde<K>,
+    value: SharedSerde<VA>,
+    update: Update<K, V, VA>,
+    next: Fanout<K, Change<VA>>,
+    key_buf: Vec<u8>,
+    value_buf: Vec<u8>,
+}
+
+impl<K: Data, V: Data, VA: Data> Downstream<K, V> for KeyedUpdate<K, V, VA> {
+    fn push(&mut self, batch: Batch<K, V>, ctx: &mut TaskContext<'_>) -> Result<()> {
+        let mut out = Vec::with_capacity(batch.len());
+        let mut store = self.store.borrow_mut();
+        let name = store.name().to_string();
+        let bad = |what: &str, e: garam_core::serdes::SerdeError| {
+            StreamsError::Topology(format!("store {name}: cannot {what}: {e}"))
+        };
+        for r in batch {
+            self.key_buf.clear();
+            self.key.serialize(&r.key, &mut self.key_buf).map_err(|e| bad("serialize a key", e))?;
+            let old = match store.get(&self.key_buf)? {
+                Some(v) => Some(self.value.deserialize(&v).map_err(|e| bad("read a value", e))?),
+                None => None,
+            };
+            let new = (self.update)(&r.key, r.value, old.clone());
+            match &new {
+                Some(v) => {
+                    self.value_buf.clear();
+                    self.value.serialize(v, &mut self.value_buf).map_err(|e| bad("serialize a value", e))?;
+                    store.put(&self.key_buf, &self.value_buf)?;
+                }
+                None if old.is_some() => store.delete(&self.key_buf)?,
+                None => continue,
+            }
+            out.push(StreamRecord {
+                key: r.key,
+                value: Change { old, new },
+                timestamp: r.timestamp,
+                headers: r.headers,
+            });
+        }
+        drop(store);
+        self.next.push(out, ctx)
+    }
+}
+
+pub(crate) fn factory<K: Data, V: Data, VA: Data>(
+    store: String,
+    key: SharedSerde<K>,
+    value: SharedSerde<VA>,
+    update: Update<K, V, VA>,
+) -> Factory {
+    Factory::Node(Arc::new(move |inst, id| {
+        let node = KeyedUpdate {
+            store: inst.store(&store)?,
+            key: key.clone(),
+            value: value.clone(),
+            update: update.clone(),
+            next: inst.children::<K, Change<VA>>(id)?,
+            key_buf: Vec::new(),
+            value_buf: Vec::new(),
+        };
+        let handle: DownstreamRef<K, V> = Rc::new(RefCell::new(node));
+        Ok(Box::new(handle) as Box<dyn Any>)
+    }))
+}
