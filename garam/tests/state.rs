@@ -161,3 +161,64 @@ fn a_restore_longer_than_the_session_timeout_keeps_the_member() {
     assert_eq!(counts.len(), 50);
     assert!(counts.values().all(|c| *c == 8), "{counts:?}");
 }
+
+/// With `num.standby.replicas=1`, each of two instances keeps a warm copy of the other's task;
+/// when one leaves, the other takes its task over restoring only the changelog's tail.
+#[test]
+fn standby_replicas_make_failover_restore_only_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 2, TopicConfig::default()).unwrap();
+    log.create_topic("out", 2, TopicConfig::default()).unwrap();
+    let make = |state: &str| {
+        let mut c = AppConfig::new("standby");
+        c.num_threads = 1;
+        c.commit_interval = Duration::from_millis(50);
+        c.state_dir = Some(dir.path().join(state));
+        c.set("num.standby.replicas", "1").unwrap();
+        App::new(topology(false), c, Arc::new(log.clone())).unwrap()
+    };
+    let mut a = make("a");
+    a.start().unwrap();
+    let mut b = make("b");
+    b.start().unwrap();
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait("one task each", &|| {
+        a.metrics().tasks.values().flatten().count() == 1 && b.metrics().tasks.values().flatten().count() == 1
+    });
+    // 20 000 distinct keys: every count is 1, and the changelog has a record per key.
+    let n = 20_000u64;
+    let mut p = log.producer(Default::default()).unwrap();
+    for i in 0..n {
+        p.send("in", garam::core::Record::new(Some(format!("key-{i}")), Some("x"))).unwrap();
+    }
+    p.flush().unwrap();
+    wait("the input", &|| a.metrics().records_in + b.metrics().records_in == n);
+    let changelog_end = |p: u32| log.partition("standby-counts-changelog", p).unwrap().high_watermark();
+    // Every key's count has reached the changelog (one record each), and the standbys have it.
+    wait("the standbys to catch up", &|| {
+        let (ma, mb) = (a.metrics(), b.metrics());
+        changelog_end(0) + changelog_end(1) == n
+            && ma.standby_tasks == 1
+            && mb.standby_tasks == 1
+            && ma.standby_lag == 0
+            && mb.standby_lag == 0
+            && mb.standby_restored > 0
+    });
+    let restored_before = b.metrics().restored;
+    a.close().unwrap();
+    wait("the takeover", &|| b.metrics().tasks.values().flatten().count() == 2 && b.metrics().total_lag() == 0);
+    let tail = b.metrics().restored - restored_before;
+    let full = changelog_end(0).min(changelog_end(1));
+    assert!(tail * 10 < full, "failover restored {tail} of a {full}-record changelog");
+    let store = b.store::<String, u64>("counts").unwrap();
+    wait("every count", &|| store.all().map(|all| all.len() as u64 == n).unwrap_or(false));
+    assert!(store.all().unwrap().iter().all(|(_, c)| *c == 1));
+    b.close().unwrap();
+}

@@ -46,6 +46,7 @@ pub struct App {
     failure: Arc<Mutex<Option<String>>>,
     restore_listener: Option<crate::runtime::stores::RestoreListener>,
     queries: Arc<super::queries::StoreRegistry>,
+    standby_thread: Option<JoinHandle<()>>,
 }
 
 impl App {
@@ -62,6 +63,7 @@ impl App {
             status: Arc::new(Mutex::new(AppStatus::Created)),
             failure: Arc::new(Mutex::new(None)),
             queries: Arc::default(),
+            standby_thread: None,
             restore_listener: None,
         })
     }
@@ -116,6 +118,10 @@ impl App {
         if self.config.deserialization_policy == DeserializationPolicy::DeadLetter {
             self.backend.ensure_topic(&dlq, 1, &BTreeMap::new())?;
         }
+        let instance = {
+            static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            INSTANCES.fetch_add(1, Ordering::Relaxed)
+        };
         let shared = Arc::new(Shared {
             backend: self.backend.clone(),
             topic_to_sub: self.topology.topic_to_subtopology(&app_id),
@@ -132,11 +138,18 @@ impl App {
             },
             restore_listener: self.restore_listener.clone(),
             queries: self.queries.clone(),
-            instance: {
-                static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-                INSTANCES.fetch_add(1, Ordering::Relaxed)
-            },
+            instance,
+            instance_id: format!("{}.{instance}", std::process::id()),
+            active: Mutex::default(),
         });
+        if self.config.num_standby_replicas > 0 {
+            let (shared, shutdown) = (shared.clone(), self.shutdown.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("{app_id}-standby"))
+                .spawn(move || super::standby::run(shared, shutdown))
+                .map_err(|e| StreamsError::backend(format!("cannot start the standby thread: {e}"), false))?;
+            self.standby_thread = Some(handle);
+        }
         for i in 0..self.config.num_threads.max(1) {
             let (shared, backend, shutdown) = (shared.clone(), self.backend.clone(), self.shutdown.clone());
             let (status, failure) = (self.status.clone(), self.failure.clone());
@@ -205,6 +218,11 @@ impl App {
                         message: "a worker thread panicked".into(),
                     });
                 }
+            }
+        }
+        if let Some(h) = self.standby_thread.take() {
+            if h.join().is_err() {
+                tracing::warn!("the standby thread panicked; standbys restore more on failover");
             }
         }
         let result = {

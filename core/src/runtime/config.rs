@@ -49,6 +49,8 @@ pub struct AppConfig {
     /// `application.server`: this instance's `host:port` for interactive queries; other
     /// instances learn it from the group and send queries for keys hosted here.
     pub application_server: Option<String>,
+    /// `num.standby.replicas`: warm copies of each task's stores on other instances.
+    pub num_standby_replicas: usize,
     commit_interval_set: bool,
 }
 
@@ -70,6 +72,7 @@ impl AppConfig {
             state_memory_max_bytes: 256 << 20,
             cache_max_bytes: 128 << 20,
             application_server: None,
+            num_standby_replicas: 0,
             commit_interval_set: false,
         }
     }
@@ -124,6 +127,7 @@ impl AppConfig {
             "session.timeout.ms" => self.session_timeout = Duration::from_millis(num()?.max(1)),
             "state.dir" => self.state_dir = Some(value.into()),
             "state.memory.max.bytes" => self.state_memory_max_bytes = num()?.max(1 << 20),
+            "num.standby.replicas" => self.num_standby_replicas = num()? as usize,
             "application.server" => {
                 if value.contains('#') || !value.contains(':') {
                     return Err(bad("expected host:port"));

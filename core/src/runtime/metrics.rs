@@ -24,6 +24,9 @@ pub struct Metrics {
     pub(crate) rebalances: AtomicU64,
     pub(crate) partitions_lost: AtomicU64,
     pub(crate) restored: AtomicU64,
+    pub(crate) standby_tasks: AtomicU64,
+    pub(crate) standby_restored: AtomicU64,
+    pub(crate) standby_lag: AtomicU64,
     pub(crate) commit_max_us: AtomicU64,
     pub(crate) lag: Mutex<BTreeMap<String, BTreeMap<TopicPartition, u64>>>,
     pub(crate) tasks: Mutex<BTreeMap<String, Vec<String>>>,
@@ -56,6 +59,12 @@ pub struct MetricsSnapshot {
     pub partitions_lost: u64,
     /// Changelog records applied by store restores.
     pub restored: u64,
+    /// Standby tasks kept on this instance.
+    pub standby_tasks: u64,
+    /// Changelog records applied by standbys.
+    pub standby_restored: u64,
+    /// Changelog records the standbys have yet to apply.
+    pub standby_lag: u64,
     /// Lag per partition (`topic-partition` → records behind).
     pub lag: BTreeMap<String, u64>,
     /// Tasks per member.
@@ -95,6 +104,9 @@ impl Metrics {
             rebalances: get(&self.rebalances),
             partitions_lost: get(&self.partitions_lost),
             restored: get(&self.restored),
+            standby_tasks: get(&self.standby_tasks),
+            standby_restored: get(&self.standby_restored),
+            standby_lag: get(&self.standby_lag),
             lag,
             tasks: self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }

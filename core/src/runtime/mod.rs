@@ -9,6 +9,7 @@ mod app;
 mod config;
 mod metrics;
 pub mod queries;
+mod standby;
 pub mod stores;
 mod task;
 mod worker;

@@ -81,6 +81,10 @@ pub struct TaskStores {
     read_committed: bool,
     /// Changelog records applied so far.
     restored: u64,
+    /// Store → changelog offset applied up to.
+    applied: BTreeMap<String, u64>,
+    /// A standby copy (checkpoints what it applied, never deletes its checkpoint).
+    standby: bool,
 }
 
 /// One store's restore in progress: changelog records `[offset, end)` are still to apply.
@@ -122,6 +126,75 @@ impl TaskStores {
         ctx: &StoreContext,
         cache: Option<&Rc<CacheBudget>>,
     ) -> Result<TaskStores> {
+        Self::open_inner(topology, application_id, state_dir, task, backend, exactly_once, ctx, cache, false)
+    }
+
+    /// Opens a standby copy of a task's stores: it only ever applies committed changelog records,
+    /// so its checkpoint stays valid under exactly-once too, and a later active owner on this
+    /// instance restores only what the standby has not applied. `None` when the task's state
+    /// directory is locked (its active owner here has it).
+    pub fn open_standby(
+        topology: &Topology,
+        application_id: &str,
+        state_dir: &Path,
+        task: TaskId,
+        backend: &dyn ChangelogReader,
+        exactly_once: bool,
+        ctx: &StoreContext,
+    ) -> Result<Option<TaskStores>> {
+        match Self::open_inner(topology, application_id, state_dir, task, backend, exactly_once, ctx, None, true) {
+            Ok(s) => Ok(Some(s)),
+            Err(StreamsError::Backend { retriable: true, ref message }) if message.contains("is locked") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Changelog records not applied yet, over every store (a standby's lag).
+    pub fn lag(&self, backend: &dyn ChangelogReader) -> Result<u64> {
+        let mut lag = 0;
+        for (name, topic) in &self.changelogs {
+            let end = backend.end_offset(topic, self.task.partition, self.read_committed)?;
+            lag += end.saturating_sub(self.applied.get(name).copied().unwrap_or(0));
+        }
+        Ok(lag)
+    }
+
+    /// Standby: plans a restore of whatever the changelogs gained since the last one.
+    pub fn catch_up(&mut self, backend: &dyn ChangelogReader) -> Result<()> {
+        for (name, topic) in &self.changelogs {
+            if self.restoring.iter().any(|r| &r.store == name) {
+                continue;
+            }
+            let applied = self.applied.get(name).copied().unwrap_or(0);
+            let end = backend.end_offset(topic, self.task.partition, self.read_committed)?;
+            if end > applied {
+                let (store, topic, started) = (name.clone(), topic.clone(), Instant::now());
+                self.restoring.push(Restore {
+                    store,
+                    topic,
+                    from: applied,
+                    offset: applied,
+                    end,
+                    restored: 0,
+                    started,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_inner(
+        topology: &Topology,
+        application_id: &str,
+        state_dir: &Path,
+        task: TaskId,
+        backend: &dyn ChangelogReader,
+        exactly_once: bool,
+        ctx: &StoreContext,
+        cache: Option<&Rc<CacheBudget>>,
+        standby: bool,
+    ) -> Result<TaskStores> {
         let specs = topology.stores_of(task.subtopology);
         let dir = state_dir.join(application_id).join(task.to_string());
         if specs.is_empty() {
@@ -134,6 +207,8 @@ impl TaskStores {
                 restoring: Vec::new(),
                 read_committed: exactly_once,
                 restored: 0,
+                applied: BTreeMap::new(),
+                standby,
             });
         }
         let io = |e: std::io::Error| StreamsError::backend(format!("state dir {}: {e}", dir.display()), true);
@@ -141,7 +216,9 @@ impl TaskStores {
         let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".lock")).map_err(io)?;
         // The previous owner (another thread of this process, during a rebalance) closes the task
         // right after its poll returns; wait for it rather than fail, as Kafka Streams retries.
-        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        // A standby never waits: the active owner has precedence.
+        let wait = if standby { std::time::Duration::ZERO } else { std::time::Duration::from_secs(30) };
+        let deadline = Instant::now() + wait;
         while lock.try_lock().is_err() {
             if Instant::now() >= deadline {
                 return Err(StreamsError::backend(
@@ -155,6 +232,7 @@ impl TaskStores {
         let mut stores = BTreeMap::new();
         let mut changelogs = BTreeMap::new();
         let mut restoring = Vec::new();
+        let mut applied = BTreeMap::new();
         for spec in specs {
             let store_dir = dir.join(&spec.name);
             let topic = spec.changelog_topic(application_id);
@@ -172,6 +250,7 @@ impl TaskStores {
                 None => StoreHandle::new(&spec.name, backend_store),
             };
             let end = backend.end_offset(&topic, task.partition, exactly_once)?;
+            applied.insert(spec.name.clone(), from);
             if from < end {
                 let started = Instant::now();
                 let store = spec.name.clone();
@@ -180,7 +259,7 @@ impl TaskStores {
             stores.insert(spec.name.clone(), Rc::new(RefCell::new(handle)));
             changelogs.insert(spec.name.clone(), topic);
         }
-        if exactly_once {
+        if exactly_once && !standby {
             // Under exactly-once the store may run ahead of the last commit from now on: a crash
             // must find no checkpoint, and wipe. Durably, or a stale checkpoint could reappear.
             match fs::remove_file(dir.join(CHECKPOINT)) {
@@ -198,6 +277,8 @@ impl TaskStores {
             restoring,
             read_committed: exactly_once,
             restored: 0,
+            applied,
+            standby,
         })
     }
 
@@ -235,6 +316,7 @@ impl TaskStores {
             // No progress means the changelog ends early (truncated): what exists is restored.
             let done = fetched.next_offset >= r.end || fetched.next_offset <= r.offset;
             r.offset = fetched.next_offset.min(r.end).max(r.offset);
+            self.applied.insert(r.store.clone(), r.offset);
             let progress = |done| RestoreProgress {
                 store: r.store.clone(),
                 task: self.task,
@@ -248,8 +330,12 @@ impl TaskStores {
             }
             if done {
                 let secs = r.started.elapsed().as_secs_f64();
-                tracing::info!(store = %r.store, task = %self.task, restored = r.restored, from = r.from, end = r.end, secs,
-                    "restored store from its changelog");
+                if self.standby {
+                    tracing::debug!(store = %r.store, task = %self.task, restored = r.restored, end = r.end, "standby caught up");
+                } else {
+                    tracing::info!(store = %r.store, task = %self.task, restored = r.restored, from = r.from, end = r.end,
+                        secs, "restored store from its changelog");
+                }
                 self.restoring.remove(0);
             }
             if Instant::now() >= deadline {
@@ -276,6 +362,7 @@ impl TaskStores {
             // A store closed mid-restore holds the changelog up to where its restore got.
             let end = match self.restoring.iter().find(|r| &r.store == name) {
                 Some(r) => r.offset,
+                None if self.standby => self.applied.get(name).copied().unwrap_or(0),
                 None => backend.end_offset(&self.changelogs[name], partition, exactly_once)?,
             };
             out.push_str(&format!("{name} {end}\n"));

@@ -62,10 +62,15 @@ pub(crate) struct Shared {
     pub restore_listener: Option<crate::runtime::stores::RestoreListener>,
     /// The stores open here, for interactive queries.
     pub queries: Arc<super::queries::StoreRegistry>,
+    /// This app instance in the group (`<pid>.<n>`): the part of every worker's client id that
+    /// standby placement goes by.
+    pub instance_id: String,
+    /// Tasks active (or opening) on this instance: a standby of one of them steps aside.
+    pub active: Mutex<BTreeSet<TaskId>>,
 }
 
 impl Shared {
-    fn eos(&self) -> bool {
+    pub(crate) fn eos(&self) -> bool {
         self.config.processing_guarantee == super::config::ProcessingGuarantee::ExactlyOnce
     }
 }
@@ -154,6 +159,7 @@ fn task_of(shared: &Shared, tp: &TopicPartition) -> Option<TaskId> {
 fn close_tasks(shared: &Shared, tasks: &mut BTreeMap<TaskId, Task>, ids: &BTreeSet<TaskId>, checkpoint: bool) {
     for id in ids {
         if let Some(mut t) = tasks.remove(id) {
+            shared.active.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
             for (name, store) in &t.stores().stores {
                 shared.queries.unregister(name, id.partition, &store.borrow().view());
             }
@@ -204,6 +210,8 @@ fn with_lent_tasks<R>(f: impl FnOnce(&Tasks) -> R) -> Option<R> {
 
 /// Opens a task's stores (restoring them from their changelogs) and builds its operators.
 fn new_task(shared: &Shared, id: TaskId, cache: Option<&Rc<crate::state::CacheBudget>>) -> Result<Task> {
+    // Claimed before the lock: a standby of this task on this instance sees it and closes.
+    shared.active.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
     let stores = crate::runtime::stores::TaskStores::open(
         &shared.topology,
         &shared.config.application_id,
@@ -385,8 +393,8 @@ pub(crate) fn run(
         group: shared.config.application_id.clone(),
         // The group carries `application.server` to other instances in the client id.
         client_id: match &shared.config.application_server {
-            Some(server) => format!("{server}#{name}"),
-            None => name.clone(),
+            Some(server) => format!("{server}#{}/{name}", shared.instance_id),
+            None => format!("{}/{name}", shared.instance_id),
         },
         topics: shared.topic_to_sub.keys().cloned().collect(),
         auto_offset_reset: shared.config.auto_offset_reset,

@@ -1,0 +1,145 @@
+//! Standby replicas (`num.standby.replicas`): warm copies of other instances' task stores.
+//!
+//! One thread per app instance tails the changelogs of the tasks it keeps standbys for, applying
+//! committed records only, into the same state directory an active task would use, and
+//! checkpoints what it applied. When such a task fails over to this instance, its worker finds the
+//! checkpoint and restores only the tail. Which instances keep a task's standbys is decided by
+//! rendezvous hashing over the group's instances, excluding the task's active owner, so every
+//! instance reaches the same answer without coordination.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::stores::{BackendReader, TaskStores};
+use super::worker::Shared;
+use crate::backend::TopicPartition;
+use crate::error::Result;
+use crate::processor::TaskId;
+
+/// The instance part of a worker's client id: `[host:port#]<instance>/<thread>`.
+pub(crate) fn instance_of(client_id: &str) -> &str {
+    let rest = client_id.split_once('#').map_or(client_id, |(_, r)| r);
+    rest.split_once('/').map_or(rest, |(i, _)| i)
+}
+
+/// The tasks this instance should keep standbys for.
+fn wanted(shared: &Shared) -> Result<BTreeSet<TaskId>> {
+    let n = shared.config.num_standby_replicas;
+    let mut out = BTreeSet::new();
+    if n == 0 {
+        return Ok(out);
+    }
+    let members = shared.backend.group_members(&shared.config.application_id)?;
+    let mut instances: BTreeSet<&str> = members.iter().map(|m| instance_of(&m.client_id)).collect();
+    instances.insert(&shared.instance_id);
+    let owner_of =
+        |tp: &TopicPartition| members.iter().find(|m| m.partitions.contains(tp)).map(|m| instance_of(&m.client_id));
+    let subs: BTreeSet<usize> = shared.topology.all_stores().into_iter().map(|(_, sub)| sub).collect();
+    for sub in subs {
+        let Some(topic) = shared.topic_to_sub.iter().find(|(_, s)| **s == sub).map(|(t, _)| t.clone()) else {
+            continue;
+        };
+        let partitions = shared.backend.partition_count(&topic)?.unwrap_or(0);
+        for partition in 0..partitions {
+            let task = TaskId { subtopology: sub, partition };
+            let Some(owner) = owner_of(&TopicPartition::new(topic.clone(), partition)) else { continue };
+            let mut ranked: Vec<(u32, &str)> = instances
+                .iter()
+                .filter(|i| **i != owner)
+                .map(|i| {
+                    (crate::partitioner::to_positive(crate::partitioner::murmur2(format!("{i}/{task}").as_bytes())), *i)
+                })
+                .collect();
+            ranked.sort_unstable_by(|a, b| b.cmp(a));
+            if ranked.iter().take(n).any(|(_, i)| *i == shared.instance_id) {
+                out.insert(task);
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct Standby {
+    stores: TaskStores,
+    checkpointed: u64,
+    last_checkpoint: Instant,
+}
+
+/// Runs until `shutdown`, then checkpoints and closes every standby.
+pub(crate) fn run(shared: Arc<Shared>, shutdown: Arc<AtomicBool>) {
+    let span = tracing::info_span!("standby", app = %shared.config.application_id);
+    let _enter = span.enter();
+    let mut standbys: BTreeMap<TaskId, Standby> = BTreeMap::new();
+    while !shutdown.load(Ordering::Acquire) {
+        if let Err(e) = step(&shared, &mut standbys) {
+            tracing::warn!(error = %e, "standby update failed; retrying");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        shared.metrics.standby_tasks.store(standbys.len() as u64, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (id, s) in std::mem::take(&mut standbys) {
+        close(&shared, id, s);
+    }
+    shared.metrics.standby_tasks.store(0, Ordering::Relaxed);
+}
+
+fn close(shared: &Shared, id: TaskId, s: Standby) {
+    let reader = BackendReader(&*shared.backend);
+    if let Err(e) = s.stores.checkpoint(&reader, id.partition, shared.eos()) {
+        tracing::warn!(task = %id, error = %e, "checkpointing a standby failed");
+    }
+    tracing::info!(task = %id, "closed standby");
+}
+
+fn step(shared: &Shared, standbys: &mut BTreeMap<TaskId, Standby>) -> Result<()> {
+    let wanted = wanted(shared)?;
+    let active = shared.active.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // Tasks that became active here (their worker is waiting for the lock) or are no longer ours.
+    for id in standbys.keys().copied().collect::<Vec<_>>() {
+        if !wanted.contains(&id) || active.contains(&id) {
+            if let Some(s) = standbys.remove(&id) {
+                close(shared, id, s);
+            }
+        }
+    }
+    let reader = BackendReader(&*shared.backend);
+    let missing: Vec<TaskId> =
+        wanted.iter().filter(|id| !active.contains(id) && !standbys.contains_key(id)).copied().collect();
+    for id in &missing {
+        let opened = TaskStores::open_standby(
+            &shared.topology,
+            &shared.config.application_id,
+            &shared.state_dir,
+            *id,
+            &reader,
+            shared.eos(),
+            &shared.config.store_context(),
+        )?;
+        if let Some(stores) = opened {
+            tracing::info!(task = %id, "opened standby");
+            standbys.insert(*id, Standby { stores, checkpointed: 0, last_checkpoint: Instant::now() });
+        }
+    }
+    let deadline = Instant::now() + Duration::from_millis(100);
+    let mut lag = 0;
+    for (id, s) in standbys.iter_mut() {
+        if shared.active.lock().unwrap_or_else(|e| e.into_inner()).contains(id) {
+            continue;
+        }
+        s.stores.catch_up(&reader)?;
+        let before = s.stores.restored();
+        s.stores.restore_step(&reader, deadline, None)?;
+        shared.metrics.standby_restored.fetch_add(s.stores.restored() - before, Ordering::Relaxed);
+        lag += s.stores.lag(&reader)?;
+        if s.stores.restored() != s.checkpointed && s.last_checkpoint.elapsed() >= Duration::from_secs(1) {
+            s.stores.checkpoint(&reader, id.partition, shared.eos())?;
+            s.checkpointed = s.stores.restored();
+            s.last_checkpoint = Instant::now();
+        }
+    }
+    shared.metrics.standby_lag.store(lag, Ordering::Relaxed);
+    Ok(())
+}
