@@ -92,7 +92,10 @@ impl StoreSupplier for RocksDbSupplier {
         opts.set_block_based_table_factory(&block);
         opts.set_write_buffer_manager(&s.write_buffers);
         opts.set_max_write_buffer_number(2);
-        opts.set_write_buffer_size(16 << 20);
+        // Many stores (tasks × stores) share one budget: small memtables with small arena blocks,
+        // or each instance's first arena block alone (write_buffer_size / 8 by default) adds up.
+        opts.set_write_buffer_size(8 << 20);
+        opts.set_arena_block_size(256 << 10);
         opts.set_max_open_files(64);
         opts.set_compression_type(rocksdb::DBCompressionType::None);
         // Point lookups check a bloom filter over the memtable before searching its skip list.

@@ -338,7 +338,7 @@ impl App {
                 self.metrics.commit_requests.fetch_add(1, Ordering::AcqRel);
                 continue;
             }
-            if m.tasks.is_empty() || m.total_lag() != 0 {
+            if m.tasks.is_empty() || m.total_lag() != 0 || m.restoring_tasks != 0 {
                 idle_since = None;
                 continue;
             }

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub(crate) commit_max_us: AtomicU64,
     pub(crate) lag: Mutex<BTreeMap<String, BTreeMap<TopicPartition, u64>>>,
     pub(crate) tasks: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Member → tasks restoring (inputs paused).
+    pub(crate) restoring: Mutex<BTreeMap<String, usize>>,
 }
 
 /// A point-in-time copy of the metrics.
@@ -59,6 +61,8 @@ pub struct MetricsSnapshot {
     pub partitions_lost: u64,
     /// Changelog records applied by store restores.
     pub restored: u64,
+    /// Tasks restoring their stores now (their inputs paused).
+    pub restoring_tasks: u64,
     /// Standby tasks kept on this instance.
     pub standby_tasks: u64,
     /// Changelog records applied by standbys.
@@ -104,6 +108,7 @@ impl Metrics {
             rebalances: get(&self.rebalances),
             partitions_lost: get(&self.partitions_lost),
             restored: get(&self.restored),
+            restoring_tasks: self.restoring.lock().unwrap_or_else(|e| e.into_inner()).values().sum::<usize>() as u64,
             standby_tasks: get(&self.standby_tasks),
             standby_restored: get(&self.standby_restored),
             standby_lag: get(&self.standby_lag),

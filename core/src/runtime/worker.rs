@@ -442,6 +442,7 @@ pub(crate) fn run(
     close_tasks(&shared, &mut tasks, &ids, clean);
     shared.metrics.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     shared.metrics.lag.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
+    shared.metrics.restoring.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     tracing::info!(member = %member, "worker stopped");
     result.and(commit).and(close)
 }
@@ -518,6 +519,12 @@ fn run_loop(
         }
         if !paused.is_empty() {
             restore_step(shared, consumer, tasks, &mut paused)?;
+        }
+        {
+            let mut restoring = shared.metrics.restoring.lock().unwrap_or_else(|e| e.into_inner());
+            if restoring.get(member).copied().unwrap_or(0) != paused.len() {
+                restoring.insert(member.to_string(), paused.len());
+            }
         }
         if n > 0 {
             shared.metrics.batches.fetch_add(n, Ordering::Relaxed);

@@ -24,12 +24,14 @@ const ENTRY_OVERHEAD: usize = 96;
 pub struct CacheBudget {
     max: usize,
     used: Cell<usize>,
+    /// Caches drawing on the budget.
+    caches: Cell<usize>,
 }
 
 impl CacheBudget {
     /// A budget of `max` bytes.
     pub fn new(max: usize) -> Rc<CacheBudget> {
-        Rc::new(CacheBudget { max, used: Cell::new(0) })
+        Rc::new(CacheBudget { max, used: Cell::new(0), caches: Cell::new(0) })
     }
 
     /// Bytes in use by every cache on this budget.
@@ -47,6 +49,11 @@ impl CacheBudget {
 
     fn exceeded(&self) -> bool {
         self.used.get() > self.max
+    }
+
+    /// Each cache's fair share of the budget.
+    fn fair_share(&self) -> usize {
+        self.max / self.caches.get().max(1)
     }
 }
 
@@ -86,6 +93,7 @@ pub(crate) struct StoreCache {
 
 impl StoreCache {
     pub(crate) fn new(budget: Rc<CacheBudget>) -> Self {
+        budget.caches.set(budget.caches.get() + 1);
         StoreCache { entries: HashMap::default(), bytes: 0, dirty: 0, unpersisted: 0, budget }
     }
 
@@ -143,9 +151,11 @@ impl StoreCache {
         }
     }
 
-    /// True when the worker's caches together are over their budget.
+    /// True when the worker's caches together are over their budget and this one holds at
+    /// least its fair share: the caches that hold more evict, not the one that happens to write
+    /// (which could be nearly empty, and would then flush a handful of entries on every write).
     pub(crate) fn over_budget(&self) -> bool {
-        self.budget.exceeded()
+        self.budget.exceeded() && self.bytes >= self.budget.fair_share()
     }
 
     /// The entries the changelog lacks, now counted as logged.
@@ -211,7 +221,7 @@ impl StoreCache {
         });
         self.bytes -= freed;
         self.budget.sub(freed);
-        if self.bytes == before || self.budget.exceeded() {
+        if self.bytes == before || self.bytes >= self.budget.fair_share() {
             self.clear();
         }
     }
@@ -258,6 +268,7 @@ impl StoreCache {
 
 impl Drop for StoreCache {
     fn drop(&mut self) {
+        self.budget.caches.set(self.budget.caches.get().saturating_sub(1));
         self.budget.sub(self.bytes);
     }
 }
