@@ -51,6 +51,9 @@ pub struct AppConfig {
     pub application_server: Option<String>,
     /// `num.standby.replicas`: warm copies of each task's stores on other instances.
     pub num_standby_replicas: usize,
+    /// `statestore.checkpoint.interval.ms` (at-least-once): how often stores are written to disk
+    /// and checkpointed at a commit (default 10 s; the changelog holds everything in between).
+    pub checkpoint_interval: Duration,
     commit_interval_set: bool,
 }
 
@@ -73,6 +76,7 @@ impl AppConfig {
             cache_max_bytes: 128 << 20,
             application_server: None,
             num_standby_replicas: 0,
+            checkpoint_interval: Duration::from_secs(10),
             commit_interval_set: false,
         }
     }
@@ -128,6 +132,7 @@ impl AppConfig {
             "state.dir" => self.state_dir = Some(value.into()),
             "state.memory.max.bytes" => self.state_memory_max_bytes = num()?.max(1 << 20),
             "num.standby.replicas" => self.num_standby_replicas = num()? as usize,
+            "statestore.checkpoint.interval.ms" => self.checkpoint_interval = Duration::from_millis(num()?),
             "application.server" => {
                 if value.contains('#') || !value.contains(':') {
                     return Err(bad("expected host:port"));

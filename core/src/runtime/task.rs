@@ -29,6 +29,8 @@ pub struct Task {
     pub stream_time: i64,
     /// What it has done.
     pub counters: TaskCounters,
+    /// When its stores were last checkpointed (at-least-once).
+    pub last_checkpoint: std::time::Instant,
     initialized: bool,
 }
 
@@ -36,7 +38,15 @@ impl Task {
     /// Builds the task's operators over its opened (and restored) stores.
     pub fn new(topology: &Arc<Topology>, application_id: &str, id: TaskId, stores: TaskStores) -> Result<Task> {
         let graph = Instantiation::build(topology, application_id, id, &stores.stores)?;
-        Ok(Task { id, graph, stores, stream_time: -1, counters: TaskCounters::default(), initialized: false })
+        Ok(Task {
+            id,
+            graph,
+            stores,
+            stream_time: -1,
+            counters: TaskCounters::default(),
+            initialized: false,
+            last_checkpoint: std::time::Instant::now(),
+        })
     }
 
     /// Sends the stores' changes to their changelog topics (the task's partition).

@@ -644,9 +644,14 @@ fn commit(
             Err(e) => return Err(e),
         }
     }
-    // At-least-once: the stores may be checkpointed now; a restart restores from here.
-    for t in tasks.values() {
-        t.checkpoint(&crate::runtime::stores::BackendReader(&*shared.backend), false)?;
+    // At-least-once: the stores may be checkpointed now; a restart restores from here. Not at
+    // every commit: a checkpoint writes the caches to RocksDB and flushes its memtables, and the
+    // changelog already holds every change, so a later checkpoint only means a longer replay.
+    for t in tasks.values_mut() {
+        if t.last_checkpoint.elapsed() >= shared.config.checkpoint_interval {
+            t.checkpoint(&crate::runtime::stores::BackendReader(&*shared.backend), false)?;
+            t.last_checkpoint = Instant::now();
+        }
     }
     record_commit(shared, started, positions.len());
     Ok(())
