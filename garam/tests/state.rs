@@ -222,3 +222,49 @@ fn standby_replicas_make_failover_restore_only_the_tail() {
     assert!(store.all().unwrap().iter().all(|(_, c)| *c == 1));
     b.close().unwrap();
 }
+
+/// Caches hold updates between commits; a rebalance must flush them into the changelog before it
+/// commits the offsets of the partitions it gives away, or their new owner restores counts that
+/// miss updates whose input will never be read again.
+#[test]
+fn a_rebalance_flushes_store_caches_before_committing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 2, TopicConfig::default()).unwrap();
+    log.create_topic("out", 2, TopicConfig::default()).unwrap();
+    let make = |state: &str| {
+        let mut c = AppConfig::new("cached");
+        c.num_threads = 1;
+        // No periodic commit during the test: only rebalances and closes commit.
+        c.commit_interval = Duration::from_secs(600);
+        c.state_dir = Some(dir.path().join(state));
+        App::new(topology(false), c, Arc::new(log.clone())).unwrap()
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    produce(&log, 0, 2000);
+    let mut a = make("a");
+    a.start().unwrap();
+    wait("the first input", &|| a.metrics().records_in == 2000);
+    // B joins: A revokes its partitions with the updates of 2000 records still in its cache.
+    let mut b = make("b");
+    b.start().unwrap();
+    wait("the rebalance", &|| {
+        a.metrics().tasks.values().flatten().count() == 1 && b.metrics().tasks.values().flatten().count() == 1
+    });
+    produce(&log, 2000, 4000);
+    wait("the second input", &|| {
+        let (ma, mb) = (a.metrics(), b.metrics());
+        ma.total_lag() == 0 && mb.total_lag() == 0 && mb.records_in > 0 && mb.restoring_tasks == 0
+    });
+    a.close().unwrap();
+    b.close().unwrap();
+    let counts = latest_counts(&log, false);
+    assert_eq!(counts.len(), 50);
+    assert!(counts.values().all(|n| *n == 80), "{counts:?}");
+}

@@ -97,6 +97,8 @@ impl StoreSupplier for RocksDbSupplier {
         opts.set_write_buffer_size(8 << 20);
         opts.set_arena_block_size(256 << 10);
         opts.set_max_open_files(64);
+        // The table cache is per instance: 64 shards each would cost more than their files.
+        opts.set_table_cache_num_shard_bits(0);
         opts.set_compression_type(rocksdb::DBCompressionType::None);
         // Point lookups check a bloom filter over the memtable before searching its skip list.
         opts.set_memtable_prefix_bloom_ratio(0.05);
