@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use garam_core::state::{CacheBudget, KeyValueStore, StoreContext, StoreHandle, StoreSupplier};
+use garam_core::state::{
+    CacheBudget, KeyValueStore, SessionStore, StoreContext, StoreHandle, StoreSupplier, WindowStore,
+};
 use garam_state::{InMemorySupplier, RocksDbSupplier};
 use proptest::prelude::*;
 
@@ -179,4 +181,113 @@ fn unknown_value_versions_are_an_error_not_garbage() {
     let mut h = StoreHandle::new("s", raw);
     let e = h.get(b"k").unwrap_err().to_string();
     assert!(e.contains("unknown value format version 9"), "{e}");
+}
+
+#[derive(Debug, Clone)]
+enum WindowOp {
+    Put(u8, i64, u8),
+    Delete(u8, i64),
+    Fetch(u8, i64, i64),
+    Commit,
+}
+
+fn window_ops() -> impl Strategy<Value = Vec<WindowOp>> {
+    let t = -6i64..6;
+    proptest::collection::vec(
+        prop_oneof![
+            4 => (0u8..3, t.clone(), any::<u8>()).prop_map(|(k, s, v)| WindowOp::Put(k, s, v)),
+            1 => (0u8..3, t.clone()).prop_map(|(k, s)| WindowOp::Delete(k, s)),
+            3 => (0u8..3, t.clone(), t).prop_map(|(k, a, b)| WindowOp::Fetch(k, a, b)),
+            1 => Just(WindowOp::Commit),
+        ],
+        0..60,
+    )
+}
+
+/// A handle of every backend and layer stack.
+fn handles(dir: &std::path::Path) -> Vec<(String, StoreHandle)> {
+    let mut out = Vec::new();
+    for (name, s) in suppliers() {
+        for (stack, budget) in [("uncached", None), ("cached", Some(1 << 20)), ("evicting", Some(200))] {
+            let backend = s.open(&dir.join(format!("{name}-{stack}")), &CTX).unwrap();
+            let h = match budget {
+                Some(b) => StoreHandle::with_cache("w", backend, CacheBudget::new(b)),
+                None => StoreHandle::new("w", backend),
+            };
+            out.push((format!("{name} {stack}"), h));
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Window stores, on every backend and layer stack, match a model keyed by (key, start);
+    /// fetches return a key's windows in the time range, in start order; purging drops old ones.
+    #[test]
+    fn window_stores_match_a_model(ops in window_ops()) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mut h) in handles(dir.path()) {
+            let mut model: BTreeMap<(Vec<u8>, i64), Vec<u8>> = BTreeMap::new();
+            let mut w = WindowStore::new(&mut h);
+            for op in &ops {
+                match op {
+                    WindowOp::Put(k, s, v) => { w.put(&[*k], *s, &[*v]).unwrap(); model.insert((vec![*k], *s), vec![*v]); }
+                    WindowOp::Delete(k, s) => { w.delete(&[*k], *s).unwrap(); model.remove(&(vec![*k], *s)); }
+                    WindowOp::Fetch(k, a, b) => {
+                        let got = w.fetch(&[*k], *a, *b).unwrap();
+                        let want: Vec<(i64, Vec<u8>)> = model.iter()
+                            .filter(|((mk, s), _)| mk == &vec![*k] && s >= a && s <= b)
+                            .map(|((_, s), v)| (*s, v.clone())).collect();
+                        prop_assert_eq!(got, want, "{}", name);
+                    }
+                    WindowOp::Commit => {
+                        w.handle().flush_cache().unwrap();
+                        w.handle().drain_changes();
+                    }
+                }
+            }
+            let all: Vec<_> = model.iter().map(|((k, s), v)| (k.clone(), *s, v.clone())).collect();
+            prop_assert_eq!(w.all().unwrap(), all, "{}", name);
+            let purged = w.purge_before(0).unwrap();
+            prop_assert_eq!(purged, model.keys().filter(|(_, s)| *s < 0).count(), "{}", name);
+            prop_assert!(w.all().unwrap().iter().all(|(_, s, _)| *s >= 0));
+        }
+    }
+
+    /// Session stores: `find(key, earliest_end, latest_start)` returns exactly the sessions of
+    /// the key that end at or after `earliest_end` and start at or before `latest_start`.
+    #[test]
+    fn session_stores_find_what_a_record_merges_with(
+        sessions in proptest::collection::vec((0u8..3, -6i64..6, 0i64..4), 0..30),
+        removes in proptest::collection::vec(0usize..30, 0..5),
+        queries in proptest::collection::vec((0u8..3, -8i64..8, -8i64..8), 1..10),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mut h) in handles(dir.path()) {
+            let mut model: BTreeMap<(Vec<u8>, i64, i64), Vec<u8>> = BTreeMap::new();
+            let mut s = SessionStore::new(&mut h);
+            for (i, (k, start, len)) in sessions.iter().enumerate() {
+                s.put(&[*k], *start, start + len, &[i as u8]).unwrap();
+                model.insert((vec![*k], *start, start + len), vec![i as u8]);
+            }
+            for r in &removes {
+                if let Some((k, st, en)) = sessions.get(*r).map(|(k, st, len)| (vec![*k], *st, st + len)) {
+                    s.remove(&k, st, en).unwrap();
+                    model.remove(&(k, st, en));
+                }
+            }
+            for (k, earliest_end, latest_start) in &queries {
+                let mut got: Vec<_> = s.find(&[*k], *earliest_end, *latest_start).unwrap()
+                    .into_iter().map(|x| (x.key, x.start, x.end, x.value)).collect();
+                got.sort();
+                let want: Vec<_> = model.iter()
+                    .filter(|((mk, st, en), _)| mk == &vec![*k] && en >= earliest_end && st <= latest_start)
+                    .map(|((mk, st, en), v)| (mk.clone(), *st, *en, v.clone())).collect();
+                prop_assert_eq!(got, want, "{}", name);
+            }
+            prop_assert_eq!(s.all().unwrap().len(), model.len(), "{}", name);
+        }
+    }
 }

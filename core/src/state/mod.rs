@@ -16,10 +16,12 @@ use crate::error::Result;
 mod cache;
 mod handle;
 mod query;
+pub mod window;
 
 pub use cache::CacheBudget;
 pub use handle::{unversion, Change, StoreHandle, StoreMetrics};
 pub use query::QueryView;
+pub use window::{Session, SessionStore, WindowStore};
 
 /// Format version of store values and changelog records (the first byte of each).
 pub const VALUE_FORMAT_VERSION: u8 = 1;
