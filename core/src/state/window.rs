@@ -54,6 +54,9 @@ pub fn window_key(key: &[u8], start: i64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A window as [`WindowStore::all`] lists it: the record key, the window start, the value.
+pub type WindowEntry = (Vec<u8>, i64, Vec<u8>);
+
 /// A window store over a store handle.
 pub struct WindowStore<'a> {
     handle: &'a mut StoreHandle,
@@ -106,7 +109,7 @@ impl<'a> WindowStore<'a> {
     }
 
     /// Every window: `(key, start, value)`, in key then start order.
-    pub fn all(&mut self) -> Result<Vec<(Vec<u8>, i64, Vec<u8>)>> {
+    pub fn all(&mut self) -> Result<Vec<WindowEntry>> {
         let name = self.handle.name().to_string();
         self.handle
             .all()?
