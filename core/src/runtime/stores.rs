@@ -197,37 +197,9 @@ impl TaskStores {
     ) -> Result<TaskStores> {
         let specs = topology.stores_of(task.subtopology);
         let dir = state_dir.join(application_id).join(task.to_string());
-        if specs.is_empty() {
-            return Ok(TaskStores {
-                stores: BTreeMap::new(),
-                changelogs: BTreeMap::new(),
-                dir,
-                _lock: None,
-                task,
-                restoring: Vec::new(),
-                read_committed: exactly_once,
-                restored: 0,
-                applied: BTreeMap::new(),
-                standby,
-            });
-        }
+        // A task without stores has no directory and takes no lock.
+        let lock = if specs.is_empty() { None } else { Some(lock_task_dir(&dir, task, standby)?) };
         let io = |e: std::io::Error| StreamsError::backend(format!("state dir {}: {e}", dir.display()), true);
-        fs::create_dir_all(&dir).map_err(io)?;
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".lock")).map_err(io)?;
-        // The previous owner (another thread of this process, during a rebalance) closes the task
-        // right after its poll returns; wait for it rather than fail, as Kafka Streams retries.
-        // A standby never waits: the active owner has precedence.
-        let wait = if standby { std::time::Duration::ZERO } else { std::time::Duration::from_secs(30) };
-        let deadline = Instant::now() + wait;
-        while lock.try_lock().is_err() {
-            if Instant::now() >= deadline {
-                return Err(StreamsError::backend(
-                    format!("state dir {} is locked by another instance of task {task}", dir.display()),
-                    true,
-                ));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
         let checkpoint = read_checkpoint(&dir);
         let mut stores = BTreeMap::new();
         let mut changelogs = BTreeMap::new();
@@ -272,7 +244,7 @@ impl TaskStores {
             stores,
             changelogs,
             dir,
-            _lock: Some(lock),
+            _lock: lock,
             task,
             restoring,
             read_committed: exactly_once,
@@ -383,4 +355,25 @@ impl TaskStores {
     pub fn clear_checkpoint(&self) {
         let _ = fs::remove_file(self.dir.join(CHECKPOINT));
     }
+}
+
+/// Creates and locks a task's state directory. The previous owner (another thread of this process,
+/// during a rebalance) closes the task right after its poll returns: wait for it rather than fail,
+/// as Kafka Streams retries. A standby never waits: the active owner has precedence.
+fn lock_task_dir(dir: &Path, task: TaskId, standby: bool) -> Result<File> {
+    let io = |e: std::io::Error| StreamsError::backend(format!("state dir {}: {e}", dir.display()), true);
+    fs::create_dir_all(dir).map_err(io)?;
+    let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".lock")).map_err(io)?;
+    let wait = if standby { std::time::Duration::ZERO } else { std::time::Duration::from_secs(30) };
+    let deadline = Instant::now() + wait;
+    while lock.try_lock().is_err() {
+        if Instant::now() >= deadline {
+            return Err(StreamsError::backend(
+                format!("state dir {} is locked by another instance of task {task}", dir.display()),
+                true,
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(lock)
 }

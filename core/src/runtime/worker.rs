@@ -239,6 +239,18 @@ struct Listener {
     shared: Arc<Shared>,
 }
 
+/// Sends what the tasks' store caches absorbed to their changelogs (inside the open transaction
+/// under exactly-once): the first step of every commit.
+fn flush_caches(shared: &Shared, st: &mut Shared2, tasks: &mut BTreeMap<TaskId, Task>) -> Result<()> {
+    st.ensure_txn()?;
+    let mut collector =
+        ProducerCollector { producer: &mut *st.producer, out: &shared.metrics.records_out, backend: &*shared.backend };
+    for t in tasks.values_mut() {
+        t.flush_caches(&mut collector)?;
+    }
+    Ok(())
+}
+
 /// Flushes the caches of the lent tasks into the producer (their changelogs), before a commit
 /// inside the rebalance listener.
 fn flush_lent_caches(shared: &Shared, st: &mut Shared2) -> Result<()> {
@@ -249,16 +261,7 @@ fn flush_lent_caches(shared: &Shared, st: &mut Shared2) -> Result<()> {
         if tasks.is_empty() {
             return Ok(());
         }
-        st.ensure_txn()?;
-        let mut collector = ProducerCollector {
-            producer: &mut *st.producer,
-            out: &shared.metrics.records_out,
-            backend: &*shared.backend,
-        };
-        for t in tasks.values_mut() {
-            t.flush_caches(&mut collector)?;
-        }
-        Ok(())
+        flush_caches(shared, st, &mut tasks)
     })
     .unwrap_or(Ok(()))
 }
@@ -613,15 +616,7 @@ fn commit(
         let mut st = lock(state);
         // Caches first: what they absorbed must reach the changelogs before the offsets commit.
         if !tasks.is_empty() {
-            st.ensure_txn()?;
-            let mut collector = ProducerCollector {
-                producer: &mut *st.producer,
-                out: &shared.metrics.records_out,
-                backend: &*shared.backend,
-            };
-            for t in tasks.values_mut() {
-                t.flush_caches(&mut collector)?;
-            }
+            flush_caches(shared, &mut st, tasks)?;
         }
         if st.eos {
             st.group = Some(consumer.group_metadata());
