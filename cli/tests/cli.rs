@@ -170,7 +170,14 @@ fn apps_describe_shows_members_tasks_and_lag() {
     // Wait until the status file shows both members with their tasks.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let out = loop {
-        let out = ok(&garam(d.path(), &["apps", "describe", "described"], None));
+        // Until the app writes its first status file, `describe` falls back to opening the log,
+        // which this process holds: that attempt fails, so retry rather than assert on it.
+        let o = garam(d.path(), &["apps", "describe", "described"], None);
+        if !o.status.success() && std::time::Instant::now() <= deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        let out = ok(&o);
         if out.matches("Member:").count() == 2 && out.contains("in-3") || std::time::Instant::now() > deadline {
             break out;
         }
