@@ -19,6 +19,8 @@ pub enum BenchCommand {
     Pipeline(crate::pipeline_bench::PipelineBench),
     /// Stateful count per key with RocksDB and a changelog, then a restore from the changelog.
     Count(crate::count_bench::CountBench),
+    /// Windowed counts on event time (tumbling, hopping) with RocksDB window stores.
+    Window(crate::window_bench::WindowBench),
 }
 
 #[derive(Args)]
@@ -53,6 +55,7 @@ pub fn run(_data_dir: &Path, cmd: BenchCommand) -> Result<()> {
         BenchCommand::Log(b) => log_bench(b),
         BenchCommand::Pipeline(b) => crate::pipeline_bench::run(b),
         BenchCommand::Count(b) => crate::count_bench::run(b),
+        BenchCommand::Window(b) => crate::window_bench::run(b),
     }
 }
 

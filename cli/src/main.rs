@@ -10,6 +10,7 @@ mod pipeline_bench;
 mod produce;
 mod progress;
 mod topics;
+mod window_bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -96,6 +96,9 @@ pub struct TaskCounters {
     pub skipped: u64,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Records dropped because every window they belong to had closed (behind the watermark
+    /// beyond grace).
+    pub late: u64,
 }
 
 /// Everything an operator may touch while it processes a batch.
@@ -106,6 +109,13 @@ pub struct TaskContext<'a> {
     pub collector: &'a mut dyn RecordCollector,
     /// Largest record timestamp the task has seen.
     pub stream_time: i64,
+    /// The task's watermark: event time its inputs have all passed (see
+    /// [`crate::runtime::watermark`]). Operators that close windows keep their own copy, moved
+    /// forward in [`Lifecycle::on_watermark`], so records emitted by an upstream operator as the
+    /// watermark advances are not late downstream.
+    pub watermark: i64,
+    /// Set by a source to the largest event time of the batch it just pushed.
+    pub batch_max_timestamp: i64,
     /// Wall-clock time in epoch ms (controllable in the test driver).
     pub wall_clock_ms: i64,
     /// The deserialization-error policy.
@@ -238,6 +248,8 @@ pub struct ProcessorContext<'a, K, V> {
     pub stream_time: i64,
     /// Wall-clock time (epoch ms).
     pub wall_clock_ms: i64,
+    /// The task's watermark when the batch started.
+    pub watermark: i64,
 }
 
 impl<'a, K, V> ProcessorContext<'a, K, V> {
@@ -249,7 +261,13 @@ impl<'a, K, V> ProcessorContext<'a, K, V> {
         stream_time: i64,
         wall_clock_ms: i64,
     ) -> Self {
-        ProcessorContext { out, schedules, task, stream_time, wall_clock_ms }
+        ProcessorContext { out, schedules, task, stream_time, wall_clock_ms, watermark: i64::MIN }
+    }
+
+    /// Sets the watermark the processor sees.
+    pub fn with_watermark(mut self, watermark: i64) -> Self {
+        self.watermark = watermark;
+        self
     }
 
     /// Sends a record to the processor's children.
@@ -305,7 +323,16 @@ pub trait Lifecycle {
     /// Called once before the first batch.
     fn init(&mut self, ctx: &mut TaskContext<'_>) -> Result<()>;
     /// Called after each batch and on every runtime tick; fires due punctuations.
-    fn punctuate(&mut self, ctx: &mut TaskContext<'_>) -> Result<()>;
+    fn punctuate(&mut self, _ctx: &mut TaskContext<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// Called when the task's watermark (`ctx.watermark`) moved forward, upstream operators
+    /// first; closes windows and emits their results.
+    fn on_watermark(&mut self, _ctx: &mut TaskContext<'_>) -> Result<()> {
+        Ok(())
+    }
     /// Called when the task closes.
-    fn close(&mut self) -> Result<()>;
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
 }

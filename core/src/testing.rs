@@ -50,6 +50,11 @@ struct Inner {
     next_offset: BTreeMap<String, u64>,
     pending: VecDeque<(String, ConsumedRecord)>,
     wall_clock_ms: i64,
+    /// Set by `end_input`: every input is at the end of time.
+    end_of_input: bool,
+    /// Global tables, and the topics that feed them.
+    globals: crate::topology::GlobalStores,
+    global_topics: BTreeMap<String, Vec<String>>,
     /// Stores live here, removed when the driver is dropped.
     state_dir: std::path::PathBuf,
 }
@@ -128,13 +133,35 @@ impl Inner {
                 self.cache.as_ref(),
             )?;
             stores.restore_all(&ChangelogReader { written: &self.written }, None)?;
-            let t = Task::new(&self.topology, &self.config.application_id, id, stores)?;
+            let t = Task::new(
+                &self.topology,
+                &self.config.application_id,
+                id,
+                stores,
+                self.config.watermark,
+                &self.globals,
+            )?;
             self.tasks.insert(sub, t);
         }
         Ok(self.tasks.get_mut(&sub).expect("inserted above"))
     }
 
     fn deliver(&mut self, topic: &str, record: ConsumedRecord) -> Result<()> {
+        if let Some(names) = self.global_topics.get(topic) {
+            for name in names {
+                let store = &self.globals[name];
+                if let Some((_, reason)) = store.apply(&[(record.key.clone(), record.value.clone())]).pop() {
+                    return Err(StreamsError::Deserialization {
+                        what: "value",
+                        topic: topic.to_string(),
+                        partition: 0,
+                        offset: record.offset,
+                        reason,
+                    });
+                }
+            }
+            return Ok(());
+        }
         self.pending.push_back((topic.to_string(), record));
         while let Some((topic, rec)) = self.pending.pop_front() {
             let sub = *self
@@ -146,6 +173,8 @@ impl Inner {
                 policy: self.config.deserialization_policy,
                 dead_letter_topic: &dlq,
                 wall_clock_ms: self.wall_clock_ms,
+                caught_up: None,
+                end_of_input: self.end_of_input,
             };
             let internal = self.internal.clone();
             self.task(sub)?;
@@ -176,6 +205,11 @@ impl TopologyTestDriver {
         let app = config.application_id.clone();
         let topic_to_sub = topology.topic_to_subtopology(&app);
         let internal = topology.internal_topics().iter().map(|t| t.full_name(&app)).collect();
+        let globals = crate::runtime::global_stores(&topology);
+        let mut global_topics: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for g in topology.global_tables() {
+            global_topics.entry(g.topic.clone()).or_default().push(g.name.clone());
+        }
         Ok(TopologyTestDriver {
             inner: Rc::new(RefCell::new(Inner {
                 topology: Arc::new(topology),
@@ -190,6 +224,9 @@ impl TopologyTestDriver {
                 next_offset: BTreeMap::new(),
                 pending: VecDeque::new(),
                 wall_clock_ms: 0,
+                end_of_input: false,
+                globals,
+                global_topics,
                 state_dir: {
                     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -273,13 +310,28 @@ impl TopologyTestDriver {
         Ok(())
     }
 
-    /// Moves the wall clock forward and fires due wall-clock punctuations.
+    /// Moves the wall clock forward and fires due wall-clock punctuations (inputs quiet for
+    /// `watermark.idle.timeout.ms` go idle).
     pub fn advance_wall_clock(&self, by: Duration) -> Result<()> {
-        let subs: Vec<usize> = {
-            let mut i = self.inner.borrow_mut();
-            i.wall_clock_ms += by.as_millis() as i64;
-            i.tasks.keys().copied().collect()
-        };
+        self.inner.borrow_mut().wall_clock_ms += by.as_millis() as i64;
+        self.punctuate_all()
+    }
+
+    /// Ends the input, as a bounded source does in Flink: the watermark moves to the end of time,
+    /// every open window closes and emits.
+    pub fn end_input(&self) -> Result<()> {
+        self.inner.borrow_mut().end_of_input = true;
+        // Sub-topologies in order: writers before readers, so what closing windows send through a
+        // repartition topic arrives before the readers' watermarks move.
+        let subs = self.inner.borrow().topology.subtopologies().len();
+        for s in 0..subs {
+            self.inner.borrow_mut().task(s)?;
+        }
+        self.punctuate_all()
+    }
+
+    fn punctuate_all(&self) -> Result<()> {
+        let subs: Vec<usize> = self.inner.borrow().tasks.keys().copied().collect();
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
         let dlq = inner.dead_letter_topic.clone();
@@ -287,6 +339,8 @@ impl TopologyTestDriver {
             policy: inner.config.deserialization_policy,
             dead_letter_topic: &dlq,
             wall_clock_ms: inner.wall_clock_ms,
+            caught_up: None,
+            end_of_input: inner.end_of_input,
         };
         let internal = inner.internal.clone();
         for s in subs {
@@ -318,6 +372,7 @@ impl TopologyTestDriver {
             c.records_out += t.counters.records_out;
             c.skipped += t.counters.skipped;
             c.dead_lettered += t.counters.dead_lettered;
+            c.late += t.counters.late;
         }
         c
     }

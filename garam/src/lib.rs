@@ -60,7 +60,8 @@ pub mod prelude {
     };
     pub use garam_core::testing::TopologyTestDriver;
     pub use garam_operators::{
-        Change, Consumed, Grouped, GroupedStream, GroupedTable, Materialized, Produced, Repartitioned, Stream,
-        StreamBuilder, Table,
+        Change, Consumed, EmitStrategy, GlobalTable, Grouped, GroupedStream, GroupedTable, JoinWindows, Materialized,
+        Produced, Repartitioned, SessionWindowedStream, SessionWindows, Stream, StreamBuilder, StreamJoined, Table,
+        TimeWindowedStream, TimeWindows, Window, Windowed, WindowedSerde,
     };
 }

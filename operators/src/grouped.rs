@@ -7,6 +7,8 @@ use garam_core::serdes::U64Serde;
 use crate::ops::keyed_update::Update;
 use crate::stream::Stream;
 use crate::table::{stateful, Materialized, Table};
+use crate::window::{EmitStrategy, SessionWindows, TimeWindows};
+use crate::windowed::{SessionWindowedStream, TimeWindowedStream};
 use crate::Data;
 
 /// A stream whose records with equal keys are in the same partition, so per-key state can live in
@@ -42,6 +44,17 @@ impl<K: Data, V: Data> GroupedStream<K, V> {
     ) -> Table<K, VA> {
         let update: Update<K, V, VA> = Arc::new(move |k, v, current| Some(agg(k, v, current.unwrap_or_else(&init))));
         stateful(&self.stream, "aggregate", materialized, update)
+    }
+
+    /// Cuts each key's records into time windows (tumbling or hopping) by event time; `emit` says
+    /// whether results go downstream on every update or once, when a window closes.
+    pub fn windowed_by(&self, windows: TimeWindows, emit: EmitStrategy) -> TimeWindowedStream<K, V> {
+        TimeWindowedStream::new(self.stream.clone(), windows, emit)
+    }
+
+    /// Cuts each key's records into sessions separated by gaps of inactivity (event time).
+    pub fn windowed_by_session(&self, windows: SessionWindows, emit: EmitStrategy) -> SessionWindowedStream<K, V> {
+        SessionWindowedStream::new(self.stream.clone(), windows, emit)
     }
 
     /// Counts records per key.

@@ -33,15 +33,21 @@
 pub mod builder;
 pub mod change;
 pub mod grouped;
+pub mod join;
 mod ops;
 pub mod stream;
 pub mod table;
+pub mod window;
+pub mod windowed;
 
 pub use builder::{Consumed, Grouped, Produced, Repartitioned, StreamBuilder};
 pub use change::{Change, ChangeSerde};
 pub use grouped::GroupedStream;
+pub use join::{GlobalTable, JoinWindows, StreamJoined};
 pub use stream::{Splitter, Stream};
 pub use table::{GroupedTable, Materialized, Table};
+pub use window::{EmitStrategy, SessionWindows, TimeWindows, Window, Windowed, WindowedSerde};
+pub use windowed::{SessionWindowedStream, TimeWindowedStream};
 
 /// What a key or value type needs to flow through operators: it is cloned only when one stream
 /// feeds several operators.

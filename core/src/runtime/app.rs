@@ -47,12 +47,17 @@ pub struct App {
     restore_listener: Option<crate::runtime::stores::RestoreListener>,
     queries: Arc<super::queries::StoreRegistry>,
     standby_thread: Option<JoinHandle<()>>,
+    global_thread: Option<JoinHandle<()>>,
+    globals: crate::topology::GlobalStores,
 }
 
 impl App {
     /// An application running `topology` on `backend`.
     pub fn new(topology: Topology, config: AppConfig, backend: Arc<dyn Backend>) -> Result<App> {
+        let globals = super::global::stores(&topology);
         Ok(App {
+            globals,
+            global_thread: None,
             topology: Arc::new(topology),
             config,
             backend,
@@ -118,6 +123,27 @@ impl App {
         if self.config.deserialization_policy == DeserializationPolicy::DeadLetter {
             self.backend.ensure_topic(&dlq, 1, &BTreeMap::new())?;
         }
+        // Global tables: read to the end before any task runs, then followed.
+        if !self.topology.global_tables().is_empty() {
+            let mut feeds = super::global::GlobalFeeds::new(&self.topology, &self.globals, &*self.backend)?;
+            let started = std::time::Instant::now();
+            let n = feeds.bootstrap(&*self.backend)?;
+            tracing::info!(records = n, ms = started.elapsed().as_millis() as u64, "global tables bootstrapped");
+            let (backend, shutdown) = (self.backend.clone(), self.shutdown.clone());
+            let (status, failure) = (self.status.clone(), self.failure.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("{app_id}-global"))
+                .spawn(move || {
+                    if let Err(e) = feeds.follow(backend, shutdown.clone()) {
+                        tracing::error!(error = %e, "global table thread failed; stopping the application");
+                        *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                        *status.lock().unwrap_or_else(|e| e.into_inner()) = AppStatus::Failed;
+                        shutdown.store(true, Ordering::Release);
+                    }
+                })
+                .map_err(|e| StreamsError::backend(format!("cannot start the global table thread: {e}"), false))?;
+            self.global_thread = Some(handle);
+        }
         let instance = {
             static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             INSTANCES.fetch_add(1, Ordering::Relaxed)
@@ -141,6 +167,7 @@ impl App {
             instance,
             instance_id: format!("{}.{instance}", std::process::id()),
             active: Mutex::default(),
+            globals: self.globals.clone(),
         });
         if self.config.num_standby_replicas > 0 {
             let (shared, shutdown) = (shared.clone(), self.shutdown.clone());
@@ -223,6 +250,11 @@ impl App {
         if let Some(h) = self.standby_thread.take() {
             if h.join().is_err() {
                 tracing::warn!("the standby thread panicked; standbys restore more on failover");
+            }
+        }
+        if let Some(h) = self.global_thread.take() {
+            if h.join().is_err() {
+                tracing::warn!("the global table thread panicked");
             }
         }
         let result = {
@@ -315,11 +347,37 @@ impl App {
     }
 
     /// Runs until every input partition is caught up (lag 0 with nothing in flight), then closes.
-    /// For batch-like runs and tests.
+    /// For batch-like runs and tests. Windows still open stay open (in their stores); see
+    /// [`App::run_to_end`] to close them.
     pub fn run_until_idle(&mut self, quiet_for: Duration) -> Result<()> {
         if self.status() == AppStatus::Created {
             self.start()?;
         }
+        self.wait_idle(quiet_for);
+        self.close()
+    }
+
+    /// Runs until every input partition is caught up, then ends the input as a bounded source does
+    /// in Flink: every task's watermark moves to the end of time, every open window closes and
+    /// emits, and the app closes once that output has gone through. Input that arrives later is
+    /// behind the watermark of the windowed operators (their watermark is stored with their state).
+    pub fn run_to_end(&mut self, quiet_for: Duration) -> Result<()> {
+        if self.status() == AppStatus::Created {
+            self.start()?;
+        }
+        self.wait_idle(quiet_for);
+        self.metrics.end_of_input.store(true, Ordering::Release);
+        tracing::info!("input ended: moving every watermark to the end of time");
+        while !self.shutdown.load(Ordering::Acquire)
+            && self.metrics.end_acks.load(Ordering::Acquire) < self.config.num_threads as u64
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.wait_idle(quiet_for);
+        self.close()
+    }
+
+    fn wait_idle(&self, quiet_for: Duration) {
         let mut idle_since: Option<std::time::Instant> = None;
         let mut last = (u64::MAX, u64::MAX);
         let mut commits_at_change = 0;
@@ -348,7 +406,6 @@ impl App {
                 Some(_) => {}
             }
         }
-        self.close()
     }
 
     fn status_writer(&self) -> StatusWriter {

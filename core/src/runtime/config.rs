@@ -54,6 +54,9 @@ pub struct AppConfig {
     /// `statestore.checkpoint.interval.ms` (at-least-once): how often stores are written to disk
     /// and checkpointed at a commit (default 10 s; the changelog holds everything in between).
     pub checkpoint_interval: Duration,
+    /// Event-time progress: `max.out.of.orderness.ms` (default 0) and `watermark.idle.timeout.ms`
+    /// (default 5000; `none` keeps quiet inputs from ever going idle). See [`super::watermark`].
+    pub watermark: super::watermark::WatermarkConfig,
     commit_interval_set: bool,
 }
 
@@ -77,6 +80,7 @@ impl AppConfig {
             application_server: None,
             num_standby_replicas: 0,
             checkpoint_interval: Duration::from_secs(10),
+            watermark: super::watermark::WatermarkConfig::default(),
             commit_interval_set: false,
         }
     }
@@ -132,6 +136,16 @@ impl AppConfig {
             "state.dir" => self.state_dir = Some(value.into()),
             "state.memory.max.bytes" => self.state_memory_max_bytes = num()?.max(1 << 20),
             "num.standby.replicas" => self.num_standby_replicas = num()? as usize,
+            "max.out.of.orderness.ms" => {
+                self.watermark.max_out_of_orderness_ms =
+                    i64::try_from(num()?).map_err(|_| bad("expected milliseconds that fit in an i64"))?
+            }
+            "watermark.idle.timeout.ms" => {
+                self.watermark.idle_timeout_ms = match value {
+                    "none" => None,
+                    _ => Some(i64::try_from(num()?).map_err(|_| bad("expected milliseconds or none"))?),
+                }
+            }
             "statestore.checkpoint.interval.ms" => self.checkpoint_interval = Duration::from_millis(num()?),
             "application.server" => {
                 if value.contains('#') || !value.contains(':') {

@@ -15,6 +15,13 @@ pub struct Metrics {
     pub(crate) records_out: AtomicU64,
     pub(crate) skipped: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) late: AtomicU64,
+    /// Set by `App::run_to_end`: input has ended, close every window.
+    pub(crate) end_of_input: std::sync::atomic::AtomicBool,
+    /// Workers that have moved their tasks' watermarks with `end_of_input` set.
+    pub(crate) end_acks: AtomicU64,
+    /// Member → task → watermark.
+    pub(crate) watermarks: Mutex<BTreeMap<String, BTreeMap<String, i64>>>,
     pub(crate) batches: AtomicU64,
     pub(crate) process_us: AtomicU64,
     pub(crate) commits: AtomicU64,
@@ -45,6 +52,10 @@ pub struct MetricsSnapshot {
     pub skipped: u64,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Records dropped as late: every window they belong to had closed.
+    pub late_records: u64,
+    /// The watermark of each task (`i64::MIN` until every input has delivered a record).
+    pub watermarks: BTreeMap<String, i64>,
     /// Batches processed.
     pub batches: u64,
     /// Mean processing time per batch, µs.
@@ -98,6 +109,14 @@ impl Metrics {
         MetricsSnapshot {
             records_in: get(&self.records_in),
             records_out: get(&self.records_out),
+            late_records: get(&self.late),
+            watermarks: self
+                .watermarks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .flat_map(|m| m.iter().map(|(t, w)| (t.clone(), *w)))
+                .collect(),
             skipped: get(&self.skipped),
             dead_lettered: get(&self.dead_lettered),
             batches,

@@ -7,15 +7,18 @@
 
 mod app;
 mod config;
+mod global;
 mod metrics;
 pub mod queries;
 mod standby;
 pub mod stores;
 mod task;
+pub mod watermark;
 mod worker;
 
 pub use app::{App, AppStatus};
 pub use config::{AppConfig, ProcessingGuarantee};
+pub(crate) use global::stores as global_stores;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use queries::{KeyQueryMetadata, ReadOnlyStore};
 pub use task::{Task, TaskEnv};

@@ -36,7 +36,9 @@ impl RecordCollector for ProducerCollector<'_> {
         ts: i64,
         headers: &[Header],
     ) -> Result<()> {
-        self.out.fetch_add(1, Ordering::Relaxed);
+        if headers.first().is_none_or(|h| h.key != super::watermark::WATERMARK_HEADER) {
+            self.out.fetch_add(1, Ordering::Relaxed);
+        }
         self.producer.send(topic, partition, key, value, ts, headers)
     }
 
@@ -67,6 +69,8 @@ pub(crate) struct Shared {
     pub instance_id: String,
     /// Tasks active (or opening) on this instance: a standby of one of them steps aside.
     pub active: Mutex<BTreeSet<TaskId>>,
+    /// The instance's global tables.
+    pub globals: crate::topology::GlobalStores,
 }
 
 impl Shared {
@@ -222,7 +226,14 @@ fn new_task(shared: &Shared, id: TaskId, cache: Option<&Rc<crate::state::CacheBu
         &shared.config.store_context(),
         cache,
     )?;
-    let task = Task::new(&shared.topology, &shared.config.application_id, id, stores)?;
+    let task = Task::new(
+        &shared.topology,
+        &shared.config.application_id,
+        id,
+        stores,
+        shared.config.watermark,
+        &shared.globals,
+    )?;
     let restoring = task.is_restoring();
     for (name, store) in &task.stores().stores {
         let topic = &task.stores().changelogs[name];
@@ -446,6 +457,7 @@ pub(crate) fn run(
     shared.metrics.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     shared.metrics.lag.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     shared.metrics.restoring.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
+    shared.metrics.watermarks.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     tracing::info!(member = %member, "worker stopped");
     result.and(commit).and(close)
 }
@@ -465,7 +477,17 @@ fn run_loop(
     let dlq = shared.dead_letter_topic.as_str();
     // Tasks whose input partitions are paused while their stores restore.
     let mut paused: BTreeSet<TaskId> = BTreeSet::new();
+    // Input partitions read to the end, refreshed with the lag report: only these can go idle.
+    let mut caught_up: BTreeSet<TopicPartition> = BTreeSet::new();
+    let mut end_acked = false;
+    let mut end_seen = false;
     while !shutdown.load(Ordering::Acquire) {
+        let end_of_input = shared.metrics.end_of_input.load(Ordering::Acquire);
+        if end_of_input && !end_seen {
+            // Which inputs are read to the end decides which ones end: ask now, not 100 ms ago.
+            end_seen = true;
+            caught_up = report(shared, consumer, &tasks.borrow(), member);
+        }
         // While stores restore, poll without waiting: the poll keeps the member in its group.
         let timeout = if paused.is_empty() { shared.config.poll_timeout } else { std::time::Duration::ZERO };
         let polled = lend_tasks(tasks, || consumer.poll(timeout))?;
@@ -486,6 +508,8 @@ fn run_loop(
                 policy: shared.config.deserialization_policy,
                 dead_letter_topic: dlq,
                 wall_clock_ms: crate::time::now_ms(),
+                caught_up: Some(&caught_up),
+                end_of_input,
             };
             let mut collector = ProducerCollector {
                 producer: &mut **producer,
@@ -515,10 +539,17 @@ fn run_loop(
                 m.records_in.fetch_add(after.records_in - before.records_in, Ordering::Relaxed);
                 m.skipped.fetch_add(after.skipped - before.skipped, Ordering::Relaxed);
                 m.dead_lettered.fetch_add(after.dead_lettered - before.dead_lettered, Ordering::Relaxed);
+                m.late.fetch_add(after.late - before.late, Ordering::Relaxed);
             }
             for task in tasks.values_mut().filter(|t| !t.is_restoring()) {
                 task.punctuate(&mut collector, &env)?;
             }
+        }
+        if end_of_input && !end_acked && paused.is_empty() {
+            // Every task has moved its watermark with input ended (what is still unread moves it
+            // once read); `run_to_end` waits for every worker to get here.
+            end_acked = true;
+            shared.metrics.end_acks.fetch_add(1, Ordering::AcqRel);
         }
         if !paused.is_empty() {
             restore_step(shared, consumer, tasks, &mut paused)?;
@@ -540,7 +571,7 @@ fn run_loop(
             seen_request = requested;
         }
         if last_report.elapsed() >= std::time::Duration::from_millis(100) {
-            report(shared, consumer, tasks, member);
+            caught_up = report(shared, consumer, tasks, member);
             last_report = Instant::now();
         }
     }
@@ -661,9 +692,19 @@ fn record_commit(shared: &Shared, started: Instant, partitions: usize) {
     tracing::debug!(partitions, us, "committed");
 }
 
-fn report(shared: &Shared, consumer: &dyn BackendConsumer, tasks: &BTreeMap<TaskId, Task>, member: &str) {
+/// Publishes lag, tasks and watermarks; returns the partitions read to the end.
+fn report(
+    shared: &Shared,
+    consumer: &dyn BackendConsumer,
+    tasks: &BTreeMap<TaskId, Task>,
+    member: &str,
+) -> BTreeSet<TopicPartition> {
     let lag: BTreeMap<TopicPartition, u64> = consumer.lag().into_iter().collect();
+    let caught_up = lag.iter().filter(|(_, l)| **l == 0).map(|(tp, _)| tp.clone()).collect();
+    let watermarks = tasks.iter().map(|(id, t)| (id.to_string(), t.watermark())).collect();
     let tasks: Vec<String> = tasks.keys().map(|t| t.to_string()).collect();
     shared.metrics.lag.lock().unwrap_or_else(|e| e.into_inner()).insert(member.to_string(), lag);
     shared.metrics.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(member.to_string(), tasks);
+    shared.metrics.watermarks.lock().unwrap_or_else(|e| e.into_inner()).insert(member.to_string(), watermarks);
+    caught_up
 }

@@ -14,11 +14,13 @@ use std::sync::Arc;
 use crate::error::Result;
 
 mod cache;
+pub mod global;
 mod handle;
 mod query;
 pub mod window;
 
 pub use cache::CacheBudget;
+pub use global::{GlobalStore, GlobalTableSpec};
 pub use handle::{unversion, Change, StoreHandle, StoreMetrics};
 pub use query::QueryView;
 pub use window::{Session, SessionStore, WindowStore};

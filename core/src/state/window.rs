@@ -49,10 +49,27 @@ fn corrupt(store: &str) -> StreamsError {
 /// The stored key of a window: `(key, window start)`.
 pub fn window_key(key: &[u8], start: i64) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(key.len() + 12);
-    key_prefix(key, &mut out)?;
-    out.extend_from_slice(&time_bytes(start));
+    write_window_key(key, start, &mut out)?;
     Ok(out)
 }
+
+/// Writes the stored key of a window into `out` (cleared first), reusing its allocation.
+pub fn write_window_key(key: &[u8], start: i64, out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    key_prefix(key, out)?;
+    out.extend_from_slice(&time_bytes(start));
+    Ok(())
+}
+
+/// Splits a stored window key into the record key and the window start.
+pub fn split_window_key(raw: &[u8]) -> Option<(&[u8], i64)> {
+    split::<1>(raw).map(|(key, [start])| (key, start))
+}
+
+/// A key no window entry can have (its length prefix claims more bytes than follow): windowed
+/// operators keep their watermark under it, in the same store and changelog as their windows, so
+/// a window emitted on close is never emitted again after a restart.
+pub const WINDOW_META_KEY: &[u8] = &[0xff, 0xff, 0xff, 0xff];
 
 /// A window as [`WindowStore::all`] lists it: the record key, the window start, the value.
 pub type WindowEntry = (Vec<u8>, i64, Vec<u8>);
@@ -114,6 +131,7 @@ impl<'a> WindowStore<'a> {
         self.handle
             .all()?
             .into_iter()
+            .filter(|(k, _)| k != WINDOW_META_KEY)
             .map(|(k, v)| split::<1>(&k).map(|(key, [start])| (key.to_vec(), start, v)).ok_or_else(|| corrupt(&name)))
             .collect()
     }
@@ -137,6 +155,11 @@ pub fn session_key(key: &[u8], start: i64, end: i64) -> Result<Vec<u8>> {
     out.extend_from_slice(&time_bytes(end));
     out.extend_from_slice(&time_bytes(start));
     Ok(out)
+}
+
+/// Splits a stored session key into the record key, the session start and its end.
+pub fn split_session_key(raw: &[u8]) -> Option<(&[u8], i64, i64)> {
+    split::<2>(raw).map(|(key, [end, start])| (key, start, end))
 }
 
 /// A session: the record key, its first and last event times, and its value.
@@ -205,6 +228,7 @@ impl<'a> SessionStore<'a> {
         self.handle
             .all()?
             .into_iter()
+            .filter(|(k, _)| k != WINDOW_META_KEY)
             .map(|(k, v)| {
                 split::<2>(&k)
                     .map(|(key, [end, start])| Session { key: key.to_vec(), start, end, value: v })

@@ -98,6 +98,7 @@ pub struct TopologyBuilder {
     nodes: Vec<NodeDef>,
     names: HashSet<String>,
     internal: Vec<InternalTopic>,
+    globals: Vec<crate::state::GlobalTableSpec>,
     errors: Vec<String>,
     counter: usize,
 }
@@ -150,6 +151,28 @@ impl TopologyBuilder {
             stores.push(spec.name.clone());
         }
         self.stores.push((spec, node));
+    }
+
+    /// Declares a global table (its name must be unique among stores and global tables).
+    pub fn add_global_table(&mut self, spec: crate::state::GlobalTableSpec) {
+        if self.globals.iter().any(|g| g.name == spec.name) || self.stores.iter().any(|(s, _)| s.name == spec.name) {
+            self.errors.push(format!("two stores are named '{}'; every global table needs its own name", spec.name));
+            return;
+        }
+        self.globals.push(spec);
+    }
+
+    /// The global tables.
+    pub fn global_tables(&self) -> &[crate::state::GlobalTableSpec] {
+        &self.globals
+    }
+
+    /// Lets processor `node` use the store another node declared (a stream-table join reading
+    /// the table's store): both land in one sub-topology, whose tasks open the store.
+    pub fn connect_store(&mut self, store: &str, node: NodeId) {
+        if let NodeKind::Processor { stores } = &mut self.nodes[node].kind {
+            stores.push(store.to_string());
+        }
     }
 
     /// The stores and the nodes that own them.
@@ -221,6 +244,15 @@ impl TopologyBuilder {
     /// internal topic comes before the one reading it; fixes up internal topics' writers.
     pub(crate) fn components(&mut self) -> Vec<SubTopology> {
         let n = self.nodes.len();
+        // Nodes sharing a store belong together.
+        let mut users: std::collections::HashMap<&str, Vec<NodeId>> = std::collections::HashMap::new();
+        for (id, node) in self.nodes.iter().enumerate() {
+            if let NodeKind::Processor { stores } = &node.kind {
+                for s in stores {
+                    users.entry(s.as_str()).or_default().push(id);
+                }
+            }
+        }
         let mut comp = vec![usize::MAX; n];
         let mut groups: Vec<Vec<NodeId>> = Vec::new();
         for start in 0..n {
@@ -237,6 +269,11 @@ impl TopologyBuilder {
                 comp[x] = c;
                 members.insert(x);
                 stack.extend(self.nodes[x].children.iter().chain(self.nodes[x].parents.iter()).copied());
+                if let NodeKind::Processor { stores } = &self.nodes[x].kind {
+                    for s in stores {
+                        stack.extend(users.get(s.as_str()).into_iter().flatten().copied());
+                    }
+                }
             }
             groups.push(members.into_iter().collect());
         }

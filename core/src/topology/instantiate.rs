@@ -18,13 +18,18 @@ pub struct TaskGraph {
     pub lifecycles: Vec<Rc<RefCell<dyn Lifecycle>>>,
 }
 
+/// The global stores of an application instance, by name.
+pub type GlobalStores = std::collections::BTreeMap<String, std::sync::Arc<dyn crate::state::GlobalStore>>;
+
 /// State while a task's operators are built: memoised inputs, so merges share one child.
 pub struct Instantiation<'a> {
     stores: &'a std::collections::BTreeMap<String, crate::state::SharedStore>,
+    globals: &'a GlobalStores,
     topology: &'a Topology,
     application_id: &'a str,
     task: TaskId,
     built: HashMap<NodeId, Box<dyn Any>>,
+    shared: HashMap<String, Rc<dyn Any>>,
     lifecycles: Vec<Rc<RefCell<dyn Lifecycle>>>,
 }
 
@@ -35,13 +40,22 @@ impl<'a> Instantiation<'a> {
         application_id: &'a str,
         task: TaskId,
         stores: &'a std::collections::BTreeMap<String, crate::state::SharedStore>,
+        globals: &'a GlobalStores,
     ) -> Result<TaskGraph> {
         let st = topology
             .subtopologies()
             .get(task.subtopology)
             .ok_or_else(|| StreamsError::Topology(format!("task {task} names a missing sub-topology")))?;
-        let mut inst =
-            Instantiation { stores, topology, application_id, task, built: HashMap::new(), lifecycles: Vec::new() };
+        let mut inst = Instantiation {
+            stores,
+            globals,
+            topology,
+            application_id,
+            task,
+            built: HashMap::new(),
+            shared: HashMap::new(),
+            lifecycles: Vec::new(),
+        };
         let mut sources = HashMap::new();
         for &s in &st.sources {
             let node = topology.graph().node(s);
@@ -101,6 +115,28 @@ impl<'a> Instantiation<'a> {
         self.stores.get(name).cloned().ok_or_else(|| {
             StreamsError::Topology(format!("internal: store '{name}' is not open in task {}", self.task))
         })
+    }
+
+    /// The instance's global store `name` (bootstrapped before any task runs).
+    pub fn global_store(&self, name: &str) -> Result<std::sync::Arc<dyn crate::state::GlobalStore>> {
+        self.globals
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StreamsError::Topology(format!("internal: global table '{name}' is not open")))
+    }
+
+    /// State shared by several operators of one task (the two sides of a join), made by the first
+    /// to ask for `key`.
+    pub fn shared<T: 'static>(&mut self, key: &str, make: impl FnOnce() -> Result<T>) -> Result<Rc<T>> {
+        if let Some(s) = self.shared.get(key) {
+            return s
+                .clone()
+                .downcast::<T>()
+                .map_err(|_| StreamsError::Topology(format!("internal: shared state '{key}' has another type")));
+        }
+        let s = Rc::new(make()?);
+        self.shared.insert(key.to_string(), s.clone());
+        Ok(s)
     }
 
     /// Registers an operator's lifecycle hooks.

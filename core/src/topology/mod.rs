@@ -16,7 +16,7 @@ pub mod instantiate;
 use std::collections::BTreeMap;
 
 pub use builder::{NodeId, NodeKind, TopicRef, TopologyBuilder};
-pub use instantiate::{Instantiation, TaskGraph};
+pub use instantiate::{GlobalStores, Instantiation, TaskGraph};
 
 use crate::error::{Result, StreamsError};
 
@@ -82,6 +82,11 @@ impl Topology {
     /// Internal topics to create.
     pub fn internal_topics(&self) -> &[InternalTopic] {
         self.builder.internal_topics()
+    }
+
+    /// The global tables.
+    pub fn global_tables(&self) -> &[crate::state::GlobalTableSpec] {
+        self.builder.global_tables()
     }
 
     /// The stores of a sub-topology.

@@ -2,10 +2,13 @@
 
 pub(crate) mod keyed_update;
 pub(crate) mod process;
+pub(crate) mod session_aggregate;
 pub(crate) mod sink;
 pub(crate) mod source;
 pub(crate) mod split;
 pub(crate) mod stateless;
+pub(crate) mod stream_join;
+pub(crate) mod window_aggregate;
 
 use std::any::Any;
 use std::cell::RefCell;

@@ -27,7 +27,8 @@ impl<P: Processor<KIn, VIn, K, V>, KIn, VIn, K: Data, V: Data> Downstream<KIn, V
         let mut out = Vec::with_capacity(batch.len());
         {
             let mut pctx =
-                ProcessorContext::new(&mut out, &mut self.schedules, ctx.task, ctx.stream_time, ctx.wall_clock_ms);
+                ProcessorContext::new(&mut out, &mut self.schedules, ctx.task, ctx.stream_time, ctx.wall_clock_ms)
+                    .with_watermark(ctx.watermark);
             for r in batch {
                 pctx.stream_time = pctx.stream_time.max(r.timestamp);
                 self.processor.process(r, &mut pctx)?;
@@ -42,7 +43,8 @@ impl<P: Processor<KIn, VIn, K, V>, KIn, VIn, K: Data, V: Data> Lifecycle for Pro
         let mut out = Vec::new();
         {
             let mut pctx =
-                ProcessorContext::new(&mut out, &mut self.schedules, ctx.task, ctx.stream_time, ctx.wall_clock_ms);
+                ProcessorContext::new(&mut out, &mut self.schedules, ctx.task, ctx.stream_time, ctx.wall_clock_ms)
+                    .with_watermark(ctx.watermark);
             self.processor.init(&mut pctx)?;
         }
         self.next.push(out, ctx)
@@ -72,7 +74,8 @@ impl<P: Processor<KIn, VIn, K, V>, KIn, VIn, K: Data, V: Data> Lifecycle for Pro
             }
             if now >= s.next_ms {
                 let mut more = Vec::new();
-                let mut pctx = ProcessorContext::new(&mut out, &mut more, ctx.task, ctx.stream_time, ctx.wall_clock_ms);
+                let mut pctx = ProcessorContext::new(&mut out, &mut more, ctx.task, ctx.stream_time, ctx.wall_clock_ms)
+                    .with_watermark(ctx.watermark);
                 self.processor.punctuate(s.kind, now, &mut pctx)?;
                 // Stay on the grid: the next multiple of the interval after now, skipping missed ones.
                 s.next_ms += ((now - s.next_ms) / s.interval_ms + 1) * s.interval_ms;

@@ -49,6 +49,7 @@ impl<K: Data, V: Data> RawSource for Source<K, V> {
         self.next.push(batch, ctx)?;
         if let Some(m) = max {
             ctx.stream_time = ctx.stream_time.max(m);
+            ctx.batch_max_timestamp = ctx.batch_max_timestamp.max(m);
         }
         Ok(())
     }
