@@ -223,6 +223,87 @@ impl<K: Data, V: Data> GroupedTable<K, V> {
     }
 }
 
+impl<K: Data, V: Data> Table<K, V> {
+    fn table_join<V2: Data, VR: Data>(
+        &self,
+        other: &Table<K, V2>,
+        kind: &str,
+        joiner: crate::ops::stream_join::PairJoiner<V, V2, VR>,
+    ) -> Table<K, VR> {
+        use crate::ops::table_join::{factories, TableJoinSpec};
+        let mut g = self.changes.graph.borrow_mut();
+        let key = self.changes.key_serde.clone().or_else(|| other.changes.key_serde.clone());
+        let (Some(ls), Some(rs), Some(key), Some(left), Some(right)) =
+            (self.store.clone(), other.store.clone(), key, self.value_serde.clone(), other.value_serde.clone())
+        else {
+            g.add_error(
+                "a table-table join needs both tables materialized with serdes (from builder.table or an \
+                 aggregation)"
+                    .to_string(),
+            );
+            drop(g);
+            let none = self.changes.flat_map_values(|_| std::iter::empty::<Change<VR>>());
+            return Table::from_changes(none, None, None);
+        };
+        let spec = |other_store: &str| TableJoinSpec {
+            other_store: other_store.to_string(),
+            key: key.clone(),
+            left: left.clone(),
+            right: right.clone(),
+            joiner: joiner.clone(),
+        };
+        let (lf, rf) = factories(spec(&rs), spec(&ls));
+        let base = format!("{ls}-{rs}-{kind}");
+        let l = g.add_node(format!("{base}-this"), NodeKind::Processor { stores: vec![] }, &[self.changes.node], lf);
+        let r = g.add_node(format!("{base}-other"), NodeKind::Processor { stores: vec![] }, &[other.changes.node], rf);
+        let m = g.add_node(
+            format!("{base}-merge"),
+            NodeKind::Processor { stores: vec![] },
+            &[l, r],
+            crate::ops::stateless::pass::<K, Change<VR>>(),
+        );
+        g.connect_store(&rs, l);
+        g.connect_store(&ls, r);
+        drop(g);
+        let changes = Stream::new(self.changes.graph.clone(), m, Some(key), None, false);
+        Table::from_changes(changes, None, None)
+    }
+
+    /// Joins two co-partitioned tables: a key has a joined value while both tables have one.
+    /// Every update of either side goes downstream as a change of the joined table.
+    pub fn join<V2: Data, VR: Data>(
+        &self,
+        other: &Table<K, V2>,
+        joiner: impl Fn(&V, &V2) -> VR + Send + Sync + 'static,
+    ) -> Table<K, VR> {
+        let j = Arc::new(move |a: Option<&V>, b: Option<&V2>| match (a, b) {
+            (Some(a), Some(b)) => Some(joiner(a, b)),
+            _ => None,
+        });
+        self.table_join(other, "join", j)
+    }
+
+    /// Like [`Table::join`], and a key has a joined value whenever this table has one.
+    pub fn left_join<V2: Data, VR: Data>(
+        &self,
+        other: &Table<K, V2>,
+        joiner: impl Fn(&V, Option<&V2>) -> VR + Send + Sync + 'static,
+    ) -> Table<K, VR> {
+        let j = Arc::new(move |a: Option<&V>, b: Option<&V2>| a.map(|a| joiner(a, b)));
+        self.table_join(other, "left-join", j)
+    }
+
+    /// Like [`Table::join`], and a key has a joined value whenever either table has one.
+    pub fn outer_join<V2: Data, VR: Data>(
+        &self,
+        other: &Table<K, V2>,
+        joiner: impl Fn(Option<&V>, Option<&V2>) -> VR + Send + Sync + 'static,
+    ) -> Table<K, VR> {
+        let j = Arc::new(move |a: Option<&V>, b: Option<&V2>| (a.is_some() || b.is_some()).then(|| joiner(a, b)));
+        self.table_join(other, "outer-join", j)
+    }
+}
+
 /// Adds the stateful operator `<store>-<kind>` over `input` with its store, checking the store's
 /// name and serdes (problems are reported by `build()`).
 pub(crate) fn stateful<K: Data, V: Data, VA: Data>(

@@ -104,3 +104,61 @@ proptest! {
         prop_assert_eq!(d.store("users-by-id", StringSerde, StringSerde).unwrap(), expected);
     }
 }
+
+#[test]
+fn table_table_joins_propagate_every_update_of_either_side() {
+    let b = StreamBuilder::new();
+    let users = b.table::<String, String>(
+        "users",
+        Consumed::with(StringSerde, StringSerde),
+        Materialized::named("u").in_memory(),
+    );
+    let plans = b.table::<String, String>(
+        "plans",
+        Consumed::with(StringSerde, StringSerde),
+        Materialized::named("p").in_memory(),
+    );
+    let show = |a: Option<&String>, b: Option<&String>| {
+        format!("{}/{}", a.map_or("-", String::as_str), b.map_or("-", String::as_str))
+    };
+    let out = |t: garam_operators::Table<String, String>, topic: &str| {
+        t.to_change_stream()
+            .map_values(|c| format!("{:?}->{:?}", c.old, c.new))
+            .to(topic, Produced::with(StringSerde, StringSerde))
+    };
+    out(users.join(&plans, move |a, b| show(Some(a), Some(b))), "inner");
+    out(users.left_join(&plans, move |a, b| show(Some(a), b)), "left");
+    out(users.outer_join(&plans, show), "outer");
+    let d = TopologyTestDriver::new(b.build().unwrap()).unwrap();
+    let (u, p) = (
+        d.input_topic("users", StringSerde, OptionSerde(StringSerde)),
+        d.input_topic("plans", StringSerde, OptionSerde(StringSerde)),
+    );
+    u.pipe(s("ann"), Some(s("eu"))).unwrap();
+    p.pipe(s("ann"), Some(s("pro"))).unwrap();
+    p.pipe(s("ann"), Some(s("free"))).unwrap();
+    u.pipe(s("ann"), None).unwrap();
+    let read = |t: &str| d.output_topic(t, StringSerde, StringSerde).read_values().unwrap();
+    assert_eq!(
+        read("inner"),
+        vec![s("None->Some(\"eu/pro\")"), s("Some(\"eu/pro\")->Some(\"eu/free\")"), s("Some(\"eu/free\")->None"),]
+    );
+    assert_eq!(
+        read("left"),
+        vec![
+            s("None->Some(\"eu/-\")"),
+            s("Some(\"eu/-\")->Some(\"eu/pro\")"),
+            s("Some(\"eu/pro\")->Some(\"eu/free\")"),
+            s("Some(\"eu/free\")->None"),
+        ]
+    );
+    assert_eq!(
+        read("outer"),
+        vec![
+            s("None->Some(\"eu/-\")"),
+            s("Some(\"eu/-\")->Some(\"eu/pro\")"),
+            s("Some(\"eu/pro\")->Some(\"eu/free\")"),
+            s("Some(\"eu/free\")->Some(\"-/free\")"),
+        ]
+    );
+}

@@ -8,6 +8,7 @@ pub(crate) mod source;
 pub(crate) mod split;
 pub(crate) mod stateless;
 pub(crate) mod stream_join;
+pub(crate) mod table_join;
 pub(crate) mod window_aggregate;
 
 use std::any::Any;

@@ -15,7 +15,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -65,7 +65,7 @@ pub(crate) struct StreamJoinSpec<K, V1, V2, VR> {
 
 /// Per key, the buffered records' `(time, seq, matched)`, sorted: most keys hold a handful, so a
 /// sorted vector (one small allocation) beats a tree node per key.
-type Buffer = HashMap<Vec<u8>, Vec<(i64, u64, bool)>>;
+type Buffer = foldhash::HashMap<Vec<u8>, Vec<(i64, u64, bool)>>;
 
 fn insert_sorted(v: &mut Vec<(i64, u64, bool)>, e: (i64, u64, bool)) {
     let at = v.partition_point(|x| (x.0, x.1) < (e.0, e.1));
@@ -77,8 +77,8 @@ struct JoinState {
     store: SharedStore,
     /// Per side: key → (time, seq) → matched.
     index: [Buffer; 2],
-    /// `(close time, side, key, time, seq)`.
-    closing: BTreeSet<(i64, Side, Vec<u8>, i64, u64)>,
+    /// `(close time, seq) → (side, key, time)`: seqs are unique, so ordering never compares keys.
+    closing: BTreeMap<(i64, u64), (Side, Vec<u8>, i64)>,
     next_seq: u64,
     watermark: i64,
     loaded: bool,
@@ -146,7 +146,7 @@ impl<K: Data, V1: Data, V2: Data, VR: Data> JoinSide<K, V1, V2, VR> {
                 split_stored(&k).ok_or_else(|| self.error("read the join buffer", "a key has the wrong layout"))?;
             let matched = v.first().copied().unwrap_or(0) == 1;
             insert_sorted(state.index[side as usize].entry(key.to_vec()).or_default(), (time, seq, matched));
-            state.closing.insert((Self::close_at(&self.spec, side, time), side, key.to_vec(), time, seq));
+            state.closing.insert((Self::close_at(&self.spec, side, time), seq), (side, key.to_vec(), time));
             state.next_seq = state.next_seq.max(seq + 1);
         }
         Ok(())
@@ -237,7 +237,7 @@ impl<K: Data, V1: Data, V2: Data, VR: Data> JoinSide<K, V1, V2, VR> {
             store.put(&self.store_key, &self.value_buf)?;
             insert_sorted(state.index[side as usize].entry(self.key_buf.clone()).or_default(), (t, seq, matched));
             let at = Self::close_at(&spec, side, t);
-            state.closing.insert((at, side, self.key_buf.clone(), t, seq));
+            state.closing.insert((at, seq), (side, self.key_buf.clone(), t));
         }
         drop(store);
         drop(state);
@@ -256,11 +256,11 @@ impl<K: Data, V1: Data, V2: Data, VR: Data> JoinSide<K, V1, V2, VR> {
         let store = state.store.clone();
         let mut store = store.borrow_mut();
         let mut out = Vec::new();
-        while let Some((at, ..)) = state.closing.first() {
+        while let Some(((at, _), _)) = state.closing.first_key_value() {
             if *at > state.watermark {
                 break;
             }
-            let Some((_, side, key, t, seq)) = state.closing.pop_first() else { break };
+            let Some(((_, seq), (side, key, t))) = state.closing.pop_first() else { break };
             let mut matched = true;
             if let Some(times) = state.index[side as usize].get_mut(&key) {
                 if let Ok(at) = times.binary_search_by(|x| (x.0, x.1).cmp(&(t, seq))) {
@@ -349,8 +349,8 @@ pub(crate) fn factories<K: Data, V1: Data, V2: Data, VR: Data>(
             let state = inst.shared(&format!("join:{}", spec.store), || {
                 Ok(RefCell::new(JoinState {
                     store,
-                    index: [HashMap::new(), HashMap::new()],
-                    closing: BTreeSet::new(),
+                    index: [Buffer::default(), Buffer::default()],
+                    closing: BTreeMap::new(),
                     next_seq: 0,
                     watermark: i64::MIN,
                     loaded: false,
