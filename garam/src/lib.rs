@@ -61,7 +61,7 @@ pub mod prelude {
     pub use garam_core::testing::TopologyTestDriver;
     pub use garam_operators::{
         Change, Consumed, EmitStrategy, GlobalTable, Grouped, GroupedStream, GroupedTable, JoinWindows, Materialized,
-        Produced, Repartitioned, SessionWindowedStream, SessionWindows, Stream, StreamBuilder, StreamJoined, Table,
-        TimeWindowedStream, TimeWindows, Window, Windowed, WindowedSerde,
+        Produced, Repartitioned, SessionWindowedStream, SessionWindows, SlidingWindowedStream, SlidingWindows, Stream,
+        StreamBuilder, StreamJoined, Table, TimeWindowedStream, TimeWindows, Window, Windowed, WindowedSerde,
     };
 }

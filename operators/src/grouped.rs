@@ -7,8 +7,8 @@ use garam_core::serdes::U64Serde;
 use crate::ops::keyed_update::Update;
 use crate::stream::Stream;
 use crate::table::{stateful, Materialized, Table};
-use crate::window::{EmitStrategy, SessionWindows, TimeWindows};
-use crate::windowed::{SessionWindowedStream, TimeWindowedStream};
+use crate::window::{EmitStrategy, SessionWindows, SlidingWindows, TimeWindows};
+use crate::windowed::{SessionWindowedStream, SlidingWindowedStream, TimeWindowedStream};
 use crate::Data;
 
 /// A stream whose records with equal keys are in the same partition, so per-key state can live in
@@ -55,6 +55,11 @@ impl<K: Data, V: Data> GroupedStream<K, V> {
     /// Cuts each key's records into sessions separated by gaps of inactivity (event time).
     pub fn windowed_by_session(&self, windows: SessionWindows, emit: EmitStrategy) -> SessionWindowedStream<K, V> {
         SessionWindowedStream::new(self.stream.clone(), windows, emit)
+    }
+
+    /// Cuts each key's records into sliding windows of a fixed time difference (event time).
+    pub fn windowed_by_sliding(&self, windows: SlidingWindows, emit: EmitStrategy) -> SlidingWindowedStream<K, V> {
+        SlidingWindowedStream::new(self.stream.clone(), windows, emit)
     }
 
     /// Counts records per key.

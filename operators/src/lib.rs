@@ -46,8 +46,8 @@ pub use grouped::GroupedStream;
 pub use join::{GlobalTable, JoinWindows, StreamJoined};
 pub use stream::{Splitter, Stream};
 pub use table::{GroupedTable, Materialized, Table};
-pub use window::{EmitStrategy, SessionWindows, TimeWindows, Window, Windowed, WindowedSerde};
-pub use windowed::{SessionWindowedStream, TimeWindowedStream};
+pub use window::{EmitStrategy, SessionWindows, SlidingWindows, TimeWindows, Window, Windowed, WindowedSerde};
+pub use windowed::{SessionWindowedStream, SlidingWindowedStream, TimeWindowedStream};
 
 /// What a key or value type needs to flow through operators: it is cloned only when one stream
 /// feeds several operators.

@@ -175,6 +175,28 @@ impl SessionWindows {
     }
 }
 
+/// Sliding windows (Kafka Streams' `SlidingWindows`): windows of a fixed time difference defined
+/// by the records — one ending at each record, one starting just after each — so every set of
+/// records at most the difference apart is aggregated once, without the overlap of hopping windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlidingWindows {
+    pub(crate) difference: i64,
+    pub(crate) grace: i64,
+}
+
+impl SlidingWindows {
+    /// Windows spanning `difference` (inclusive at both ends), with zero grace.
+    pub fn with_time_difference(difference: Duration) -> Self {
+        SlidingWindows { difference: millis(difference), grace: 0 }
+    }
+
+    /// Accepts records this far behind the watermark.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = millis(grace);
+        self
+    }
+}
+
 /// A serde for `Windowed<K>` as the key of a windowed result, from the key's serde.
 pub(crate) fn windowed_serde<K: 'static>(key: SharedSerde<K>) -> SharedSerde<Windowed<K>> {
     Arc::new(WindowedSerde(key))

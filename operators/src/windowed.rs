@@ -9,10 +9,11 @@ use garam_core::topology::NodeKind;
 
 use crate::change::Change;
 use crate::ops::session_aggregate::{self, SessionAggregateSpec};
+use crate::ops::sliding_aggregate::{self, SlidingAggregateSpec};
 use crate::ops::window_aggregate::{self, LateTopic, WindowAggregateSpec};
 use crate::stream::Stream;
 use crate::table::{Materialized, Table};
-use crate::window::{windowed_serde, EmitStrategy, SessionWindows, TimeWindows, Windowed};
+use crate::window::{windowed_serde, EmitStrategy, SessionWindows, SlidingWindows, TimeWindows, Windowed};
 use crate::Data;
 
 /// A grouped stream in time windows (from [`GroupedStream::windowed_by`](crate::GroupedStream::windowed_by)).
@@ -251,5 +252,99 @@ impl<K: Data, V: Data> SessionWindowedStream<K, V> {
             None => v,
         });
         self.aggregate_with(agg, Arc::new(move |_k, a, b| g(a, b)), Materialized { value, ..materialized })
+    }
+}
+
+/// A grouped stream in sliding windows (from
+/// [`GroupedStream::windowed_by_sliding`](crate::GroupedStream::windowed_by_sliding)). Results are
+/// keyed by `Windowed<K>` with the window `[end - d, end + 1)`: the records at most `d` apart that
+/// end at a record, or start just after one.
+pub struct SlidingWindowedStream<K, V> {
+    stream: Stream<K, V>,
+    windows: SlidingWindows,
+    emit: EmitStrategy,
+    late_topic: Option<String>,
+}
+
+impl<K: Data, V: Data> SlidingWindowedStream<K, V> {
+    pub(crate) fn new(stream: Stream<K, V>, windows: SlidingWindows, emit: EmitStrategy) -> Self {
+        SlidingWindowedStream { stream, windows, emit, late_topic: None }
+    }
+
+    /// Sends late records to `topic` (which must exist) instead of only counting them.
+    pub fn late_records_to(mut self, topic: &str) -> Self {
+        self.late_topic = Some(topic.to_string());
+        self
+    }
+
+    /// Aggregates each key's records per sliding window: `init()` starts a window, `agg(key,
+    /// value, aggregate)` folds a record in. The input's value serde buffers records.
+    pub fn aggregate<VA: Data>(
+        &self,
+        init: impl Fn() -> VA + Send + Sync + 'static,
+        agg: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+        materialized: Materialized<K, VA>,
+    ) -> Table<Windowed<K>, VA> {
+        let agg: window_aggregate::Aggregator<K, V, VA> =
+            Arc::new(move |k: &K, v: V, current: Option<VA>| agg(k, v, current.unwrap_or_else(&init)));
+        self.aggregate_with(agg, materialized)
+    }
+
+    fn aggregate_with<VA: Data>(
+        &self,
+        agg: window_aggregate::Aggregator<K, V, VA>,
+        materialized: Materialized<K, VA>,
+    ) -> Table<Windowed<K>, VA> {
+        let Some(input) = self.stream.value_serde.clone() else {
+            self.stream.graph.borrow_mut().add_error(format!(
+                "sliding windows of '{}' buffer the input records, which needs the input's value serde: set it \
+                 with Stream::with_serdes before grouping",
+                materialized.name
+            ));
+            return windowed_operator(&self.stream, "sliding-aggregate", materialized, None, |_, _, _, _| {
+                garam_core::topology::builder::Factory::Node(Arc::new(|_, _| {
+                    Err(garam_core::StreamsError::Topology("unbuilt".into()))
+                }))
+            });
+        };
+        let (windows, emit) = (self.windows, self.emit);
+        windowed_operator(
+            &self.stream,
+            "sliding-aggregate",
+            materialized,
+            self.late_topic.as_deref(),
+            |store, key, _value, late| {
+                sliding_aggregate::factory(SlidingAggregateSpec {
+                    store,
+                    difference: windows.difference,
+                    grace: windows.grace,
+                    emit,
+                    key,
+                    input,
+                    aggregator: agg,
+                    late,
+                })
+            },
+        )
+    }
+
+    /// Counts each key's records per sliding window.
+    pub fn count(&self, materialized: Materialized<K, u64>) -> Table<Windowed<K>, u64> {
+        let m = if materialized.value.is_none() { materialized.with_value_serde(U64Serde) } else { materialized };
+        self.aggregate(|| 0u64, |_k, _v, n| n + 1, m)
+    }
+
+    /// Combines each key's values per sliding window with `f(aggregate, value)`.
+    pub fn reduce(
+        &self,
+        f: impl Fn(V, V) -> V + Send + Sync + 'static,
+        materialized: Materialized<K, V>,
+    ) -> Table<Windowed<K>, V> {
+        let value = materialized.value.clone().or_else(|| self.stream.value_serde.clone());
+        let agg: window_aggregate::Aggregator<K, V, V> = Arc::new(move |_k, v, current| match current {
+            Some(a) => f(a, v),
+            None => v,
+        });
+        self.aggregate_with(agg, Materialized { value, ..materialized })
     }
 }

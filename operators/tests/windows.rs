@@ -321,3 +321,107 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 }
+
+fn sliding(emit: EmitStrategy, d: u64, grace: u64) -> garam_core::topology::Topology {
+    let b = StreamBuilder::new();
+    b.stream::<String, String>("clicks", Consumed::with(StringSerde, StringSerde))
+        .group_by_key()
+        .windowed_by_sliding(
+            garam_operators::SlidingWindows::with_time_difference(Duration::from_millis(d))
+                .grace(Duration::from_millis(grace)),
+            emit,
+        )
+        .count(Materialized::named("sliding"))
+        .to_stream()
+        .to("sliding", Produced::with(windowed(), U64Serde));
+    b.build().unwrap()
+}
+
+#[test]
+fn sliding_windows_end_at_each_record_and_start_after_it() {
+    let d = driver(sliding(EmitStrategy::OnWindowClose, 10, 0), 0);
+    let input = d.input_topic("clicks", StringSerde, StringSerde);
+    for t in [0, 5, 20] {
+        input.pipe_at(s("a"), s("x"), t).unwrap();
+    }
+    d.end_input().unwrap();
+    // Ending at 0: {0}; at 5: {0, 5}; after 0, [1, 11]: {5}; after 5, [6, 16]: none;
+    // ending at 20: {20}; after 20: none. Windows are reported as [start, end + 1).
+    assert_eq!(
+        d.output_topic("sliding", windowed(), U64Serde).read_key_values().unwrap(),
+        vec![(w("a", -10, 1), 1), (w("a", -5, 6), 2), (w("a", 1, 12), 1), (w("a", 10, 21), 1)]
+    );
+}
+
+fn sliding_model(records: &[(String, i64)], diff: i64, ooo: i64, grace: i64) -> (BTreeMap<Windowed<String>, u64>, u64) {
+    let mut times: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut late = 0;
+    let mut max = i64::MIN;
+    for (k, t) in records {
+        let watermark = if max == i64::MIN { i64::MIN } else { max - ooo };
+        if t + grace < watermark {
+            late += 1;
+        } else {
+            times.entry(k.clone()).or_default().push(*t);
+        }
+        max = max.max(*t);
+    }
+    let mut out = BTreeMap::new();
+    for (k, ts) in times {
+        let ends: std::collections::BTreeSet<i64> = ts.iter().flat_map(|t| [*t, t + 1 + diff]).collect();
+        for e in ends {
+            let n = ts.iter().filter(|t| **t >= e - diff && **t <= e).count() as u64;
+            if n > 0 {
+                out.insert(Windowed { key: k.clone(), window: Window { start: e - diff, end: e + 1 } }, n);
+            }
+        }
+    }
+    (out, late)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn sliding_windows_equal_a_batch_computation(
+        records in prop::collection::vec((0u8..3, 0i64..200), 1..80),
+        diff in 0i64..30,
+        ooo in 0i64..20,
+        grace in 0i64..10,
+        on_close in any::<bool>(),
+    ) {
+        let records: Vec<(String, i64)> = records.into_iter().map(|(k, t)| (format!("k{k}"), t)).collect();
+        let emit = if on_close { EmitStrategy::OnWindowClose } else { EmitStrategy::OnWindowUpdate };
+        let d = driver(sliding(emit, diff as u64, grace as u64), ooo as u64);
+        let input = d.input_topic("clicks", StringSerde, StringSerde);
+        for (k, t) in &records {
+            input.pipe_at(k.clone(), s("x"), *t).unwrap();
+        }
+        d.end_input().unwrap();
+        let out = d.output_topic("sliding", windowed(), U64Serde).read_key_values().unwrap();
+        let (expected, late) = sliding_model(&records, diff, ooo, grace);
+        prop_assert_eq!(d.counters().late, late);
+        let last: BTreeMap<Windowed<String>, u64> = out.iter().cloned().collect();
+        if on_close {
+            prop_assert_eq!(last.len(), out.len(), "each window is emitted exactly once");
+        }
+        prop_assert_eq!(last, expected);
+    }
+}
+
+#[test]
+fn sliding_windows_survive_a_restart_without_repeats() {
+    let d = driver(sliding(EmitStrategy::OnWindowClose, 10, 0), 0);
+    let input = d.input_topic("clicks", StringSerde, StringSerde);
+    let out = d.output_topic("sliding", windowed(), U64Serde);
+    input.pipe_at(s("a"), s("x"), 0).unwrap();
+    input.pipe_at(s("a"), s("x"), 5).unwrap(); // closes the window ending at 0
+    assert_eq!(out.read_key_values().unwrap(), vec![(w("a", -10, 1), 1)]);
+    d.restart().unwrap(); // the buffer and the pending windows come back from the changelog
+    input.pipe_at(s("a"), s("x"), 20).unwrap();
+    d.end_input().unwrap();
+    assert_eq!(
+        out.read_key_values().unwrap(),
+        vec![(w("a", -5, 6), 2), (w("a", 1, 12), 1), (w("a", 10, 21), 1)]
+    );
+}

@@ -4,6 +4,7 @@ pub(crate) mod keyed_update;
 pub(crate) mod process;
 pub(crate) mod session_aggregate;
 pub(crate) mod sink;
+pub(crate) mod sliding_aggregate;
 pub(crate) mod source;
 pub(crate) mod split;
 pub(crate) mod stateless;
