@@ -420,8 +420,5 @@ fn sliding_windows_survive_a_restart_without_repeats() {
     d.restart().unwrap(); // the buffer and the pending windows come back from the changelog
     input.pipe_at(s("a"), s("x"), 20).unwrap();
     d.end_input().unwrap();
-    assert_eq!(
-        out.read_key_values().unwrap(),
-        vec![(w("a", -5, 6), 2), (w("a", 1, 12), 1), (w("a", 10, 21), 1)]
-    );
+    assert_eq!(out.read_key_values().unwrap(), vec![(w("a", -5, 6), 2), (w("a", 1, 12), 1), (w("a", 10, 21), 1)]);
 }
