@@ -201,7 +201,9 @@ impl TopologyTestDriver {
     }
 
     /// A driver with a config (application id, deserialization policy, dead-letter topic).
-    pub fn with_config(topology: Topology, config: AppConfig) -> Result<Self> {
+    pub fn with_config(topology: Topology, mut config: AppConfig) -> Result<Self> {
+        // The driver's clock stands still unless advanced: send every watermark change at once.
+        config.watermark.publish_interval_ms = 0;
         let app = config.application_id.clone();
         let topic_to_sub = topology.topic_to_subtopology(&app);
         let internal = topology.internal_topics().iter().map(|t| t.full_name(&app)).collect();

@@ -140,6 +140,10 @@ impl AppConfig {
                 self.watermark.max_out_of_orderness_ms =
                     i64::try_from(num()?).map_err(|_| bad("expected milliseconds that fit in an i64"))?
             }
+            "watermark.publish.interval.ms" => {
+                self.watermark.publish_interval_ms =
+                    i64::try_from(num()?).map_err(|_| bad("expected milliseconds that fit in an i64"))?
+            }
             "watermark.idle.timeout.ms" => {
                 self.watermark.idle_timeout_ms = match value {
                     "none" => None,

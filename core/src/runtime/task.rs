@@ -53,6 +53,7 @@ pub struct Task {
     source_topic: Option<String>,
     /// The last watermark sent downstream, and when.
     published: Option<(i64, bool, i64)>,
+    publish_interval_ms: i64,
 }
 
 impl Task {
@@ -79,6 +80,7 @@ impl Task {
             peers: None,
             source_topic: sources.first().cloned(),
             published: None,
+            publish_interval_ms: watermark.publish_interval_ms,
             id,
             graph,
             stores,
@@ -248,7 +250,12 @@ impl Task {
         let (watermark, idle) = (self.watermarks.current(), self.watermarks.idle());
         let due = match self.published {
             None => true,
-            Some((w, i, at)) => (w, i) != (watermark, idle) || env.wall_clock_ms - at >= REPUBLISH_MS,
+            Some((w, i, at)) => {
+                let since = env.wall_clock_ms - at;
+                i != idle
+                    || (w != watermark && (since >= self.publish_interval_ms || watermark == watermark::END_OF_TIME))
+                    || since >= REPUBLISH_MS
+            }
         };
         if !due {
             return Ok(());

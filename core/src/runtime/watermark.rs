@@ -85,11 +85,15 @@ pub struct WatermarkConfig {
     /// `watermark.idle.timeout.ms`: a caught-up input with no records for this long is idle
     /// (`None`: inputs never go idle).
     pub idle_timeout_ms: Option<i64>,
+    /// `watermark.publish.interval.ms`: how often at most a task sends a changed watermark to the
+    /// tasks downstream of its repartition topics (default 20; each send is one control record per
+    /// downstream partition). Idleness changes and the end of input go out at once.
+    pub publish_interval_ms: i64,
 }
 
 impl Default for WatermarkConfig {
     fn default() -> Self {
-        WatermarkConfig { max_out_of_orderness_ms: 0, idle_timeout_ms: Some(5_000) }
+        WatermarkConfig { max_out_of_orderness_ms: 0, idle_timeout_ms: Some(5_000), publish_interval_ms: 20 }
     }
 }
 
@@ -228,7 +232,7 @@ mod tests {
     use super::*;
 
     fn cfg(ooo: i64, idle: Option<i64>) -> WatermarkConfig {
-        WatermarkConfig { max_out_of_orderness_ms: ooo, idle_timeout_ms: idle }
+        WatermarkConfig { max_out_of_orderness_ms: ooo, idle_timeout_ms: idle, publish_interval_ms: 0 }
     }
 
     #[test]
