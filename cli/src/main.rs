@@ -5,6 +5,7 @@ mod bench;
 mod consume;
 mod count_bench;
 mod demo;
+mod gen;
 mod groups;
 mod pipeline_bench;
 mod produce;
@@ -59,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Generate input data: click events, the ad table.
+    Gen {
+        #[command(subcommand)]
+        command: gen::GenCommand,
+    },
     /// Demos that run end to end on the embedded log.
     Demo {
         #[command(subcommand)]
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
         Command::Groups { command } => groups::run(&cli.data_dir, command),
         Command::Apps { command } => apps::run(&cli.data_dir, command),
         Command::Bench { command } => bench::run(&cli.data_dir, command),
+        Command::Gen { command } => gen::run(&cli.data_dir, command),
         Command::Demo { command } => demo::run(&cli.data_dir, command),
     };
     match result {

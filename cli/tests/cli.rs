@@ -235,3 +235,42 @@ fn consume_isolation_levels() {
     ));
     assert_eq!(all.lines().collect::<Vec<_>>(), vec!["aborted", "committed"]);
 }
+
+#[test]
+fn gen_writes_the_click_analytics_input_deterministically() {
+    let read = |seed: &str| {
+        let d = tempfile::tempdir().unwrap();
+        ok(&garam(d.path(), &["gen", "ads"], None));
+        ok(&garam(
+            d.path(),
+            &["gen", "clicks", "--events", "2000", "--seed", seed, "--out-of-order-ms", "100", "--users", "50"],
+            None,
+        ));
+        let ads = ok(&garam(d.path(), &["consume", "ads", "--from-beginning", "--exit-at-end"], None));
+        let clicks = ok(&garam(d.path(), &["consume", "clicks", "--from-beginning", "--exit-at-end"], None));
+        let parse =
+            |out: &str| -> Vec<serde_json::Value> { out.lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+        (parse(&ads), parse(&clicks))
+    };
+    let (ads, clicks) = read("7");
+    assert_eq!(ads.len(), 1000);
+    let ad: serde_json::Value = serde_json::from_str(ads[0]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(ads[0]["key"], ad["ad_id"]);
+    assert!(ad["campaign_id"].as_str().unwrap().starts_with("campaign-"));
+    assert_eq!(clicks.len(), 2000);
+    for c in &clicks {
+        let e: serde_json::Value = serde_json::from_str(c["value"].as_str().unwrap()).unwrap();
+        let fields: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(fields, ["user_id", "page_id", "ad_id", "ad_type", "event_type", "event_time", "ip_address"]);
+        assert_eq!(c["key"], e["user_id"], "keyed by user_id");
+        assert_eq!(c["timestamp"], e["event_time"]);
+        assert!(["view", "click", "purchase"].contains(&e["event_type"].as_str().unwrap()));
+    }
+    let values = |v: &[serde_json::Value]| {
+        let mut s: Vec<String> = v.iter().map(|c| c["value"].as_str().unwrap().to_string()).collect();
+        s.sort();
+        s
+    };
+    assert_eq!(values(&clicks), values(&read("7").1), "the same seed gives the same events");
+    assert_ne!(values(&clicks), values(&read("8").1));
+}

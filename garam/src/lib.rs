@@ -30,6 +30,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod clicks;
+
 pub use garam_core as core;
 pub use garam_log as log;
 pub use garam_operators as operators;
