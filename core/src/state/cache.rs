@@ -86,9 +86,6 @@ pub(crate) struct StoreCache {
     bytes: usize,
     /// Entries not in the changelog.
     dirty: usize,
-    /// Their keys (a key may repeat; the entry's state decides), so that a commit visits what it
-    /// sends rather than the whole cache.
-    dirty_keys: Vec<Vec<u8>>,
     /// Entries not in the backend.
     unpersisted: usize,
     budget: Rc<CacheBudget>,
@@ -97,7 +94,7 @@ pub(crate) struct StoreCache {
 impl StoreCache {
     pub(crate) fn new(budget: Rc<CacheBudget>) -> Self {
         budget.caches.set(budget.caches.get() + 1);
-        StoreCache { entries: HashMap::default(), bytes: 0, dirty: 0, dirty_keys: Vec::new(), unpersisted: 0, budget }
+        StoreCache { entries: HashMap::default(), bytes: 0, dirty: 0, unpersisted: 0, budget }
     }
 
     /// `Some(value)` on a hit (`Some(None)`: known absent), `None` on a miss.
@@ -135,12 +132,8 @@ impl StoreCache {
                     Written::Everywhere => {
                         self.dirty += 1;
                         self.unpersisted += 1;
-                        self.dirty_keys.push(key.to_vec());
                     }
-                    Written::Changelog => {
-                        self.dirty += 1;
-                        self.dirty_keys.push(key.to_vec());
-                    }
+                    Written::Changelog => self.dirty += 1,
                     Written::Nowhere => {}
                 }
                 e.written = Written::Nowhere;
@@ -153,7 +146,6 @@ impl StoreCache {
                 self.budget.add(n);
                 self.dirty += 1;
                 self.unpersisted += 1;
-                self.dirty_keys.push(key.to_vec());
                 self.entries.insert(key.to_vec(), Entry { value, written: Written::Nowhere, used: true });
             }
         }
@@ -170,17 +162,11 @@ impl StoreCache {
     pub(crate) fn take_dirty(&mut self) -> Vec<Change> {
         let mut out = Vec::with_capacity(self.dirty);
         if self.dirty == 0 {
-            self.dirty_keys.clear();
             return out;
         }
-        for k in std::mem::take(&mut self.dirty_keys) {
-            if let Some(e) = self.entries.get_mut(&k) {
-                if e.written == Written::Nowhere {
-                    e.written = Written::Changelog;
-                    let value = e.value.clone();
-                    out.push((k, value));
-                }
-            }
+        for (k, e) in self.entries.iter_mut().filter(|(_, e)| e.written == Written::Nowhere) {
+            e.written = Written::Changelog;
+            out.push((k.clone(), e.value.clone()));
         }
         self.dirty = 0;
         out
@@ -215,7 +201,6 @@ impl StoreCache {
             all.push((k.clone(), e.value.clone()));
         }
         self.dirty = 0;
-        self.dirty_keys.clear();
         self.unpersisted = 0;
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         (all, dirty)
@@ -247,7 +232,6 @@ impl StoreCache {
         self.budget.sub(self.bytes);
         self.bytes = 0;
         self.dirty = 0;
-        self.dirty_keys.clear();
         self.unpersisted = 0;
     }
 
