@@ -146,3 +146,40 @@ fn windowed_counts_equal_the_batch_result_however_the_backlog_is_interleaved() {
         assert_eq!(as_map(&user_out), users, "users: skewed {skewed}, {threads} threads, eos {eos}");
     }
 }
+
+#[test]
+fn an_idle_upstream_partition_does_not_hold_windows_open() {
+    // Only partition 0 has data. Downstream of the repartition, windows close only if the idle
+    // upstream task of partition 1 is left out of the minimum.
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    for t in ["clicks", "page-views", "user-views"] {
+        log.create_topic(t, 2, TopicConfig::default()).unwrap();
+    }
+    let mut p = log.producer(Default::default()).unwrap();
+    for i in 0..200i64 {
+        let r = garam::core::Record::new(Some(format!("u{}", i % 3)), Some(format!("p{}", i % 2)))
+            .with_timestamp(1_000 * i);
+        p.send_to("clicks", Some(0), r).unwrap();
+    }
+    p.flush().unwrap();
+    let mut config = AppConfig::new("idle");
+    config.num_threads = 1;
+    config.set("watermark.idle.timeout.ms", "200").unwrap();
+    let mut app = App::new(topology(), config, Arc::new(log.clone())).unwrap();
+    app.start().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut pages = Vec::new();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        pages = read(&log, "page-views");
+        if pages.len() >= 199 {
+            break;
+        }
+    }
+    app.close().unwrap();
+    // Windows of 1 s: every one but the last closes (the watermark is the last event's time).
+    let closed: BTreeMap<Windowed<String>, u64> = pages.into_iter().collect();
+    assert_eq!(closed.len(), 199, "windows closed without end of input: {}", closed.len());
+    assert!(closed.values().all(|n| *n == 1));
+}

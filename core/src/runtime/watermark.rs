@@ -109,7 +109,8 @@ enum Input {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Progress {
     At(i64),
-    Idle,
+    /// Idle, having reached this watermark before it went quiet.
+    Idle(i64),
 }
 
 /// Tracks the inputs of one task and computes its watermark.
@@ -180,43 +181,51 @@ impl WatermarkTracker {
     ///
     /// `caught_up(topic)` says whether the consumer has read everything in the task's partition of
     /// `topic`; only a caught-up input can be idle or ended. With `end_of_input`, caught-up direct
-    /// inputs are at [`END_OF_TIME`].
+    /// inputs are at [`END_OF_TIME`]. The watermark is the minimum over the active inputs; when all
+    /// are idle, the largest watermark any of them reached (as Flink's watermark valve does), so a
+    /// quiet pipeline still closes the windows its last records completed.
     pub fn advance(&mut self, now_ms: i64, caught_up: &dyn Fn(&str) -> bool, end_of_input: bool) -> Option<i64> {
         let mut min: Option<i64> = None;
+        let mut idle_max: Option<i64> = None;
         for (topic, input) in &mut self.inputs {
             let p = match input {
                 Input::Direct { max, last_record_ms } => {
                     let done = caught_up(topic);
                     let quiet = now_ms - *last_record_ms.get_or_insert(now_ms);
+                    let reached = if *max == NO_WATERMARK {
+                        NO_WATERMARK
+                    } else {
+                        max.saturating_sub(self.config.max_out_of_orderness_ms)
+                    };
                     if end_of_input && done {
                         Progress::At(END_OF_TIME)
                     } else if done && self.config.idle_timeout_ms.is_some_and(|t| quiet >= t) {
-                        Progress::Idle
-                    } else if *max == NO_WATERMARK {
-                        Progress::At(NO_WATERMARK)
+                        Progress::Idle(reached)
                     } else {
-                        Progress::At(max.saturating_sub(self.config.max_out_of_orderness_ms))
+                        Progress::At(reached)
                     }
                 }
                 Input::Upstream { marks } => {
                     if marks.is_empty() || marks.iter().any(Option::is_none) {
                         Progress::At(NO_WATERMARK)
                     } else {
-                        marks
-                            .iter()
-                            .flatten()
-                            .filter(|(_, idle)| !idle)
-                            .map(|(w, _)| *w)
-                            .min()
-                            .map_or(Progress::Idle, Progress::At)
+                        let active = marks.iter().flatten().filter(|(_, idle)| !idle).map(|(w, _)| *w).min();
+                        match active {
+                            Some(w) => Progress::At(w),
+                            None => {
+                                Progress::Idle(marks.iter().flatten().map(|(w, _)| *w).max().unwrap_or(NO_WATERMARK))
+                            }
+                        }
                     }
                 }
             };
-            if let Progress::At(w) = p {
-                min = Some(min.map_or(w, |m| m.min(w)));
+            match p {
+                Progress::At(w) => min = Some(min.map_or(w, |m| m.min(w))),
+                Progress::Idle(w) => idle_max = Some(idle_max.map_or(w, |m| m.max(w))),
             }
         }
         self.idle = min.is_none() && !self.inputs.is_empty();
+        let min = min.or(idle_max);
         match min {
             Some(w) if w > self.current => {
                 self.current = w;
@@ -278,7 +287,7 @@ mod tests {
         assert_eq!(t.advance(0, &|_| true, false), Some(200));
         t.mark("r", m(0, 300, true));
         t.mark("r", m(1, 300, true));
-        assert_eq!(t.advance(0, &|_| true, false), None);
+        assert_eq!(t.advance(0, &|_| true, false), Some(300), "all idle: the largest watermark reached");
         assert!(t.idle(), "all upstream tasks idle: this task is idle");
     }
 
