@@ -30,6 +30,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod analytics;
 pub mod clicks;
 
 pub use garam_core as core;
