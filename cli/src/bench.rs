@@ -21,6 +21,9 @@ pub enum BenchCommand {
     Count(crate::count_bench::CountBench),
     /// Windowed counts on event time (tumbling, hopping) with RocksDB window stores.
     Window(crate::window_bench::WindowBench),
+    /// The Yahoo Streaming Benchmark query end to end on click events: events/s, CPU, memory;
+    /// with --rate, event-to-result latency.
+    Clicks(crate::clicks_bench::ClicksBench),
 }
 
 #[derive(Args)]
@@ -56,7 +59,26 @@ pub fn run(_data_dir: &Path, cmd: BenchCommand) -> Result<()> {
         BenchCommand::Pipeline(b) => crate::pipeline_bench::run(b),
         BenchCommand::Count(b) => crate::count_bench::run(b),
         BenchCommand::Window(b) => crate::window_bench::run(b),
+        BenchCommand::Clicks(b) => crate::clicks_bench::run(b),
     }
+}
+
+/// Committed records in every partition of `topic`, read back through the backend.
+pub(crate) fn committed_records(log: &Log, topic: &str) -> Result<u64> {
+    use garam_core::backend::Backend;
+    let mut n = 0;
+    for p in 0..Backend::partition_count(log, topic)?.unwrap_or(0) {
+        let mut offset = 0;
+        loop {
+            let f = Backend::fetch(log, topic, p, offset, 8 << 20, true)?;
+            n += f.records.len() as u64;
+            if f.next_offset <= offset {
+                break;
+            }
+            offset = f.next_offset;
+        }
+    }
+    Ok(n)
 }
 
 pub(crate) fn peak_rss_mb() -> f64 {

@@ -2,6 +2,7 @@
 
 mod apps;
 mod bench;
+mod clicks_bench;
 mod consume;
 mod count_bench;
 mod demo;

@@ -54,24 +54,6 @@ fn topology(windows: TimeWindows) -> Result<garam::core::topology::Topology> {
     Ok(b.build()?)
 }
 
-/// Committed records in `topic` (every partition), read back through the backend.
-fn committed_records(log: &Log, topic: &str) -> Result<u64> {
-    use garam::core::backend::Backend;
-    let mut n = 0;
-    for p in 0..Backend::partition_count(log, topic)?.unwrap_or(0) {
-        let mut offset = 0;
-        loop {
-            let f = Backend::fetch(log, topic, p, offset, 8 << 20, true)?;
-            n += f.records.len() as u64;
-            if f.next_offset <= offset {
-                break;
-            }
-            offset = f.next_offset;
-        }
-    }
-    Ok(n)
-}
-
 /// Ad views joined with the clicks on them (each click names one view; clicks come 0.5–2.5 s
 /// after their view), within 10 s.
 fn join_topology() -> Result<garam::core::topology::Topology> {
@@ -175,7 +157,7 @@ pub fn run(b: WindowBench) -> Result<()> {
         }
         let expected = if case == "join" { b.records / 2 * 2 } else { b.records };
         let out_topic = if case == "join" { "join-out" } else { "window-out" };
-        let before = committed_records(&log, out_topic)?;
+        let before = crate::bench::committed_records(&log, out_topic)?;
         let mut app = App::new(topology, config, Arc::new(log.clone()))?;
         let start = Instant::now();
         app.start()?;
@@ -188,7 +170,7 @@ pub fn run(b: WindowBench) -> Result<()> {
         app.close()?;
         progress.finish();
         let m = app.metrics();
-        let results = committed_records(&log, out_topic)? - before;
+        let results = crate::bench::committed_records(&log, out_topic)? - before;
         println!(
             "window {label}: {} records, {} keys, {} partitions, {} thread(s), {}: {:.2} s = {:.0} records/s ({} results, {} late)",
             m.records_in,

@@ -312,6 +312,18 @@ pub trait Processor<KIn, VIn, KOut, VOut>: 'static {
     ) -> Result<()> {
         Ok(())
     }
+    /// Called at the start of every commit, before the stores' caches are flushed: what the
+    /// operator writes to its stores now commits with this commit. `closing` is true for the last
+    /// commit before the task closes (a graceful stop). Sinks that write outside the log (files)
+    /// stage their output here and name it in a store, so it commits with the transaction.
+    fn prepare_commit(&mut self, _closing: bool) -> Result<()> {
+        Ok(())
+    }
+    /// Called after a commit succeeded: staged output may be made visible now (a file renamed
+    /// into place). A crash before this call is finished on restore, from the stores.
+    fn committed(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Called when the task closes.
     fn close(&mut self) -> Result<()> {
         Ok(())
@@ -329,6 +341,18 @@ pub trait Lifecycle {
     /// Called when the task's watermark (`ctx.watermark`) moved forward, upstream operators
     /// first; closes windows and emits their results.
     fn on_watermark(&mut self, _ctx: &mut TaskContext<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// Called at the start of every commit, before the stores' caches are flushed: what the
+    /// operator writes to its stores now commits with this commit. `closing` is true for the last
+    /// commit before the task closes (a graceful stop). Sinks that write outside the log (files)
+    /// stage their output here and name it in a store, so it commits with the transaction.
+    fn prepare_commit(&mut self, _closing: bool) -> Result<()> {
+        Ok(())
+    }
+    /// Called after a commit succeeded: staged output may be made visible now (a file renamed
+    /// into place). A crash before this call is finished on restore, from the stores.
+    fn committed(&mut self) -> Result<()> {
         Ok(())
     }
     /// Called when the task closes.

@@ -184,6 +184,7 @@ impl Inner {
             task.process(PolledRecords { tp: TopicPartition::new(topic, 0), records: vec![rec] }, &mut c, &env)?;
             // Like Kafka Streams' driver, commit after every record: caches reach the changelogs.
             task.flush_caches(&mut c)?;
+            task.committed()?;
         }
         Ok(())
     }

@@ -7,6 +7,8 @@
 //! | [`core`] (`garam-core`) | records, serdes, the Processor API, topologies, the runtime ([`App`]), the test driver |
 //! | [`operators`] (`garam-operators`) | the DSL: [`StreamBuilder`], [`Stream`], [`GroupedStream`] |
 //! | [`log`] (`garam-log`) | the embedded log, the default [`Backend`](garam_core::backend::Backend) |
+//! | [`connectors`] (`garam-connectors`) | Parquet and JSON-lines file sinks with atomic commits, file sources |
+//! | [`analytics`] | the click-analytics application (topology, runner, live view) |
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -33,6 +35,7 @@ use std::sync::Arc;
 pub mod analytics;
 pub mod clicks;
 
+pub use garam_connectors as connectors;
 pub use garam_core as core;
 pub use garam_log as log;
 pub use garam_operators as operators;

@@ -6,65 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use garam::analytics::{self, CampaignCtr, CampaignViews, PageCount, PageViews, TopPages, UserSession};
-use garam::clicks::{ads, ClickConfig, ClickEvent, ClickGenerator};
-use garam::core::Record;
-use garam::log::consumer::{ConsumerConfig, OffsetReset};
+use garam::clicks::{ads, ClickEvent};
 use garam::log::Log;
 use garam::prelude::*;
-use serde::de::DeserializeOwned;
 
-const PARTITIONS: u32 = 4;
-const OUT_OF_ORDER_MS: i64 = 2_000;
+mod common;
 
-/// Few users and a slow event-time rate, so users have several sessions and windows are many.
-fn events(n: usize) -> Vec<ClickEvent> {
-    let config = ClickConfig {
-        seed: 11,
-        users: 500,
-        pages: 40,
-        events_per_second: 1,
-        out_of_order_ms: OUT_OF_ORDER_MS,
-        ..ClickConfig::default()
-    };
-    ClickGenerator::new(config).take(n).collect()
-}
-
-pub fn produce(log: &Log, events: &[ClickEvent]) {
-    analytics::create_topics(log, PARTITIONS).unwrap();
-    let mut p = log.producer(Default::default()).unwrap();
-    for ad in ads() {
-        p.send("ads", Record::new(Some(ad.ad_id.clone()), Some(serde_json::to_vec(&ad).unwrap()))).unwrap();
-    }
-    for e in events {
-        let r = Record::new(Some(e.user_id.clone()), Some(serde_json::to_vec(e).unwrap())).with_timestamp(e.event_time);
-        p.send("clicks", r).unwrap();
-    }
-    p.flush().unwrap();
-}
-
-fn read<T: DeserializeOwned>(log: &Log, topic: &str) -> Vec<T> {
-    let mut c = log
-        .consumer(ConsumerConfig {
-            topics: vec![topic.into()],
-            auto_offset_reset: OffsetReset::Earliest,
-            read_committed: true,
-            ..Default::default()
-        })
-        .unwrap();
-    let mut out = Vec::new();
-    loop {
-        let polled = c.poll(Duration::from_millis(50)).unwrap();
-        if polled.is_empty() {
-            break;
-        }
-        for part in polled {
-            for r in part.records() {
-                out.push(serde_json::from_slice(&r.unwrap().value.unwrap()).unwrap());
-            }
-        }
-    }
-    out
-}
+use common::{events, produce, read, OUT_OF_ORDER_MS};
 
 fn window(t: i64, size: i64) -> (i64, i64) {
     let start = t.div_euclid(size) * size;
@@ -168,7 +116,7 @@ fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
 
 #[test]
 fn all_five_outputs_equal_a_batch_computation() {
-    let events = events(12_000);
+    let events = events(12_000, 1);
     let expected = batch(&events);
     assert!(expected.sessions.len() > 600, "some users should have several sessions: {}", expected.sessions.len());
     assert!(expected.ctr.iter().any(|c| c.ctr.is_none()) || expected.ctr.len() > 100);

@@ -264,6 +264,72 @@ impl<K: Data, V: Data> Stream<K, V> {
         self.derive(id, None, None, true)
     }
 
+    /// Folds each batch's records per (new key `key(k, v)`, tumbling window of `size`) into one
+    /// partial aggregate (`init`, `fold`) timestamped with the latest record folded in: Flink's
+    /// local aggregation, which shrinks what a repartition carries to one record per key and
+    /// window per batch. Merge the partials after the repartition with a windowed aggregate of the
+    /// same (or a coarser, aligned) window. Keeps nothing between batches.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use garam_operators::window::{EmitStrategy, TimeWindows};
+    /// use garam_operators::{Consumed, Grouped, Materialized, StreamBuilder};
+    /// use garam_core::serdes::{StringSerde, U64Serde};
+    ///
+    /// let b = StreamBuilder::new();
+    /// b.stream::<String, String>("views", Consumed::default()) // user → page
+    ///     .pre_aggregate(Duration::from_secs(60), |_user, page| page.clone(), || 0u64, |n, _| n + 1)
+    ///     .group_by_key_with(Grouped::named("by-page").with(StringSerde, U64Serde))
+    ///     .windowed_by(TimeWindows::of(Duration::from_secs(60)), EmitStrategy::OnWindowClose)
+    ///     .aggregate(|| 0u64, |_page, partial, n| n + partial, Materialized::named("views").with(StringSerde, U64Serde));
+    /// assert!(b.build().is_ok());
+    /// ```
+    pub fn pre_aggregate<K2: Data + std::hash::Hash + Eq, VA: Data>(
+        &self,
+        size: std::time::Duration,
+        key: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,
+        init: impl Fn() -> VA + Send + Sync + 'static,
+        fold: impl Fn(VA, &V) -> VA + Send + Sync + 'static,
+    ) -> Stream<K2, VA> {
+        let spec = crate::ops::pre_aggregate::PreAggregateSpec {
+            size_ms: (size.as_millis() as i64).max(1),
+            key: Arc::new(key),
+            init: Arc::new(init),
+            fold: Arc::new(fold),
+        };
+        let id = self.add("PRE-AGGREGATE", crate::ops::pre_aggregate::factory(spec));
+        self.derive(id, None, None, true)
+    }
+
+    /// Runs a user [`Processor`] that owns a key-value store over bytes: `supplier(store)` makes
+    /// one instance per task with the task's store, which is named by `materialized` and backed by
+    /// the changelog `<application.id>-<store>-changelog`. Sinks that write outside the log keep
+    /// what they have staged there (see [`Processor::prepare_commit`]).
+    pub fn process_with_store<K2: Data, V2: Data, P>(
+        &self,
+        name: &str,
+        materialized: crate::Materialized<Vec<u8>, Vec<u8>>,
+        supplier: impl Fn(garam_core::state::SharedStore) -> P + Send + Sync + 'static,
+    ) -> Stream<K2, V2>
+    where
+        P: Processor<K, V, K2, V2>,
+    {
+        let mut g = self.graph.borrow_mut();
+        let store = materialized.name.clone();
+        if g.stores().iter().any(|(s, _)| s.name == store) {
+            g.add_error(format!("two stores are named '{store}'; every stateful operator needs its own name"));
+        }
+        let name_of_store = store.clone();
+        let factory = process::factory_with(move |inst| Ok(supplier(inst.store(&name_of_store)?)));
+        let id = g.add_node(name.to_string(), NodeKind::Processor { stores: vec![] }, &[self.node], factory);
+        g.add_store(
+            garam_core::state::StoreSpec { name: store, supplier: materialized.supplier.clone(), serdes: None },
+            id,
+        );
+        drop(g);
+        self.derive(id, None, None, true)
+    }
+
     /// Sets serdes for the current key and value types (after a `map`, before `repartition`).
     pub fn with_serdes(
         mut self,

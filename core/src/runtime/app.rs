@@ -17,6 +17,30 @@ use crate::error::{Result, StreamsError};
 use crate::processor::DeserializationPolicy;
 use crate::topology::Topology;
 
+/// Watches a running [`App`] from another thread (see [`App::monitor`]).
+#[derive(Clone)]
+pub struct AppMonitor {
+    metrics: Arc<Metrics>,
+    shutdown: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AppMonitor {
+    /// A copy of the app's metrics.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// True once the app is stopping.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Asks the app to stop, as Ctrl-C does.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+    }
+}
+
 /// Where an application is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum AppStatus {
@@ -226,6 +250,12 @@ impl App {
     /// A copy of the metrics.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.metrics.snapshot()
+    }
+
+    /// A handle other threads use to watch the app while it runs (a live view, say): metrics,
+    /// and whether it is stopping.
+    pub fn monitor(&self) -> AppMonitor {
+        AppMonitor { metrics: self.metrics.clone(), shutdown: self.shutdown.clone() }
     }
 
     /// Stops fetching, finishes in-flight batches, flushes, commits and leaves the group.

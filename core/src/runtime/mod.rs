@@ -16,7 +16,7 @@ mod task;
 pub mod watermark;
 mod worker;
 
-pub use app::{App, AppStatus};
+pub use app::{App, AppMonitor, AppStatus};
 pub use config::{AppConfig, ProcessingGuarantee};
 pub(crate) use global::stores as global_stores;
 pub use metrics::{Metrics, MetricsSnapshot};

@@ -45,6 +45,8 @@ pub struct Task {
     /// When its stores were last checkpointed (at-least-once).
     pub last_checkpoint: std::time::Instant,
     initialized: bool,
+    /// Set before the last commit of a graceful stop (see [`Lifecycle::prepare_commit`]).
+    pub closing: bool,
     watermarks: WatermarkTracker,
     /// Repartition topics this task writes, and their partition counts once known.
     downstream: Vec<(String, Option<u32>)>,
@@ -87,6 +89,7 @@ impl Task {
             stream_time: -1,
             counters: TaskCounters::default(),
             initialized: false,
+            closing: false,
             last_checkpoint: std::time::Instant::now(),
         })
     }
@@ -110,10 +113,25 @@ impl Task {
     /// Flushes the stores' caches and sends what reached the backends to the changelogs: the
     /// first step of every commit.
     pub fn flush_caches(&mut self, collector: &mut dyn RecordCollector) -> Result<()> {
+        if self.initialized {
+            for l in &self.graph.lifecycles {
+                l.borrow_mut().prepare_commit(self.closing)?;
+            }
+        }
         for store in self.stores.stores.values() {
             store.borrow_mut().flush_cache()?;
         }
         self.flush_changelogs(collector)
+    }
+
+    /// Tells the operators their last commit succeeded.
+    pub fn committed(&mut self) -> Result<()> {
+        if self.initialized {
+            for l in &self.graph.lifecycles {
+                l.borrow_mut().committed()?;
+            }
+        }
+        Ok(())
     }
 
     /// Flushes the stores and checkpoints their changelog offsets (after a commit).

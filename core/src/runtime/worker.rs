@@ -437,6 +437,9 @@ pub(crate) fn run(
     // Graceful stop: commit what was processed, then leave the group. After a failure the
     // positions include records that were never processed: commit nothing, so they are read again.
     let commit = if result.is_ok() {
+        for t in tasks.borrow_mut().values_mut() {
+            t.closing = true;
+        }
         commit(&shared, &mut *consumer, &state, &mut tasks.borrow_mut())
     } else {
         let mut st = lock(&state);
@@ -651,8 +654,13 @@ fn commit(
         }
         if st.eos {
             st.group = Some(consumer.group_metadata());
-            st.commit_transaction(&positions)?;
+            let committed = st.commit_transaction(&positions)?;
             drop(st);
+            if committed {
+                for t in tasks.values_mut() {
+                    t.committed()?;
+                }
+            }
             record_commit(shared, started, positions.len());
             return Ok(());
         }
@@ -678,6 +686,7 @@ fn commit(
             t.checkpoint(&crate::runtime::stores::BackendReader(&*shared.backend), false)?;
             t.last_checkpoint = Instant::now();
         }
+        t.committed()?;
     }
     record_commit(shared, started, positions.len());
     Ok(())

@@ -1,6 +1,7 @@
 //! One file per operator. Each exposes a `factory` that builds the operator for a task.
 
 pub(crate) mod keyed_update;
+pub(crate) mod pre_aggregate;
 pub(crate) mod process;
 pub(crate) mod session_aggregate;
 pub(crate) mod sink;

@@ -11,6 +11,7 @@ use garam_core::processor::{
     TaskContext,
 };
 use garam_core::topology::builder::Factory;
+use garam_core::topology::Instantiation;
 use garam_core::Result;
 
 use crate::Data;
@@ -87,6 +88,14 @@ impl<P: Processor<KIn, VIn, K, V>, KIn, VIn, K: Data, V: Data> Lifecycle for Pro
         self.next.push(out, ctx)
     }
 
+    fn prepare_commit(&mut self, closing: bool) -> Result<()> {
+        self.processor.prepare_commit(closing)
+    }
+
+    fn committed(&mut self) -> Result<()> {
+        self.processor.committed()
+    }
+
     fn close(&mut self) -> Result<()> {
         self.processor.close()
     }
@@ -98,11 +107,22 @@ pub(crate) fn factory<KIn: Data, VIn: Data, K: Data, V: Data, P>(
 where
     P: Processor<KIn, VIn, K, V>,
 {
-    let supplier = Arc::new(supplier);
+    factory_with(move |_| Ok(supplier()))
+}
+
+/// A user processor made by `make(instantiation)` for each task (which may open the task's
+/// stores).
+pub(crate) fn factory_with<KIn: Data, VIn: Data, K: Data, V: Data, P>(
+    make: impl Fn(&mut Instantiation<'_>) -> Result<P> + Send + Sync + 'static,
+) -> Factory
+where
+    P: Processor<KIn, VIn, K, V>,
+{
     Factory::Node(Arc::new(move |inst, id| {
         let next = inst.children::<K, V>(id)?;
+        let processor = make(inst)?;
         let node = Rc::new(RefCell::new(ProcessNode {
-            processor: supplier(),
+            processor,
             next,
             schedules: Vec::new(),
             _in: PhantomData::<fn(KIn, VIn)>,

@@ -20,8 +20,15 @@
 //! assert!(topology.describe().contains("campaign-views-10s"));
 //! ```
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use garam_connectors::{hourly_partition, FileSink, FileSinkExt, RollPolicy};
+
+use garam_core::backend::Backend;
 use garam_core::serdes::{I64Serde, JsonSerde, StringSerde, U64Serde};
 use garam_core::topology::Topology;
 use garam_operators::{
@@ -31,6 +38,12 @@ use garam_operators::{
 use serde::{Deserialize, Serialize};
 
 use crate::clicks::Ad;
+
+mod live;
+mod run;
+
+pub use live::LiveView;
+pub use run::{run, RunOptions};
 
 /// Views per campaign per 10 s tumbling window.
 pub const CAMPAIGN_VIEWS: &str = "campaign-views-10s";
@@ -60,12 +73,28 @@ pub struct AnalyticsOptions {
     /// Which outputs to compute (all by default; `garam bench clicks` runs only
     /// [`CAMPAIGN_VIEWS`]).
     pub outputs: Vec<&'static str>,
+    /// Also write `campaign-views-10s` and `page-views-1m` as Parquet under
+    /// `<dir>/<output>/dt=YYYY-MM-DD/hr=HH/` (by window start), committed with the app.
+    pub parquet_dir: Option<PathBuf>,
+    /// When Parquet files roll.
+    pub roll: RollPolicy,
 }
 
 impl Default for AnalyticsOptions {
     fn default() -> Self {
-        AnalyticsOptions { outputs: OUTPUTS.to_vec() }
+        AnalyticsOptions { outputs: OUTPUTS.to_vec(), parquet_dir: None, roll: RollPolicy::default() }
     }
+}
+
+/// The Parquet schema of `campaign-views-10s` (`key` = `campaign_id`) or `page-views-1m`
+/// (`key` = `page_id`).
+pub fn views_schema(key: &str) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(key, DataType::Utf8, false),
+        Field::new("window_start", DataType::Int64, false),
+        Field::new("window_end", DataType::Int64, false),
+        Field::new("views", DataType::UInt64, false),
+    ]))
 }
 
 /// `view`, `click` or `purchase`.
@@ -179,6 +208,16 @@ struct ViewsClicks {
     clicks: u64,
 }
 
+impl ViewsClicks {
+    fn add(&mut self, kind: EventType) {
+        match kind {
+            EventType::View => self.views += 1,
+            EventType::Click => self.clicks += 1,
+            EventType::Purchase => {}
+        }
+    }
+}
+
 /// Adds `entry` to a top list kept in order (views descending, then page_id), at most [`TOP_N`].
 pub fn insert_top(pages: &mut Vec<PageCount>, entry: PageCount) {
     let at = pages.partition_point(|p| (std::cmp::Reverse(p.views), &p.page_id) < (std::cmp::Reverse(entry.views), &entry.page_id));
@@ -204,21 +243,35 @@ pub fn topology(options: &AnalyticsOptions) -> garam_core::Result<Topology> {
 
     if wants(CAMPAIGN_VIEWS) || wants(CAMPAIGN_CTR) {
         let ads = b.global_table::<String, Ad>(ADS, Consumed::with(StringSerde, JsonSerde::<Ad>::new()), "ads");
-        // Views and clicks by campaign, through one repartition topic that both outputs read.
+        // Views and clicks by campaign, folded per batch and 10 s window before the one
+        // repartition topic both outputs read (one record per campaign and window per batch
+        // instead of one per event).
         let by_campaign = clicks
             .filter(|_, c| c.event_type != EventType::Purchase)
             .join_global(&ads, |_, c| c.ad_id.clone(), |c, ad| (ad.campaign_id.clone(), c.event_type))
-            .map(|_user, (campaign, kind)| (campaign, kind))
+            .pre_aggregate(
+                Duration::from_secs(10),
+                |_user, (campaign, _)| campaign.clone(),
+                ViewsClicks::default,
+                |mut a, (_, kind)| {
+                    a.add(*kind);
+                    a
+                },
+            )
             .group_by_key_with(
-                Grouped::named("campaign-events").with(StringSerde, JsonSerde::<EventType>::new()),
+                Grouped::named("campaign-events").with(StringSerde, JsonSerde::<ViewsClicks>::new()),
             );
         if wants(CAMPAIGN_VIEWS) {
-            by_campaign
+            let views = by_campaign
                 .stream()
-                .filter(|_, kind| *kind == EventType::View)
+                .filter(|_, partial| partial.views > 0)
                 .group_by_key()
                 .windowed_by(TimeWindows::of(Duration::from_secs(10)), EmitStrategy::OnWindowClose)
-                .count(Materialized::named("campaign-views-10s").with(StringSerde, U64Serde))
+                .aggregate(
+                    || 0u64,
+                    |_, partial, views| views + partial.views,
+                    Materialized::named("campaign-views-10s").with(StringSerde, U64Serde),
+                )
                 .to_stream()
                 .map(|w, views| {
                     let out = CampaignViews {
@@ -228,21 +281,23 @@ pub fn topology(options: &AnalyticsOptions) -> garam_core::Result<Topology> {
                         views,
                     };
                     (w.key, out)
-                })
-                .to(CAMPAIGN_VIEWS, Produced::with(StringSerde, JsonSerde::<CampaignViews>::new()));
+                });
+            views.to(CAMPAIGN_VIEWS, Produced::with(StringSerde, JsonSerde::<CampaignViews>::new()));
+            if let Some(dir) = &options.parquet_dir {
+                let sink = FileSink::parquet(dir.join(CAMPAIGN_VIEWS), views_schema("campaign_id"))
+                    .partition_by(|v: &CampaignViews| hourly_partition(v.window_start))
+                    .roll(options.roll);
+                views.to_files("campaign-views-10s-parquet", sink);
+            }
         }
         if wants(CAMPAIGN_CTR) {
             by_campaign
                 .windowed_by(TimeWindows::of(Duration::from_secs(60)), EmitStrategy::OnWindowClose)
                 .aggregate(
                     ViewsClicks::default,
-                    |_, kind, mut a: ViewsClicks| {
-                        match kind {
-                            EventType::View => a.views += 1,
-                            EventType::Click => a.clicks += 1,
-                            EventType::Purchase => {}
-                        }
-                        a
+                    |_, partial, a: ViewsClicks| ViewsClicks {
+                        views: a.views + partial.views,
+                        clicks: a.clicks + partial.clicks,
                     },
                     Materialized::named("campaign-ctr-1m").with(StringSerde, JsonSerde::<ViewsClicks>::new()),
                 )
@@ -265,12 +320,17 @@ pub fn topology(options: &AnalyticsOptions) -> garam_core::Result<Topology> {
     if wants(PAGE_VIEWS) || wants(TOP_PAGES) {
         let page_views = clicks
             .filter(|_, c| c.event_type == EventType::View)
-            .group_by(|_, c| c.page_id.clone(), Grouped::named("page-events").with(StringSerde, JsonSerde::new()))
+            .pre_aggregate(Duration::from_secs(60), |_, c| c.page_id.clone(), || 0u64, |n, _| n + 1)
+            .group_by_key_with(Grouped::named("page-events").with(StringSerde, U64Serde))
             .windowed_by(TimeWindows::of(Duration::from_secs(60)), EmitStrategy::OnWindowClose)
-            .count(Materialized::named("page-views-1m").with(StringSerde, U64Serde))
+            .aggregate(
+                || 0u64,
+                |_, partial, views| views + partial,
+                Materialized::named("page-views-1m").with(StringSerde, U64Serde),
+            )
             .to_stream();
         if wants(PAGE_VIEWS) {
-            page_views
+            let views = page_views
                 .map(|w: Windowed<String>, views| {
                     let out = PageViews {
                         page_id: w.key.clone(),
@@ -279,8 +339,14 @@ pub fn topology(options: &AnalyticsOptions) -> garam_core::Result<Topology> {
                         views,
                     };
                     (w.key, out)
-                })
-                .to(PAGE_VIEWS, Produced::with(StringSerde, JsonSerde::<PageViews>::new()));
+                });
+            views.to(PAGE_VIEWS, Produced::with(StringSerde, JsonSerde::<PageViews>::new()));
+            if let Some(dir) = &options.parquet_dir {
+                let sink = FileSink::parquet(dir.join(PAGE_VIEWS), views_schema("page_id"))
+                    .partition_by(|v: &PageViews| hourly_partition(v.window_start))
+                    .roll(options.roll);
+                views.to_files("page-views-1m-parquet", sink);
+            }
         }
         if wants(TOP_PAGES) {
             // Each page's final count of a window is timestamped inside that window, so the same
@@ -338,12 +404,14 @@ pub fn topology(options: &AnalyticsOptions) -> garam_core::Result<Topology> {
 }
 
 /// Creates the input and output topics that do not exist: `clicks` and the outputs with
-/// `partitions` partitions, `ads` with one.
-pub fn create_topics(log: &garam_log::Log, partitions: u32) -> Result<(), garam_log::LogError> {
-    log.ensure_topic(CLICKS, partitions, garam_log::TopicConfig::default())?;
-    log.ensure_topic(ADS, 1, garam_log::TopicConfig::default())?;
+/// `partitions` partitions, `ads` (compacted: it is a table) with one.
+pub fn create_topics(backend: &dyn Backend, partitions: u32) -> garam_core::Result<()> {
+    let none = BTreeMap::new();
+    backend.ensure_topic(CLICKS, partitions, &none)?;
+    let compacted = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+    backend.ensure_topic(ADS, 1, &compacted)?;
     for t in OUTPUTS {
-        log.ensure_topic(t, partitions, garam_log::TopicConfig::default())?;
+        backend.ensure_topic(t, partitions, &none)?;
     }
     Ok(())
 }

@@ -1,0 +1,61 @@
+//! Per-batch pre-aggregation (Flink's local aggregation before a shuffle): each batch's records
+//! are folded per (new key, time window) and one partial aggregate per pair goes on, timestamped
+//! with the latest record it folded in. Nothing is kept between batches, so there is no state to
+//! restore; the windowed aggregate after the repartition merges the partials.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use garam_core::processor::{Batch, Downstream, Fanout, TaskContext};
+use garam_core::record::StreamRecord;
+use garam_core::topology::builder::Factory;
+use garam_core::Result;
+
+use super::node;
+use crate::Data;
+
+/// `key(record key, value)`, `init()`, `fold(aggregate, value)`.
+pub(crate) struct PreAggregateSpec<K, V, K2, VA> {
+    pub size_ms: i64,
+    pub key: Arc<dyn Fn(&K, &V) -> K2 + Send + Sync>,
+    pub init: Arc<dyn Fn() -> VA + Send + Sync>,
+    pub fold: Arc<dyn Fn(VA, &V) -> VA + Send + Sync>,
+}
+
+struct PreAggregate<K, V, K2, VA> {
+    spec: Arc<PreAggregateSpec<K, V, K2, VA>>,
+    partials: HashMap<(K2, i64), (Option<VA>, i64), foldhash::fast::RandomState>,
+    next: Fanout<K2, VA>,
+}
+
+impl<K: Data, V: Data, K2: Data + Hash + Eq, VA: Data> Downstream<K, V> for PreAggregate<K, V, K2, VA> {
+    fn push(&mut self, batch: Batch<K, V>, ctx: &mut TaskContext<'_>) -> Result<()> {
+        let spec = &self.spec;
+        for r in &batch {
+            let window = r.timestamp.div_euclid(spec.size_ms) * spec.size_ms;
+            let key = (spec.key)(&r.key, &r.value);
+            let entry = self.partials.entry((key, window)).or_insert((None, r.timestamp));
+            let current = entry.0.take().unwrap_or_else(|| (spec.init)());
+            entry.0 = Some((spec.fold)(current, &r.value));
+            entry.1 = entry.1.max(r.timestamp);
+        }
+        let out = self
+            .partials
+            .drain()
+            .filter_map(|((key, _), (value, timestamp))| Some(StreamRecord::new(key, value?, timestamp)))
+            .collect();
+        self.next.push(out, ctx)
+    }
+}
+
+pub(crate) fn factory<K: Data, V: Data, K2: Data + Hash + Eq, VA: Data>(
+    spec: PreAggregateSpec<K, V, K2, VA>,
+) -> Factory {
+    let spec = Arc::new(spec);
+    node::<K, V, K2, VA, _>(move |next| PreAggregate {
+        spec: spec.clone(),
+        partials: HashMap::with_hasher(foldhash::fast::RandomState::default()),
+        next,
+    })
+}
