@@ -119,7 +119,10 @@ fn load(b: &ClicksBench, log: &Log) -> Result<u64> {
         let e = events.next().ok_or_else(|| anyhow::anyhow!("the generator ended"))?;
         buf.clear();
         serde_json::to_writer(&mut buf, &e)?;
-        p.send(analytics::CLICKS, Record::new(Some(e.user_id.clone()), Some(buf.clone())).with_timestamp(e.event_time))?;
+        p.send(
+            analytics::CLICKS,
+            Record::new(Some(e.user_id.clone()), Some(buf.clone())).with_timestamp(e.event_time),
+        )?;
         if i % 65_536 == 0 {
             progress.update(i);
         }

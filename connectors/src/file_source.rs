@@ -109,9 +109,10 @@ impl FileSource {
             reason: format!("not a position file: {e}"),
         })?;
         let n = |f: &str| v.get(f).and_then(Value::as_u64).unwrap_or(0);
-        let header = v.get("header").and_then(Value::as_array).map(|a| {
-            a.iter().map(|s| s.as_str().unwrap_or_default().to_string()).collect::<Vec<_>>()
-        });
+        let header = v
+            .get("header")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|s| s.as_str().unwrap_or_default().to_string()).collect::<Vec<_>>());
         Ok((SourceProgress { bytes: n("bytes"), lines: n("lines"), records: n("records") }, header))
     }
 
@@ -131,6 +132,18 @@ impl FileSource {
         let log_err = |e: garam_core::StreamsError| ConnectorError::Log(e.to_string());
         let (mut progress, mut header) = self.load_position()?;
         let mut file = File::open(&self.path).map_err(|e| self.io(e))?;
+        let len = file.metadata().map_err(|e| self.io(e))?.len();
+        if len < progress.bytes {
+            return Err(ConnectorError::Malformed {
+                path: self.path.clone(),
+                line: progress.lines,
+                reason: format!(
+                    "the file has {len} bytes but {} were already read: was it truncated or replaced? \
+                     Remove the position file to read it from the start",
+                    progress.bytes
+                ),
+            });
+        }
         file.seek(SeekFrom::Start(progress.bytes)).map_err(|e| self.io(e))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut producer = backend.producer().map_err(log_err)?;
@@ -155,9 +168,11 @@ impl FileSource {
                 if n > 0 {
                     reader.seek_relative(-(n as i64)).map_err(|e| self.io(e))?;
                 }
-                producer.flush().map_err(log_err)?;
-                self.save_position(&progress, &header)?;
-                since_flush = 0;
+                if since_flush > 0 || !self.tail {
+                    producer.flush().map_err(log_err)?;
+                    self.save_position(&progress, &header)?;
+                    since_flush = 0;
+                }
                 if !self.tail || stop.load(Ordering::Relaxed) {
                     return Ok(progress);
                 }
@@ -166,6 +181,7 @@ impl FileSource {
             }
             progress.bytes += n as u64;
             progress.lines += 1;
+            since_flush += 1;
             let text = trim_newline(&line);
             if text.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -204,9 +220,11 @@ impl FileSource {
                 None => None,
             };
             let timestamp = match &self.timestamp_field {
-                Some(f) => object.get(f).and_then(Value::as_i64).ok_or_else(|| {
-                    self.malformed(progress.lines, format!("no numeric timestamp field '{f}' (epoch ms)"))
-                })?,
+                Some(f) => {
+                    object.get(f).and_then(|v| v.as_i64().or_else(|| v.as_str()?.trim().parse().ok())).ok_or_else(
+                        || self.malformed(progress.lines, format!("no numeric timestamp field '{f}' (epoch ms)")),
+                    )?
+                }
                 None => garam_core::time::now_ms(),
             };
             let bytes: &[u8] = match self.format {
@@ -221,7 +239,6 @@ impl FileSource {
                 .send(&self.topic, None, key.as_deref().map(str::as_bytes), Some(bytes), timestamp, &[])
                 .map_err(log_err)?;
             progress.records += 1;
-            since_flush += 1;
             if since_flush >= 100_000 {
                 producer.flush().map_err(log_err)?;
                 self.save_position(&progress, &header)?;

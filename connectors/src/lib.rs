@@ -14,7 +14,6 @@ pub mod rows;
 pub use file_sink::{FileFormat, FileSink, RollPolicy};
 
 use garam_operators::{Data, Materialized, Stream};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// What a connector can fail with.
@@ -54,7 +53,7 @@ pub trait FileSinkExt<K, V> {
     fn to_files(&self, name: &str, sink: FileSink<V>);
 }
 
-impl<K: Data, V: Data + Serialize + DeserializeOwned> FileSinkExt<K, V> for Stream<K, V> {
+impl<K: Data, V: Data + Serialize> FileSinkExt<K, V> for Stream<K, V> {
     fn to_files(&self, name: &str, sink: FileSink<V>) {
         let store_name = name.to_string();
         let _: Stream<K, V> = self.process_with_store(name, Materialized::named(name), move |store| {

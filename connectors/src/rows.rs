@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::ConnectorError;
 
-/// The schema of `sample`'s fields, in order: strings → `Utf8`, unsigned integers → `UInt64`,
-/// other integers → `Int64`, other numbers → `Float64`, booleans → `Boolean`. Every field is
+/// The schema of `sample`'s fields, in order: strings → `Utf8`, integers → `Int64`, other
+/// numbers → `Float64`, booleans → `Boolean`. Every field is
 /// nullable. Fields that are `null`, arrays or objects in the sample cannot be inferred: give the
 /// schema explicitly.
 ///
@@ -32,8 +32,7 @@ pub fn infer_schema<T: Serialize>(sample: &T) -> Result<SchemaRef, ConnectorErro
         let t = match v {
             Value::String(_) => DataType::Utf8,
             Value::Bool(_) => DataType::Boolean,
-            Value::Number(n) if n.is_u64() => DataType::UInt64,
-            Value::Number(n) if n.is_i64() => DataType::Int64,
+            Value::Number(n) if n.is_i64() || n.is_u64() => DataType::Int64,
             Value::Number(_) => DataType::Float64,
             other => {
                 return Err(ConnectorError::Schema(format!(
@@ -127,11 +126,48 @@ impl Column {
     }
 }
 
+/// Checks that `row` fits `schema`: an object whose fields have the schema's types (or are null
+/// where nullable). Errors name the field.
+pub fn check_row(schema: &SchemaRef, row: &Value) -> Result<(), ConnectorError> {
+    let Value::Object(obj) = row else {
+        return Err(ConnectorError::Schema(format!("a row is {}, not an object", kind(row))));
+    };
+    for field in schema.fields() {
+        let v = obj.get(field.name()).filter(|v| !v.is_null());
+        let fits = match (v, field.data_type()) {
+            (None, _) => field.is_nullable(),
+            (Some(v), DataType::Utf8) => v.is_string(),
+            (Some(v), DataType::Int64) => v.is_i64(),
+            (Some(v), DataType::Int32) => v.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+            (Some(v), DataType::UInt64) => v.is_u64(),
+            (Some(v), DataType::Float64) => v.is_number(),
+            (Some(v), DataType::Boolean) => v.is_boolean(),
+            (Some(_), other) => {
+                return Err(ConnectorError::Schema(format!(
+                    "field '{}' has type {other}; supported: Utf8, Int64, Int32, UInt64, Float64, Boolean",
+                    field.name()
+                )))
+            }
+        };
+        if !fits {
+            return Err(ConnectorError::Schema(format!(
+                "field '{}' is {}, expected {}{}",
+                field.name(),
+                v.map_or("null".to_string(), Value::to_string),
+                field.data_type(),
+                if field.is_nullable() { "" } else { " (not nullable)" }
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// One record batch of `rows` (records serialized as JSON objects) in `schema`. A field missing
 /// from a row is null; a null in a non-nullable field, or a value of the wrong type, is an error
 /// naming the field.
 pub fn to_record_batch(schema: &SchemaRef, rows: &[Value]) -> Result<RecordBatch, ConnectorError> {
-    let mut columns = schema.fields().iter().map(|f| Column::new(f.data_type(), f.name())).collect::<Result<Vec<_>, _>>()?;
+    let mut columns =
+        schema.fields().iter().map(|f| Column::new(f.data_type(), f.name())).collect::<Result<Vec<_>, _>>()?;
     for (i, row) in rows.iter().enumerate() {
         let Value::Object(obj) = row else {
             return Err(ConnectorError::Schema(format!("row {i} is {}, not an object", kind(row))));
@@ -139,7 +175,10 @@ pub fn to_record_batch(schema: &SchemaRef, rows: &[Value]) -> Result<RecordBatch
         for (field, col) in schema.fields().iter().zip(columns.iter_mut()) {
             let v = obj.get(field.name());
             if !field.is_nullable() && v.is_none_or(Value::is_null) {
-                return Err(ConnectorError::Schema(format!("row {i}: field '{}' is null but not nullable", field.name())));
+                return Err(ConnectorError::Schema(format!(
+                    "row {i}: field '{}' is null but not nullable",
+                    field.name()
+                )));
             }
             col.append(v).ok_or_else(|| {
                 ConnectorError::Schema(format!(

@@ -55,19 +55,22 @@ fn rows_reach_files_at_commits_once_a_roll_is_due_and_survive_a_restart() {
         input.pipe(format!("p{i}"), View { page_id: format!("p{i}"), hour, views: i }).unwrap();
     }
     // The third row made a roll due: two files (one per partition directory), visible.
-    assert_eq!(files_under(out.path()), vec!["hr=01/part-0_0-000000.jsonl", "hr=02/part-0_0-000001.jsonl"]);
-    let text = std::fs::read_to_string(out.path().join("hr=01/part-0_0-000000.jsonl")).unwrap();
+    let files = files_under(out.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[0].starts_with("hr=01/part-0_0-000000-") && files[0].ends_with(".jsonl"), "{files:?}");
+    assert!(files[1].starts_with("hr=02/part-0_0-000001-"), "{files:?}");
+    let text = std::fs::read_to_string(out.path().join(&files[0])).unwrap();
     assert_eq!(text.lines().count(), 2);
     assert!(text.starts_with("{\"page_id\":\"p0\",\"hour\":1,\"views\":0}\n"));
 
     // A row waits in the store (not in a file); a stray staging file is from an aborted commit.
     input.pipe("p3".into(), View { page_id: "p3".into(), hour: 1, views: 3 }).unwrap();
-    std::fs::write(out.path().join("hr=01/.part-0_0-000007.jsonl.tmp"), "partial").unwrap();
+    std::fs::write(out.path().join(".staging/views-files.0_0.000007-0badf00d.jsonl"), "partial").unwrap();
     driver.restart().unwrap();
     input.pipe("p4".into(), View { page_id: "p4".into(), hour: 1, views: 4 }).unwrap();
     input.pipe("p5".into(), View { page_id: "p5".into(), hour: 1, views: 5 }).unwrap();
     let files = files_under(out.path());
-    assert!(!files.iter().any(|f| f.ends_with(".tmp")), "the stray staging file is removed: {files:?}");
+    assert!(!files.iter().any(|f| f.starts_with(".staging")), "the stray staging file is removed: {files:?}");
     assert_eq!(files.len(), 3, "{files:?}");
     let third = std::fs::read_to_string(out.path().join(&files[1])).unwrap();
     let pages: Vec<View> = third.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -79,14 +82,16 @@ fn parquet_files_hold_the_rows_in_the_schema() {
     let out = tempfile::tempdir().unwrap();
     let b = StreamBuilder::new();
     let sample = View { page_id: String::new(), hour: 0, views: 0 };
-    let sink = FileSink::parquet_inferred(out.path(), &sample).unwrap().roll(RollPolicy { max_rows: 2, ..Default::default() });
+    let sink =
+        FileSink::parquet_inferred(out.path(), &sample).unwrap().roll(RollPolicy { max_rows: 2, ..Default::default() });
     b.stream::<String, View>("views", Consumed::with(StringSerde, JsonSerde::new())).to_files("views-parquet", sink);
     let driver = TopologyTestDriver::new(b.build().unwrap()).unwrap();
     let input = driver.input_topic("views", StringSerde, JsonSerde::<View>::new());
     input.pipe("a".into(), View { page_id: "a".into(), hour: 3, views: 7 }).unwrap();
     input.pipe("b".into(), View { page_id: "b".into(), hour: 4, views: 9 }).unwrap();
     let files = files_under(out.path());
-    assert_eq!(files, vec!["part-0_0-000000.parquet"]);
+    assert_eq!(files.len(), 1);
+    assert!(files[0].starts_with("part-0_0-000000-") && files[0].ends_with(".parquet"), "{files:?}");
     let file = std::fs::File::open(out.path().join(&files[0])).unwrap();
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
     let batches: Vec<_> = reader.map(Result::unwrap).collect();
@@ -116,6 +121,30 @@ fn values(log: &garam_log::Log) -> Vec<(Option<String>, serde_json::Value, i64)>
 }
 
 #[test]
+fn rows_that_do_not_fit_the_schema_or_escape_the_directory_are_refused_before_the_store() {
+    let out = tempfile::tempdir().unwrap();
+    let schema = Arc::new(arrow_schema::Schema::new(vec![
+        arrow_schema::Field::new("page_id", arrow_schema::DataType::Utf8, false),
+        arrow_schema::Field::new("views", arrow_schema::DataType::Boolean, false),
+    ]));
+    let b = StreamBuilder::new();
+    b.stream::<String, View>("views", Consumed::with(StringSerde, JsonSerde::new()))
+        .to_files("bad-schema", FileSink::parquet(out.path(), schema));
+    let driver = TopologyTestDriver::new(b.build().unwrap()).unwrap();
+    let input = driver.input_topic("views", StringSerde, JsonSerde::<View>::new());
+    let err = input.pipe("a".into(), View { page_id: "a".into(), hour: 3, views: 7 }).unwrap_err().to_string();
+    assert!(err.contains("'views'") && err.contains("Boolean"), "{err}");
+
+    let b = StreamBuilder::new();
+    b.stream::<String, View>("views", Consumed::with(StringSerde, JsonSerde::new()))
+        .to_files("escape", FileSink::json_lines(out.path()).partition_by(|v: &View| v.page_id.clone()));
+    let driver = TopologyTestDriver::new(b.build().unwrap()).unwrap();
+    let input = driver.input_topic("views", StringSerde, JsonSerde::<View>::new());
+    let err = input.pipe("a".into(), View { page_id: "../../etc".into(), hour: 3, views: 7 }).unwrap_err();
+    assert!(err.to_string().contains("'../../etc'"), "{err}");
+}
+
+#[test]
 fn json_lines_and_csv_become_keyed_timestamped_records() {
     let (dir, log) = log();
     let jsonl = dir.path().join("events.jsonl");
@@ -134,13 +163,11 @@ fn json_lines_and_csv_become_keyed_timestamped_records() {
     let mut source = FileSource::new(&csv, "in");
     source.key_field = Some("ad_id".into());
     source.timestamp_field = Some("event_time".into());
-    let err = source.run(&log, &AtomicBool::new(false)).unwrap_err().to_string();
-    assert!(err.contains("ads.csv:2") && err.contains("event_time"), "CSV fields are strings: {err}");
-    source.timestamp_field = None;
     source.run(&log, &AtomicBool::new(false)).unwrap();
     let got = values(&log);
     let ad = got.iter().find(|(k, _, _)| k.as_deref() == Some("ad-1")).unwrap();
     assert_eq!(ad.1, serde_json::json!({"ad_id": "ad-1", "campaign_id": "c, 1", "event_time": "30"}));
+    assert_eq!(ad.2, 30, "a CSV timestamp field is parsed from its text");
 }
 
 #[test]

@@ -30,8 +30,9 @@ fn spawn(dir: &Path, out: &Path, exit_when_idle: bool) -> std::process::Child {
         .arg(dir)
         .arg("--out-dir")
         .arg(out)
+        .env("GARAM_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(dir.with_extension("stderr")).map(Stdio::from).unwrap_or_else(|_| Stdio::null()));
     if exit_when_idle {
         cmd.arg("--exit-when-idle");
     }
@@ -79,7 +80,11 @@ fn parquet_rows(dir: &Path) -> BTreeMap<String, Vec<String>> {
                 let views = batch.column(3).as_primitive::<UInt64Type>();
                 for i in 0..batch.num_rows() {
                     let partition = garam::connectors::hourly_partition(start.value(i));
-                    assert!(rel.contains(&partition), "{rel}: a row of window {} belongs in {partition}", start.value(i));
+                    assert!(
+                        rel.contains(&partition),
+                        "{rel}: a row of window {} belongs in {partition}",
+                        start.value(i)
+                    );
                     rows.entry(output.clone()).or_default().push(format!(
                         "{} {} {} {}",
                         key.value(i),
@@ -108,7 +113,9 @@ fn click_analytics_survives_sigkill_with_identical_topics_and_parquet_files() {
         log.close().unwrap();
     }
 
-    assert!(spawn(&clean.path().join("log"), &clean.path().join("out"), true).wait().unwrap().success());
+    let status = spawn(&clean.path().join("log"), &clean.path().join("out"), true).wait().unwrap();
+    let stderr = std::fs::read_to_string(clean.path().join("log.stderr")).unwrap_or_default();
+    assert!(status.success(), "the uninterrupted run failed: {stderr}");
 
     let mut rng = rand::rngs::SmallRng::seed_from_u64(17);
     for _ in 0..12 {
@@ -117,7 +124,17 @@ fn click_analytics_survives_sigkill_with_identical_topics_and_parquet_files() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
-    assert!(spawn(&crashed.path().join("log"), &crashed.path().join("out"), true).wait().unwrap().success());
+    let status = spawn(&crashed.path().join("log"), &crashed.path().join("out"), true).wait().unwrap();
+    let stderr = std::fs::read_to_string(crashed.path().join("log.stderr")).unwrap_or_default();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| {
+            ["WARN", "ERROR", "revoked", "assigned", "closed task", "created task", "left", "stopped"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .collect();
+    assert!(status.success(), "the final run failed: {}", lines.join("\n"));
 
     let expected = topics(&clean.path().join("log"));
     assert!(expected.values().all(|v| !v.is_empty()), "every output has results");

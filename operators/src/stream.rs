@@ -268,7 +268,9 @@ impl<K: Data, V: Data> Stream<K, V> {
     /// partial aggregate (`init`, `fold`) timestamped with the latest record folded in: Flink's
     /// local aggregation, which shrinks what a repartition carries to one record per key and
     /// window per batch. Merge the partials after the repartition with a windowed aggregate of the
-    /// same (or a coarser, aligned) window. Keeps nothing between batches.
+    /// same tumbling window, or a tumbling window whose size is a multiple of `size` (partials
+    /// are placed by their latest timestamp, so hopping, sliding and session windows downstream
+    /// would be wrong). Keeps nothing between batches.
     ///
     /// ```
     /// use std::time::Duration;
@@ -292,7 +294,7 @@ impl<K: Data, V: Data> Stream<K, V> {
         fold: impl Fn(VA, &V) -> VA + Send + Sync + 'static,
     ) -> Stream<K2, VA> {
         let spec = crate::ops::pre_aggregate::PreAggregateSpec {
-            size_ms: (size.as_millis() as i64).max(1),
+            size_ms: i64::try_from(size.as_millis()).unwrap_or(i64::MAX).max(1),
             key: Arc::new(key),
             init: Arc::new(init),
             fold: Arc::new(fold),

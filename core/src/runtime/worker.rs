@@ -277,6 +277,24 @@ fn flush_lent_caches(shared: &Shared, st: &mut Shared2) -> Result<()> {
     .unwrap_or(Ok(()))
 }
 
+/// Tells the lent tasks' operators that the commit inside the rebalance listener succeeded
+/// (file sinks publish what they staged).
+fn committed_lent_tasks() {
+    let result: Option<Result<()>> = with_lent_tasks(|tasks| {
+        let mut tasks = tasks
+            .try_borrow_mut()
+            .map_err(|_| crate::error::StreamsError::backend("tasks are busy during a rebalance callback", false))?;
+        for t in tasks.values_mut() {
+            t.committed()?;
+        }
+        Ok(())
+    });
+    if let Some(Err(e)) = result {
+        // What stays staged is published when the task starts again, here or elsewhere.
+        tracing::warn!(error = %e, "finishing a commit on revoke failed");
+    }
+}
+
 impl RebalanceListener for Listener {
     fn on_assigned(&mut self, partitions: &[TopicPartition]) {
         self.shared.metrics.rebalances.fetch_add(1, Ordering::Relaxed);
@@ -302,11 +320,20 @@ impl RebalanceListener for Listener {
             return;
         }
         if st.eos {
+            if st.dirty {
+                // A refused commit left every store ahead of its changelog: commit nothing; the
+                // tasks are rebuilt from their changelogs.
+                st.abort();
+                st.events.push(Event::Revoked(partitions.to_vec()));
+                return;
+            }
             // Exactly-once: the open transaction covers every task of this member; commit it
             // with every position before the partitions go.
             let offsets = committer.positions();
-            if let Err(e) = st.commit_transaction(&offsets) {
-                tracing::error!(error = %e, "transactional commit on revoke failed; stopping this worker");
+            match st.commit_transaction(&offsets) {
+                Ok(true) => committed_lent_tasks(),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "transactional commit on revoke failed; stopping this worker"),
             }
             st.events.push(Event::Revoked(partitions.to_vec()));
             return;
@@ -318,8 +345,11 @@ impl RebalanceListener for Listener {
                 partitions.iter().filter_map(|tp| committer.position(tp).map(|o| (tp.clone(), o))).collect();
             committer.commit(&offsets)
         });
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "commit on revoke failed; records since the last commit will be reprocessed");
+        match result {
+            Ok(()) => committed_lent_tasks(),
+            Err(e) => {
+                tracing::warn!(error = %e, "commit on revoke failed; records since the last commit will be reprocessed")
+            }
         }
         st.events.push(Event::Revoked(partitions.to_vec()));
     }
@@ -356,21 +386,31 @@ fn apply_events(
         let ids: BTreeSet<TaskId> = tasks.keys().copied().collect();
         close_tasks(shared, tasks, &ids, false);
     }
+    // The net assignment of all events: a task assigned and revoked again by rebalances that
+    // happened during one poll is never created (another thread may own it by now, and waiting
+    // for its state directory would stall both).
+    let mut wanted: Vec<TaskId> = Vec::new();
     for e in events {
         match e {
             Event::Revoked(tps) => {
                 let ids: BTreeSet<TaskId> = tps.iter().filter_map(|tp| task_of(shared, tp)).collect();
                 let failed = lock(state).failed;
                 close_tasks(shared, tasks, &ids, !failed);
+                wanted.retain(|id| !ids.contains(id));
             }
             Event::Assigned(tps) => {
                 for id in tps.iter().filter_map(|tp| task_of(shared, tp)) {
-                    if let std::collections::btree_map::Entry::Vacant(v) = tasks.entry(id) {
-                        tracing::info!(task = %id, "created task");
-                        v.insert(new_task(shared, id, cache)?);
+                    if !wanted.contains(&id) {
+                        wanted.push(id);
                     }
                 }
             }
+        }
+    }
+    for id in wanted {
+        if let std::collections::btree_map::Entry::Vacant(v) = tasks.entry(id) {
+            tracing::info!(task = %id, "created task");
+            v.insert(new_task(shared, id, cache)?);
         }
     }
     Ok(())
@@ -452,11 +492,18 @@ pub(crate) fn run(
         }
         Ok(())
     };
+    // Close the tasks (releasing their state directories) before leaving the group: leaving
+    // hands the partitions to the other members, which may be threads of this process waiting
+    // for those directories — and a leave may wait for them.
+    {
+        let mut tasks = tasks.borrow_mut();
+        let ids: BTreeSet<TaskId> = tasks.keys().copied().collect();
+        // A refused final commit aborted the transaction: the stores hold its updates, so they
+        // must not be checkpointed.
+        let clean = result.is_ok() && commit.is_ok() && !lock(&state).dirty;
+        close_tasks(&shared, &mut tasks, &ids, clean);
+    }
     let close = lend_tasks(&tasks, || consumer.close());
-    let mut tasks = tasks.borrow_mut();
-    let ids: BTreeSet<TaskId> = tasks.keys().copied().collect();
-    let clean = result.is_ok() && commit.is_ok();
-    close_tasks(&shared, &mut tasks, &ids, clean);
     shared.metrics.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     shared.metrics.lag.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     shared.metrics.restoring.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);

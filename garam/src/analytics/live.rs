@@ -30,7 +30,11 @@ impl Follower {
         let mut out = Vec::new();
         let partitions = backend.partition_count(self.topic).ok().flatten().unwrap_or(0);
         for p in 0..partitions {
-            let offset = self.offsets.entry(p).or_insert(0);
+            // Start near the end: the view is about what happens now, not the topic's history.
+            let offset = self
+                .offsets
+                .entry(p)
+                .or_insert_with(|| backend.end_offset(self.topic, p, true).unwrap_or(0).saturating_sub(200));
             let Ok(f) = backend.fetch(self.topic, p, *offset, 4 << 20, true) else { continue };
             for r in &f.records {
                 if let Some(v) = r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok()) {

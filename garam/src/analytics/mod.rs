@@ -220,7 +220,9 @@ impl ViewsClicks {
 
 /// Adds `entry` to a top list kept in order (views descending, then page_id), at most [`TOP_N`].
 pub fn insert_top(pages: &mut Vec<PageCount>, entry: PageCount) {
-    let at = pages.partition_point(|p| (std::cmp::Reverse(p.views), &p.page_id) < (std::cmp::Reverse(entry.views), &entry.page_id));
+    let at = pages.partition_point(|p| {
+        (std::cmp::Reverse(p.views), &p.page_id) < (std::cmp::Reverse(entry.views), &entry.page_id)
+    });
     if at < TOP_N {
         pages.insert(at, entry);
         pages.truncate(TOP_N);
@@ -258,9 +260,7 @@ pub fn topology(options: &AnalyticsOptions) -> garam_core::Result<Topology> {
                     a
                 },
             )
-            .group_by_key_with(
-                Grouped::named("campaign-events").with(StringSerde, JsonSerde::<ViewsClicks>::new()),
-            );
+            .group_by_key_with(Grouped::named("campaign-events").with(StringSerde, JsonSerde::<ViewsClicks>::new()));
         if wants(CAMPAIGN_VIEWS) {
             let views = by_campaign
                 .stream()
@@ -330,16 +330,11 @@ pub fn topology(options: &AnalyticsOptions) -> garam_core::Result<Topology> {
             )
             .to_stream();
         if wants(PAGE_VIEWS) {
-            let views = page_views
-                .map(|w: Windowed<String>, views| {
-                    let out = PageViews {
-                        page_id: w.key.clone(),
-                        window_start: w.window.start,
-                        window_end: w.window.end,
-                        views,
-                    };
-                    (w.key, out)
-                });
+            let views = page_views.map(|w: Windowed<String>, views| {
+                let out =
+                    PageViews { page_id: w.key.clone(), window_start: w.window.start, window_end: w.window.end, views };
+                (w.key, out)
+            });
             views.to(PAGE_VIEWS, Produced::with(StringSerde, JsonSerde::<PageViews>::new()));
             if let Some(dir) = &options.parquet_dir {
                 let sink = FileSink::parquet(dir.join(PAGE_VIEWS), views_schema("page_id"))

@@ -93,6 +93,11 @@ pub fn run(options: &RunOptions, backend: Arc<dyn Backend>) -> garam_core::Resul
         live.stop();
     }
     let m = app.metrics();
-    tracing::info!(records_in = m.records_in, records_out = m.records_out, late = m.late_records, "click analytics stopped");
+    tracing::info!(
+        records_in = m.records_in,
+        records_out = m.records_out,
+        late = m.late_records,
+        "click analytics stopped"
+    );
     result
 }

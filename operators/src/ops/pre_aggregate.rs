@@ -33,7 +33,7 @@ impl<K: Data, V: Data, K2: Data + Hash + Eq, VA: Data> Downstream<K, V> for PreA
     fn push(&mut self, batch: Batch<K, V>, ctx: &mut TaskContext<'_>) -> Result<()> {
         let spec = &self.spec;
         for r in &batch {
-            let window = r.timestamp.div_euclid(spec.size_ms) * spec.size_ms;
+            let window = r.timestamp - r.timestamp.rem_euclid(spec.size_ms);
             let key = (spec.key)(&r.key, &r.value);
             let entry = self.partials.entry((key, window)).or_insert((None, r.timestamp));
             let current = entry.0.take().unwrap_or_else(|| (spec.init)());
