@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use garam::analytics::{self, AnalyticsOptions, CampaignViews};
-use garam::clicks::{ads, ClickConfig, ClickGenerator};
+use garam::clicks::{ads_with, ClickConfig, ClickGenerator};
 use garam::connectors::file_source::FileSource;
 use garam::core::backend::Backend;
 use garam::core::Record;
@@ -34,6 +34,9 @@ pub struct ClicksBench {
     /// event-to-result latency.
     #[arg(long)]
     rate: Option<u64>,
+    /// Generate ids as UUIDs (~245-byte events, the Yahoo Streaming Benchmark's size).
+    #[arg(long)]
+    uuid_ids: bool,
     /// Disorder of generated events, and the watermark's bound.
     #[arg(long, default_value_t = 100)]
     out_of_order_ms: i64,
@@ -78,7 +81,12 @@ fn config(b: &ClicksBench) -> Result<AppConfig> {
 }
 
 fn generator(b: &ClicksBench, start_ms: i64) -> ClickGenerator {
-    ClickGenerator::new(ClickConfig { out_of_order_ms: b.out_of_order_ms, start_ms, ..ClickConfig::default() })
+    ClickGenerator::new(ClickConfig {
+        out_of_order_ms: b.out_of_order_ms,
+        start_ms,
+        ids: crate::gen::ids(b.uuid_ids),
+        ..ClickConfig::default()
+    })
 }
 
 /// Loads the ad table and (unless producing in real time) the events.
@@ -93,7 +101,7 @@ fn load(b: &ClicksBench, log: &Log) -> Result<u64> {
         }
         None => {
             let mut p = log.producer(Default::default())?;
-            for ad in ads() {
+            for ad in ads_with(crate::gen::ids(b.uuid_ids)) {
                 p.send(analytics::ADS, Record::new(Some(ad.ad_id.clone()), Some(serde_json::to_vec(&ad)?)))?;
             }
             p.flush()?;
@@ -159,9 +167,25 @@ fn throughput(b: &ClicksBench, log: &Log, app: &mut App, events: u64) -> Result<
     let start = Instant::now();
     app.start()?;
     let mut progress = crate::progress::Progress::new("clicks", Some(events));
-    while app.metrics().records_in < events && !app.is_shutting_down() {
-        progress.update(app.metrics().records_in);
-        std::thread::sleep(Duration::from_millis(5));
+    // Done when every click is read: `records_in` also counts the repartitioned partials, so
+    // wait for the lag of `clicks` to reach zero as well.
+    let partitions = b.partitions as usize;
+    loop {
+        let m = app.metrics();
+        let clicks: Vec<u64> = m
+            .lag
+            .iter()
+            .filter(|(tp, _)| tp.strip_prefix(analytics::CLICKS).is_some_and(|r| r.starts_with('-')))
+            .map(|(_, l)| *l)
+            .collect();
+        let read = m.records_in.min(events);
+        progress.update(read);
+        if (m.records_in >= events && clicks.len() == partitions && clicks.iter().all(|l| *l == 0))
+            || app.is_shutting_down()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu;
@@ -171,14 +195,13 @@ fn throughput(b: &ClicksBench, log: &Log, app: &mut App, events: u64) -> Result<
     let m = app.metrics();
     let results = crate::bench::committed_records(log, analytics::CAMPAIGN_VIEWS)?;
     println!(
-        "clicks (YSB: views ⋈ ads → 10 s count per campaign): {} events, {} partitions, {} thread(s), {}: {secs:.2} s = \
-         {:.0} events/s, {cpu:.1} CPU s ({:.2} µs CPU per event), {results} results, {} late",
-        m.records_in,
+        "clicks (YSB: views ⋈ ads → 10 s count per campaign): {events} events, {} partitions, {} thread(s), {}: \
+         {secs:.2} s = {:.0} events/s, {cpu:.1} CPU s ({:.2} µs CPU per event), {results} results, {} late",
         b.partitions,
         b.threads,
         b.guarantee,
-        m.records_in as f64 / secs,
-        cpu * 1e6 / m.records_in.max(1) as f64,
+        events as f64 / secs,
+        cpu * 1e6 / events.max(1) as f64,
         m.late_records
     );
     Ok(())
@@ -272,7 +295,7 @@ fn latency(b: &ClicksBench, log: &Log, app: &mut App, rate: u64) -> Result<()> {
     println!(
         "clicks latency at {rate} events/s, {} events, {} partitions, {} thread(s), {}: {} results, \
          p50 {} ms, p99 {} ms, max {} ms ({} late)",
-        m.records_in,
+        b.events,
         b.partitions,
         b.threads,
         b.guarantee,

@@ -274,3 +274,74 @@ fn gen_writes_the_click_analytics_input_deterministically() {
     assert_eq!(values(&clicks), values(&read("7").1), "the same seed gives the same events");
     assert_ne!(values(&clicks), values(&read("8").1));
 }
+
+#[test]
+fn demo_clicks_runs_the_application_with_results_in_topics_and_parquet() {
+    let d = tempfile::tempdir().unwrap();
+    let out_dir = d.path().join("out");
+    let out = ok(&garam(
+        d.path(),
+        &["demo", "clicks", "--rate", "3000", "--duration", "14", "--out-dir", out_dir.to_str().unwrap()],
+        None,
+    ));
+    let results = |topic: &str| -> u64 {
+        let line = out.lines().find(|l| l.trim_start().starts_with(topic)).unwrap_or_else(|| panic!("{out}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert!(results("campaign-views-10s") > 0, "a 10 s window closed within 14 s: {out}");
+    let files: usize = out
+        .lines()
+        .find(|l| l.starts_with("Parquet files"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(files > 0, "the final commit published Parquet files: {out}");
+    let views = ok(&garam(d.path(), &["consume", "campaign-views-10s", "--from-beginning", "--exit-at-end"], None));
+    let first: serde_json::Value = serde_json::from_str(views.lines().next().unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(first["value"].as_str().unwrap()).unwrap();
+    assert_eq!(v["window_end"].as_i64().unwrap() - v["window_start"].as_i64().unwrap(), 10_000);
+    assert!(v["views"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bench_clicks_reads_events_and_ads_from_files() {
+    let d = tempfile::tempdir().unwrap();
+    let events = d.path().join("events.jsonl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&events).unwrap());
+    let config = garam::clicks::ClickConfig { events_per_second: 1000, ..Default::default() };
+    for e in garam::clicks::ClickGenerator::new(config).take(30_000) {
+        serde_json::to_writer(&mut f, &e).unwrap();
+        f.write_all(b"\n").unwrap();
+    }
+    drop(f);
+    let ads = d.path().join("ads.csv");
+    let mut csv = String::from("ad_id,campaign_id\n");
+    for ad in garam::clicks::ads() {
+        csv.push_str(&format!("{},{}\n", ad.ad_id, ad.campaign_id));
+    }
+    std::fs::write(&ads, csv).unwrap();
+    let bench_dir = d.path().join("bench");
+    let out = ok(&garam(
+        d.path(),
+        &[
+            "bench",
+            "clicks",
+            "--input",
+            events.to_str().unwrap(),
+            "--ads",
+            ads.to_str().unwrap(),
+            "--dir",
+            bench_dir.to_str().unwrap(),
+            "--partitions",
+            "4",
+        ],
+        None,
+    ));
+    assert!(out.contains("loaded 1000 ads") && out.contains("loaded 30000 events"), "{out}");
+    let line = out.lines().find(|l| l.starts_with("clicks (YSB")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("30000 events") && line.contains("events/s") && line.contains("CPU s"), "{line}");
+    // 30 s of event time: 3 or 4 ten-second windows for each of the 100 campaigns.
+    let results: u64 = line.split(" results").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((300..=400).contains(&results), "{line}");
+    assert!(out.contains("peak memory"), "{out}");
+}

@@ -349,7 +349,11 @@ impl TopologyTestDriver {
         for s in subs {
             let Inner { tasks, written, pending, .. } = &mut *inner;
             if let Some(t) = tasks.get_mut(&s) {
-                t.punctuate(&mut Collector { written, pending, internal: &internal }, &env)?;
+                let mut c = Collector { written, pending, internal: &internal };
+                t.punctuate(&mut c, &env)?;
+                // A commit after every step, as after every piped record.
+                t.flush_caches(&mut c)?;
+                t.committed()?;
             }
         }
         // Route what punctuations wrote to repartition topics.

@@ -56,7 +56,52 @@ pub const CAMPAIGNS: u32 = 100;
 
 /// The ad table: `ADS` ads, ten per campaign.
 pub fn ads() -> Vec<Ad> {
-    (0..ADS).map(|i| Ad { ad_id: format!("ad-{i}"), campaign_id: format!("campaign-{}", i % CAMPAIGNS) }).collect()
+    ads_with(IdFormat::Short)
+}
+
+/// The ad table with ad ids in `format` (matching events generated with that format).
+pub fn ads_with(format: IdFormat) -> Vec<Ad> {
+    (0..ADS).map(|i| Ad { ad_id: format.id("ad", i), campaign_id: format!("campaign-{}", i % CAMPAIGNS) }).collect()
+}
+
+/// How users, pages and ads are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdFormat {
+    /// `user-17`, `page-3`, `ad-295`: events of ~155 bytes.
+    #[default]
+    Short,
+    /// UUIDs, as the Yahoo Streaming Benchmark's generator writes them: events of ~245 bytes,
+    /// the size the benchmark anchors were measured with.
+    Uuid,
+}
+
+impl IdFormat {
+    /// The id of entity `n` of `kind` (`user`, `page`, `ad`).
+    pub fn id(self, kind: &str, n: u32) -> String {
+        match self {
+            IdFormat::Short => format!("{kind}-{n}"),
+            IdFormat::Uuid => {
+                let salt = kind.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+                let a = splitmix64(u64::from(n) ^ salt.rotate_left(32));
+                let b = splitmix64(a);
+                format!(
+                    "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+                    a >> 32,
+                    (a >> 16) & 0xffff,
+                    a & 0xfff,
+                    0x8000 | ((b >> 48) & 0x3fff),
+                    b & 0xffff_ffff_ffff
+                )
+            }
+        }
+    }
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// How events are generated.
@@ -74,6 +119,8 @@ pub struct ClickConfig {
     pub events_per_second: u64,
     /// How far before its slot an event's time may be.
     pub out_of_order_ms: i64,
+    /// How ids are written.
+    pub ids: IdFormat,
 }
 
 impl Default for ClickConfig {
@@ -85,6 +132,7 @@ impl Default for ClickConfig {
             start_ms: 1_700_000_000_000,
             events_per_second: 10_000,
             out_of_order_ms: 0,
+            ids: IdFormat::Short,
         }
     }
 }
@@ -152,9 +200,9 @@ impl ClickGenerator {
         // The address is the user's: one per user, stable across runs.
         let ip = (u64::from(user).wrapping_mul(2_654_435_761) ^ c.seed) as u32;
         ClickEvent {
-            user_id: format!("user-{user}"),
-            page_id: format!("page-{page}"),
-            ad_id: format!("ad-{ad}"),
+            user_id: c.ids.id("user", user),
+            page_id: c.ids.id("page", page),
+            ad_id: c.ids.id("ad", ad),
             ad_type: AD_TYPES[(ad as usize) % AD_TYPES.len()].to_string(),
             event_type: event_type.to_string(),
             event_time: slot_ms - early,
@@ -199,6 +247,13 @@ mod tests {
         assert!(views > events.len() * 8 / 10);
         let table = ads();
         assert_eq!(table.len(), 1000);
+        let uuid = IdFormat::Uuid.id("ad", 7);
+        assert_eq!((uuid.len(), &uuid[14..15]), (36, "4"));
+        assert_ne!(IdFormat::Uuid.id("user", 7), uuid);
+        let e = ClickGenerator::new(ClickConfig { ids: IdFormat::Uuid, ..ClickConfig::default() }).next().unwrap();
+        assert!(ads_with(IdFormat::Uuid).iter().any(|a| a.ad_id == e.ad_id));
+        let bytes = serde_json::to_vec(&e).unwrap().len();
+        assert!((235..=255).contains(&bytes), "a YSB-sized event: {bytes} bytes");
         let ids: std::collections::HashSet<&str> = table.iter().map(|a| a.ad_id.as_str()).collect();
         assert!(events.iter().all(|e| ids.contains(e.ad_id.as_str())));
         assert_eq!(table.iter().map(|a| &a.campaign_id).collect::<std::collections::BTreeSet<_>>().len(), 100);
