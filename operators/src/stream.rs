@@ -264,8 +264,9 @@ impl<K: Data, V: Data> Stream<K, V> {
         self.derive(id, None, None, true)
     }
 
-    /// Folds each batch's records per (new key `key(k, v)`, tumbling window of `size`) into one
-    /// partial aggregate (`init`, `fold`) timestamped with the latest record folded in: Flink's
+    /// Folds each batch's records per (new key, tumbling window of `size`) into one partial
+    /// aggregate, timestamped with the latest record folded in: `split(k, v)` gives a record's
+    /// new key and the part of it that `fold(aggregate, part)` adds to `init()`. Flink's
     /// local aggregation, which shrinks what a repartition carries to one record per key and
     /// window per batch. Merge the partials after the repartition with a windowed aggregate of the
     /// same tumbling window, or a tumbling window whose size is a multiple of `size` (partials
@@ -280,22 +281,22 @@ impl<K: Data, V: Data> Stream<K, V> {
     ///
     /// let b = StreamBuilder::new();
     /// b.stream::<String, String>("views", Consumed::default()) // user → page
-    ///     .pre_aggregate(Duration::from_secs(60), |_user, page| page.clone(), || 0u64, |n, _| n + 1)
+    ///     .pre_aggregate(Duration::from_secs(60), |_user, page| (page, ()), || 0u64, |n, ()| n + 1)
     ///     .group_by_key_with(Grouped::named("by-page").with(StringSerde, U64Serde))
     ///     .windowed_by(TimeWindows::of(Duration::from_secs(60)), EmitStrategy::OnWindowClose)
     ///     .aggregate(|| 0u64, |_page, partial, n| n + partial, Materialized::named("views").with(StringSerde, U64Serde));
     /// assert!(b.build().is_ok());
     /// ```
-    pub fn pre_aggregate<K2: Data + std::hash::Hash + Eq, VA: Data>(
+    pub fn pre_aggregate<K2: Data + std::hash::Hash + Eq, V2: 'static, VA: Data>(
         &self,
         size: std::time::Duration,
-        key: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,
+        split: impl Fn(K, V) -> (K2, V2) + Send + Sync + 'static,
         init: impl Fn() -> VA + Send + Sync + 'static,
-        fold: impl Fn(VA, &V) -> VA + Send + Sync + 'static,
+        fold: impl Fn(VA, V2) -> VA + Send + Sync + 'static,
     ) -> Stream<K2, VA> {
         let spec = crate::ops::pre_aggregate::PreAggregateSpec {
             size_ms: i64::try_from(size.as_millis()).unwrap_or(i64::MAX).max(1),
-            key: Arc::new(key),
+            split: Arc::new(split),
             init: Arc::new(init),
             fold: Arc::new(fold),
         };

@@ -253,10 +253,10 @@ pub fn topology(options: &AnalyticsOptions) -> garam_core::Result<Topology> {
             .join_global(&ads, |_, c| c.ad_id.clone(), |c, ad| (ad.campaign_id.clone(), c.event_type))
             .pre_aggregate(
                 Duration::from_secs(10),
-                |_user, (campaign, _)| campaign.clone(),
+                |_user, campaign_event| campaign_event,
                 ViewsClicks::default,
-                |mut a, (_, kind)| {
-                    a.add(*kind);
+                |mut a, kind| {
+                    a.add(kind);
                     a
                 },
             )
@@ -320,7 +320,7 @@ pub fn topology(options: &AnalyticsOptions) -> garam_core::Result<Topology> {
     if wants(PAGE_VIEWS) || wants(TOP_PAGES) {
         let page_views = clicks
             .filter(|_, c| c.event_type == EventType::View)
-            .pre_aggregate(Duration::from_secs(60), |_, c| c.page_id.clone(), || 0u64, |n, _| n + 1)
+            .pre_aggregate(Duration::from_secs(60), |_, c| (c.page_id, ()), || 0u64, |n, ()| n + 1)
             .group_by_key_with(Grouped::named("page-events").with(StringSerde, U64Serde))
             .windowed_by(TimeWindows::of(Duration::from_secs(60)), EmitStrategy::OnWindowClose)
             .aggregate(

@@ -15,29 +15,29 @@ use garam_core::Result;
 use super::node;
 use crate::Data;
 
-/// `key(record key, value)`, `init()`, `fold(aggregate, value)`.
-pub(crate) struct PreAggregateSpec<K, V, K2, VA> {
+/// `split(record key, value) -> (new key, part)`, `init()`, `fold(aggregate, part)`.
+pub(crate) struct PreAggregateSpec<K, V, K2, V2, VA> {
     pub size_ms: i64,
-    pub key: Arc<dyn Fn(&K, &V) -> K2 + Send + Sync>,
+    pub split: Arc<dyn Fn(K, V) -> (K2, V2) + Send + Sync>,
     pub init: Arc<dyn Fn() -> VA + Send + Sync>,
-    pub fold: Arc<dyn Fn(VA, &V) -> VA + Send + Sync>,
+    pub fold: Arc<dyn Fn(VA, V2) -> VA + Send + Sync>,
 }
 
-struct PreAggregate<K, V, K2, VA> {
-    spec: Arc<PreAggregateSpec<K, V, K2, VA>>,
+struct PreAggregate<K, V, K2, V2, VA> {
+    spec: Arc<PreAggregateSpec<K, V, K2, V2, VA>>,
     partials: HashMap<(K2, i64), (Option<VA>, i64), foldhash::fast::RandomState>,
     next: Fanout<K2, VA>,
 }
 
-impl<K: Data, V: Data, K2: Data + Hash + Eq, VA: Data> Downstream<K, V> for PreAggregate<K, V, K2, VA> {
+impl<K: Data, V: Data, K2: Data + Hash + Eq, V2, VA: Data> Downstream<K, V> for PreAggregate<K, V, K2, V2, VA> {
     fn push(&mut self, batch: Batch<K, V>, ctx: &mut TaskContext<'_>) -> Result<()> {
         let spec = &self.spec;
-        for r in &batch {
+        for r in batch {
             let window = r.timestamp - r.timestamp.rem_euclid(spec.size_ms);
-            let key = (spec.key)(&r.key, &r.value);
+            let (key, part) = (spec.split)(r.key, r.value);
             let entry = self.partials.entry((key, window)).or_insert((None, r.timestamp));
             let current = entry.0.take().unwrap_or_else(|| (spec.init)());
-            entry.0 = Some((spec.fold)(current, &r.value));
+            entry.0 = Some((spec.fold)(current, part));
             entry.1 = entry.1.max(r.timestamp);
         }
         let out = self
@@ -49,8 +49,8 @@ impl<K: Data, V: Data, K2: Data + Hash + Eq, VA: Data> Downstream<K, V> for PreA
     }
 }
 
-pub(crate) fn factory<K: Data, V: Data, K2: Data + Hash + Eq, VA: Data>(
-    spec: PreAggregateSpec<K, V, K2, VA>,
+pub(crate) fn factory<K: Data, V: Data, K2: Data + Hash + Eq, V2: 'static, VA: Data>(
+    spec: PreAggregateSpec<K, V, K2, V2, VA>,
 ) -> Factory {
     let spec = Arc::new(spec);
     node::<K, V, K2, VA, _>(move |next| PreAggregate {
