@@ -492,18 +492,16 @@ pub(crate) fn run(
         }
         Ok(())
     };
-    // Close the tasks (releasing their state directories) before leaving the group: leaving
-    // hands the partitions to the other members, which may be threads of this process waiting
-    // for those directories — and a leave may wait for them.
-    {
-        let mut tasks = tasks.borrow_mut();
-        let ids: BTreeSet<TaskId> = tasks.keys().copied().collect();
-        // A refused final commit aborted the transaction: the stores hold its updates, so they
-        // must not be checkpointed.
-        let clean = result.is_ok() && commit.is_ok() && !lock(&state).dirty;
-        close_tasks(&shared, &mut tasks, &ids, clean);
-    }
+    // Leave the group first: closing tasks checkpoints their stores, which can take longer than
+    // a session, and a member does not heartbeat while it closes them. A thread of this process
+    // that takes over a task waits for its state directory until it is released below.
     let close = lend_tasks(&tasks, || consumer.close());
+    let mut tasks = tasks.borrow_mut();
+    let ids: BTreeSet<TaskId> = tasks.keys().copied().collect();
+    // A refused final commit aborted the transaction: the stores hold its updates, so they must
+    // not be checkpointed.
+    let clean = result.is_ok() && commit.is_ok() && !lock(&state).dirty;
+    close_tasks(&shared, &mut tasks, &ids, clean);
     shared.metrics.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     shared.metrics.lag.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     shared.metrics.restoring.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use garam_core::backend::Backend;
-use garam_core::runtime::AppMonitor;
+use garam_core::runtime::{AppMonitor, MetricsSnapshot};
 
 use super::{CampaignViews, TopPages, CAMPAIGN_VIEWS, CLICKS, TOP_PAGES};
 
@@ -69,9 +69,11 @@ impl LiveView {
                 let mut top = Follower { topic: TOP_PAGES, offsets: HashMap::new() };
                 let mut state = State::default();
                 while !flag.load(Ordering::Acquire) && !monitor.is_shutting_down() {
-                    state.update(&monitor, &*backend, &mut views, &mut top);
+                    let m = monitor.metrics();
+                    let (new_views, tops) = (views.poll(&*backend), top.poll(&*backend));
+                    state.update(&m, new_views, tops, Instant::now());
                     let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(state.render(&monitor).as_bytes());
+                    let _ = out.write_all(state.render(&m, garam_core::time::now_ms()).as_bytes());
                     let _ = out.flush();
                     drop(out);
                     let until = Instant::now() + every;
@@ -94,9 +96,7 @@ impl LiveView {
 }
 
 impl State {
-    fn update(&mut self, monitor: &AppMonitor, backend: &dyn Backend, views: &mut Follower, top: &mut Follower) {
-        let m = monitor.metrics();
-        let now = Instant::now();
+    fn update(&mut self, m: &MetricsSnapshot, new: Vec<CampaignViews>, tops: Vec<TopPages>, now: Instant) {
         if let Some((at, n)) = self.last {
             let secs = now.duration_since(at).as_secs_f64();
             if secs > 0.0 {
@@ -104,7 +104,6 @@ impl State {
             }
         }
         self.last = Some((now, m.records_in));
-        let new: Vec<CampaignViews> = views.poll(backend);
         self.windows_closed += new.len() as u64;
         for v in new {
             match &mut self.latest_campaigns {
@@ -113,7 +112,6 @@ impl State {
                 _ => self.latest_campaigns = Some((v.window_start, vec![v])),
             }
         }
-        let tops: Vec<TopPages> = top.poll(backend);
         if let Some(t) = tops.into_iter().max_by_key(|t| t.window_start) {
             if self.latest_top.as_ref().is_none_or(|l| l.window_start <= t.window_start) {
                 self.latest_top = Some(t);
@@ -121,9 +119,8 @@ impl State {
         }
     }
 
-    fn render(&self, monitor: &AppMonitor) -> String {
+    fn render(&self, m: &MetricsSnapshot, now_ms: i64) -> String {
         use std::fmt::Write as _;
-        let m = monitor.metrics();
         let mut s = String::from("\x1b[H\x1b[2J");
         let _ = writeln!(s, "garam · click analytics   (Ctrl-C stops after a final commit)\n");
         let _ = writeln!(
@@ -134,7 +131,7 @@ impl State {
         let watermark = m.watermarks.values().copied().filter(|w| *w > i64::MIN).min();
         match watermark {
             Some(w) => {
-                let behind = (garam_core::time::now_ms() - w) as f64 / 1000.0;
+                let behind = (now_ms - w) as f64 / 1000.0;
                 let _ = writeln!(s, "watermark  {} ({behind:.1} s behind the wall clock)", utc(w));
             }
             None => {
@@ -182,4 +179,44 @@ impl State {
 fn utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000).rem_euclid(86_400);
     format!("{:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::PageCount;
+
+    fn views(campaign: &str, start: i64, views: u64) -> CampaignViews {
+        CampaignViews { campaign_id: campaign.into(), window_start: start, window_end: start + 10_000, views }
+    }
+
+    #[test]
+    fn the_view_shows_throughput_lag_watermark_and_the_latest_closed_windows() {
+        let mut state = State::default();
+        let t0 = Instant::now();
+        let mut m = MetricsSnapshot { records_in: 1_000, ..Default::default() };
+        state.update(&m, vec![views("campaign-1", 0, 5)], vec![], t0);
+        m.records_in = 6_000;
+        m.lag = [("clicks-0", 7), ("clicks-1", 0), ("click-analytics-campaign-events-repartition-0", 9)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        m.watermarks = [("0_0".to_string(), 3_723_000i64), ("0_1".to_string(), i64::MIN)].into_iter().collect();
+        let top = TopPages {
+            window_start: 0,
+            window_end: 60_000,
+            pages: vec![PageCount { page_id: "page-0".into(), views: 40 }],
+        };
+        let newer = vec![views("campaign-2", 10_000, 3), views("campaign-3", 10_000, 8), views("campaign-1", 0, 1)];
+        state.update(&m, newer, vec![top], t0 + Duration::from_secs(2));
+        let text = state.render(&m, 3_725_000);
+        assert!(text.contains("throughput       2500 records/s"), "{text}");
+        assert!(text.contains("clicks-0: 7  clicks-1: 0"), "{text}");
+        assert!(!text.contains("repartition"), "only the input's partitions: {text}");
+        assert!(text.contains("watermark  01:02:03 UTC (2.0 s behind the wall clock)"), "{text}");
+        let (c3, c2) = (text.find("campaign-3").unwrap(), text.find("campaign-2").unwrap());
+        assert!(c3 < c2, "the newest window, most views first: {text}");
+        assert!(!text.contains("campaign-1 "), "an older window is not the latest: {text}");
+        assert!(text.contains("page-0") && text.contains("campaign windows closed so far: 4"), "{text}");
+    }
 }
