@@ -1,6 +1,5 @@
 //! A batching producer: partitions records, builds v2 batches, appends them.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use garam_core::partitioner::partition_for_key;
@@ -57,7 +56,8 @@ pub struct Producer {
     config: ProducerConfig,
     producer_id: i64,
     epoch: i16,
-    topics: HashMap<String, TopicState>,
+    /// foldhash: a lookup per record sent, and SipHash showed in profiles.
+    topics: foldhash::HashMap<String, TopicState>,
     buf: Vec<u8>,
     /// Writes transactional batches (a transactional producer's).
     transactional: bool,
@@ -78,7 +78,7 @@ impl Producer {
             config,
             producer_id,
             epoch,
-            topics: HashMap::new(),
+            topics: foldhash::HashMap::default(),
             buf: Vec::new(),
             transactional,
             touched: Default::default(),

@@ -44,16 +44,26 @@ fn driver(t: garam_core::topology::Topology, ooo: i64) -> TopologyTestDriver {
     TopologyTestDriver::with_config(t, config).unwrap()
 }
 
-#[test]
-fn left_join_emits_unmatched_records_once_after_the_window_closes() {
+/// A 10 ms left join after `k: a@100`, `j: b@100` on the left and `k: x@105` on the right, with
+/// `a+x` emitted (and no early null for `j`).
+fn left_join_with_k_matched_and_j_waiting() -> TopologyTestDriver {
     let d = driver(join_topology(Kind::Left, JoinWindows::of(Duration::from_millis(10))), 0);
     let (left, right) =
         (d.input_topic("left", StringSerde, StringSerde), d.input_topic("right", StringSerde, StringSerde));
-    let out = d.output_topic("joined", StringSerde, StringSerde);
     left.pipe_at(s("k"), s("a"), 100).unwrap();
     left.pipe_at(s("j"), s("b"), 100).unwrap();
     right.pipe_at(s("k"), s("x"), 105).unwrap();
+    let out = d.output_topic("joined", StringSerde, StringSerde);
     assert_eq!(out.read_key_values().unwrap(), vec![(s("k"), s("a+x"))], "no early null for j");
+    d
+}
+
+#[test]
+fn left_join_emits_unmatched_records_once_after_the_window_closes() {
+    let d = left_join_with_k_matched_and_j_waiting();
+    let (left, right) =
+        (d.input_topic("left", StringSerde, StringSerde), d.input_topic("right", StringSerde, StringSerde));
+    let out = d.output_topic("joined", StringSerde, StringSerde);
     right.pipe_at(s("k"), s("y"), 110).unwrap(); // watermark 100
     left.pipe_at(s("z"), s("c"), 200).unwrap(); // watermark min(200, 110) = 110: j's window [90, 110] closes at 111
     assert_eq!(out.read_key_values().unwrap(), vec![(s("k"), s("a+y"))]);
@@ -61,6 +71,24 @@ fn left_join_emits_unmatched_records_once_after_the_window_closes() {
     assert_eq!(out.read_key_values().unwrap(), vec![(s("j"), s("b+null"))]);
     d.end_input().unwrap();
     assert_eq!(out.read_key_values().unwrap(), vec![(s("z"), s("c+null"))]);
+}
+
+/// The join buffer comes back from the changelog: a record buffered before the restart still
+/// joins, one that matched is not emitted as unmatched, and one that never matched is, once.
+#[test]
+fn a_restarted_join_rebuilds_its_buffer_and_matched_flags_from_the_changelog() {
+    let d = left_join_with_k_matched_and_j_waiting();
+    let (left, right) =
+        (d.input_topic("left", StringSerde, StringSerde), d.input_topic("right", StringSerde, StringSerde));
+    let out = d.output_topic("joined", StringSerde, StringSerde);
+    d.restart().unwrap();
+    right.pipe_at(s("k"), s("y"), 108).unwrap();
+    right.pipe_at(s("j"), s("z"), 109).unwrap();
+    assert_eq!(out.read_key_values().unwrap(), vec![(s("k"), s("a+y")), (s("j"), s("b+z"))]);
+    left.pipe_at(s("n"), s("c"), 110).unwrap();
+    d.restart().unwrap();
+    d.end_input().unwrap();
+    assert_eq!(out.read_key_values().unwrap(), vec![(s("n"), s("c+null"))], "a, b matched before the restart");
 }
 
 /// The model: pairs of non-late records with equal keys and `before`/`after` bounds; unmatched

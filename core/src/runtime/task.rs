@@ -118,10 +118,14 @@ impl Task {
                 l.borrow_mut().prepare_commit(self.closing)?;
             }
         }
-        for store in self.stores.stores.values() {
-            store.borrow_mut().flush_cache()?;
+        let (ts, partition) = (self.stream_time.max(0), self.id.partition);
+        for (name, store) in &self.stores.stores {
+            let topic = &self.stores.changelogs[name];
+            store
+                .borrow_mut()
+                .flush_cache_to(&mut |k, v| collector.send(topic, Some(partition), Some(k), v, ts, &[]))?;
         }
-        self.flush_changelogs(collector)
+        Ok(())
     }
 
     /// Tells the operators their last commit succeeded.

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::Change;
+use crate::Result;
 
 /// Bytes an entry costs beyond its key and value (map slot, two vectors, allocator rounding).
 const ENTRY_OVERHEAD: usize = 96;
@@ -74,6 +75,11 @@ struct Entry {
     written: Written,
     /// Read or written since the last eviction (second chance).
     used: bool,
+    /// The key was new when written ([`StoreCache::write`] with `new_key`) and the backend has not
+    /// held it since: deleting it needs no backend write.
+    fresh_backend: bool,
+    /// Likewise for the changelog: deleting it before any value was logged needs no tombstone.
+    fresh_changelog: bool,
 }
 
 fn cost(key: &[u8], value: &Option<Vec<u8>>) -> usize {
@@ -109,11 +115,20 @@ impl StoreCache {
         let n = cost(key, &value);
         self.bytes += n;
         self.budget.add(n);
-        self.entries.insert(key.to_vec(), Entry { value, written: Written::Everywhere, used: true });
+        let entry =
+            Entry { value, written: Written::Everywhere, used: true, fresh_backend: false, fresh_changelog: false };
+        self.entries.insert(key.to_vec(), entry);
     }
 
-    /// Writes `key` (`None`: delete); it reaches the backend at the next flush.
-    pub(crate) fn write(&mut self, key: &[u8], value: Option<&[u8]>) {
+    /// Writes `key` (`None`: delete); it reaches the backend at the next flush. `new_key`: the
+    /// caller knows the store does not hold `key` (a join buffer's unique sequence numbers), so
+    /// a short-lived entry can come and go without a backend write — or, if it goes before the
+    /// next commit, without a changelog record either.
+    pub(crate) fn write(&mut self, key: &[u8], value: Option<&[u8]>, new_key: bool) {
+        if value.is_none() && self.entries.get(key).is_some_and(|e| e.fresh_backend && e.fresh_changelog) {
+            self.forget(key);
+            return;
+        }
         match self.entries.get_mut(key) {
             Some(e) => {
                 let old = cost(key, &e.value);
@@ -146,7 +161,14 @@ impl StoreCache {
                 self.budget.add(n);
                 self.dirty += 1;
                 self.unpersisted += 1;
-                self.entries.insert(key.to_vec(), Entry { value, written: Written::Nowhere, used: true });
+                let entry = Entry {
+                    value,
+                    written: Written::Nowhere,
+                    used: true,
+                    fresh_backend: new_key,
+                    fresh_changelog: new_key,
+                };
+                self.entries.insert(key.to_vec(), entry);
             }
         }
     }
@@ -158,18 +180,44 @@ impl StoreCache {
         self.budget.exceeded() && self.bytes >= self.budget.fair_share()
     }
 
-    /// The entries the changelog lacks, now counted as logged.
-    pub(crate) fn take_dirty(&mut self) -> Vec<Change> {
-        let mut out = Vec::with_capacity(self.dirty);
+    /// Hands each entry the changelog lacks to `send`, borrowed (no copy: a commit under
+    /// exactly-once logs most of the cache), and counts it as logged. Stops at the first error;
+    /// the entries not sent stay unlogged.
+    pub(crate) fn log_dirty(&mut self, mut send: impl FnMut(&[u8], Option<&[u8]>) -> Result<()>) -> Result<()> {
         if self.dirty == 0 {
-            return out;
+            return Ok(());
         }
-        for (k, e) in self.entries.iter_mut().filter(|(_, e)| e.written == Written::Nowhere) {
+        let (mut freed, mut dropped, mut logged) = (0, 0, 0);
+        let mut failed = None;
+        self.entries.retain(|k, e| {
+            if e.written != Written::Nowhere || failed.is_some() {
+                return true;
+            }
+            if let Err(err) = send(k, e.value.as_deref()) {
+                failed = Some(err);
+                return true;
+            }
+            logged += 1;
             e.written = Written::Changelog;
-            out.push((k.clone(), e.value.clone()));
-        }
-        self.dirty = 0;
-        out
+            if e.value.is_some() {
+                e.fresh_changelog = false;
+            } else if e.fresh_backend {
+                // A tombstone for a key the backend never held: logged, nothing is left to do.
+                freed += cost(k, &e.value);
+                dropped += 1;
+                return false;
+            }
+            true
+        });
+        self.forget_bytes(freed);
+        self.unpersisted -= dropped;
+        self.dirty -= logged;
+        failed.map_or(Ok(()), Err)
+    }
+
+    fn forget_bytes(&mut self, n: usize) {
+        self.bytes -= n;
+        self.budget.sub(n);
     }
 
     /// The entries the backend lacks (logged or not).
@@ -193,13 +241,30 @@ impl StoreCache {
         if self.unpersisted == 0 {
             return (all, dirty);
         }
-        for (k, e) in self.entries.iter_mut().filter(|(_, e)| e.written != Written::Everywhere) {
+        let mut freed = 0;
+        self.entries.retain(|k, e| {
+            if e.written == Written::Everywhere {
+                return true;
+            }
             if e.written == Written::Nowhere {
                 dirty.push((k.clone(), e.value.clone()));
+                if e.value.is_some() {
+                    e.fresh_changelog = false;
+                }
             }
             e.written = Written::Everywhere;
+            if e.fresh_backend {
+                if e.value.is_none() {
+                    // The backend never held the key: nothing to delete there.
+                    freed += cost(k, &e.value);
+                    return false;
+                }
+                e.fresh_backend = false;
+            }
             all.push((k.clone(), e.value.clone()));
-        }
+            true
+        });
+        self.forget_bytes(freed);
         self.dirty = 0;
         self.unpersisted = 0;
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -270,5 +335,75 @@ impl Drop for StoreCache {
     fn drop(&mut self) {
         self.budget.caches.set(self.budget.caches.get().saturating_sub(1));
         self.budget.sub(self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> StoreCache {
+        StoreCache::new(CacheBudget::new(1 << 20))
+    }
+
+    fn take_dirty(c: &mut StoreCache) -> Vec<Change> {
+        let mut out = Vec::new();
+        c.log_dirty(|k, v| {
+            out.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    fn keys(changes: &[Change]) -> Vec<(&[u8], Option<&[u8]>)> {
+        changes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())).collect()
+    }
+
+    #[test]
+    fn a_new_key_deleted_before_the_commit_leaves_no_trace() {
+        let mut c = cache();
+        c.write(b"k", Some(b"v"), true);
+        c.write(b"k", None, false);
+        assert!(take_dirty(&mut c).is_empty());
+        assert!(!c.has_unpersisted());
+        assert_eq!((c.bytes, c.budget.used()), (0, 0));
+    }
+
+    #[test]
+    fn a_new_key_deleted_after_it_was_logged_gets_a_tombstone_in_the_changelog_only() {
+        let mut c = cache();
+        c.write(b"k", Some(b"v"), true);
+        assert_eq!(keys(&take_dirty(&mut c)), vec![(&b"k"[..], Some(&b"v"[..]))]);
+        c.write(b"k", Some(b"w"), false); // an update keeps the key new to the backend
+        c.write(b"k", None, false);
+        assert_eq!(keys(&take_dirty(&mut c)), vec![(&b"k"[..], None)]);
+        let (backend, log) = c.take_unpersisted();
+        assert!(backend.is_empty() && log.is_empty(), "the backend never held k");
+        assert_eq!(c.get(b"k"), None, "forgotten: a read asks the backend");
+        assert_eq!(c.bytes, 0);
+    }
+
+    #[test]
+    fn a_new_key_persisted_before_its_delete_is_deleted_from_the_backend() {
+        let mut c = cache();
+        c.write(b"k", Some(b"v"), true);
+        let (backend, log) = c.take_unpersisted();
+        assert_eq!(
+            (keys(&backend), keys(&log)),
+            (vec![(&b"k"[..], Some(&b"v"[..]))], vec![(&b"k"[..], Some(&b"v"[..]))])
+        );
+        c.write(b"k", None, false);
+        let (backend, log) = c.take_unpersisted();
+        assert_eq!((keys(&backend), keys(&log)), (vec![(&b"k"[..], None)], vec![(&b"k"[..], None)]));
+    }
+
+    #[test]
+    fn a_key_not_known_to_be_new_is_always_deleted_everywhere() {
+        let mut c = cache();
+        c.write(b"k", Some(b"v"), false);
+        c.write(b"k", None, false);
+        let (backend, log) = c.take_unpersisted();
+        assert_eq!((keys(&backend), keys(&log)), (vec![(&b"k"[..], None)], vec![(&b"k"[..], None)]));
     }
 }

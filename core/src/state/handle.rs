@@ -113,21 +113,32 @@ impl StoreHandle {
         self.buf.clear();
         self.buf.push(VALUE_FORMAT_VERSION);
         self.buf.extend_from_slice(value);
-        self.write(key, true)
+        self.write(key, true, false)
+    }
+
+    /// Sets `key`, which the caller knows the store does not hold (it was never written, or was
+    /// deleted): a join buffer's keys carry unique sequence numbers. Such an entry, deleted while
+    /// only the cache and changelog know it, is never written to the backend — short-lived
+    /// entries cost no RocksDB write, flush or compaction.
+    pub fn put_new(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.buf.clear();
+        self.buf.push(VALUE_FORMAT_VERSION);
+        self.buf.extend_from_slice(value);
+        self.write(key, true, true)
     }
 
     /// Removes `key`.
     pub fn delete(&mut self, key: &[u8]) -> Result<()> {
-        self.write(key, false)
+        self.write(key, false, false)
     }
 
     /// Writes `self.buf` (`put`) or a tombstone to `key`.
-    fn write(&mut self, key: &[u8], put: bool) -> Result<()> {
+    fn write(&mut self, key: &[u8], put: bool, new_key: bool) -> Result<()> {
         self.metrics.writes += 1;
         let value = put.then_some(self.buf.as_slice());
         match &mut self.cache {
             Some(cache) => {
-                cache.write(key, value);
+                cache.write(key, value, new_key);
                 if cache.over_budget() {
                     self.persist_cache()?;
                     if let Some(cache) = &mut self.cache {
@@ -148,24 +159,48 @@ impl StoreHandle {
         }
     }
 
-    /// Queues the cache's changes for the changelog, once per key. Called before every commit:
-    /// the changelog is what makes them durable.
+    /// Queues the cache's changes for the changelog, once per key (see [`Self::flush_cache_to`]).
     pub fn flush_cache(&mut self) -> Result<()> {
+        let mut out = Vec::new();
+        self.flush_cache_to(&mut |k, v| {
+            out.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+            Ok(())
+        })?;
+        self.pending = out;
+        Ok(())
+    }
+
+    /// Sends every change the changelog lacks to `send`: those queued, then the cache's, once per
+    /// key, borrowed from the cache. Called at the start of every commit: the changelog is what
+    /// makes them durable.
+    pub fn flush_cache_to(&mut self, send: &mut ChangeSink<'_>) -> Result<()> {
+        let mut queued = std::mem::take(&mut self.pending).into_iter();
+        while let Some((k, v)) = queued.next() {
+            if let Err(e) = send(&k, v.as_deref()) {
+                // Keep what was not sent, in order.
+                self.pending = std::iter::once((k, v)).chain(queued).collect();
+                return Err(e);
+            }
+        }
         let Some(cache) = &mut self.cache else {
             self.view.set_complete();
             return Ok(());
         };
-        let dirty = cache.take_dirty();
-        if self.view.wanted() {
-            if self.view.is_complete() {
-                self.view.publish(dirty.iter().map(|(k, v)| (k.as_slice(), v.as_deref())));
-            } else {
-                // The first commit after a query asked: everything the backend lacks.
-                self.view.publish(cache.unpersisted());
-                self.view.set_complete();
-            }
+        if !self.view.wanted() {
+            return cache.log_dirty(send);
         }
-        self.pending.extend(dirty);
+        if !self.view.is_complete() {
+            // The first commit after a query asked: everything the backend lacks.
+            self.view.publish(cache.unpersisted());
+            self.view.set_complete();
+            return cache.log_dirty(send);
+        }
+        let mut changes: Vec<Change> = Vec::new();
+        cache.log_dirty(|k, v| {
+            changes.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+            send(k, v)
+        })?;
+        self.view.publish(changes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())));
         Ok(())
     }
 
@@ -268,6 +303,9 @@ impl StoreHandle {
         self.inner.persistent()
     }
 }
+
+/// Where [`StoreHandle::flush_cache_to`] sends each change: `(key, value)`, `None` a tombstone.
+pub type ChangeSink<'a> = dyn FnMut(&[u8], Option<&[u8]>) -> Result<()> + 'a;
 
 /// Strips the format-version byte of a stored value.
 pub fn unversion<'a>(store: &str, raw: &'a [u8]) -> Result<&'a [u8]> {

@@ -15,7 +15,6 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -63,22 +62,81 @@ pub(crate) struct StreamJoinSpec<K, V1, V2, VR> {
     pub joiner: PairJoiner<V1, V2, VR>,
 }
 
-/// Per key, the buffered records' `(time, seq, matched)`, sorted: most keys hold a handful, so a
-/// sorted vector (one small allocation) beats a tree node per key.
-type Buffer = foldhash::HashMap<Vec<u8>, Vec<(i64, u64, bool)>>;
+/// One key's buffered records per side, `(time, seq, matched)` sorted: most keys hold a handful,
+/// so a sorted vector (one small allocation) beats a tree node per record.
+struct KeyEntries {
+    key: Box<[u8]>,
+    sides: [Vec<(i64, u64, bool)>; 2],
+}
 
 fn insert_sorted(v: &mut Vec<(i64, u64, bool)>, e: (i64, u64, bool)) {
     let at = v.partition_point(|x| (x.0, x.1) < (e.0, e.1));
     v.insert(at, e);
 }
 
+/// The in-memory index of a join buffer: keys in slots, found by hash. The closing queue names a
+/// key by its slot, so closing a record takes no hash lookup and no copy of the key; a slot is
+/// freed (and its key dropped) when both sides' lists are empty.
+#[derive(Default)]
+struct Index {
+    slots: Vec<KeyEntries>,
+    free: Vec<u32>,
+    table: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Index {
+    fn hash(&self, key: &[u8]) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, key)
+    }
+
+    /// The slot of `key`, made if the key has none.
+    fn slot_for(&mut self, key: &[u8]) -> u32 {
+        let hash = self.hash(key);
+        let slots = &self.slots;
+        if let Some(&s) = self.table.find(hash, |&s| &*slots[s as usize].key == key) {
+            return s;
+        }
+        let entries = KeyEntries { key: key.into(), sides: [Vec::new(), Vec::new()] };
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = entries;
+                s
+            }
+            None => {
+                self.slots.push(entries);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.table.insert_unique(hash, s, |&s| std::hash::BuildHasher::hash_one(hasher, &*slots[s as usize].key));
+        s
+    }
+
+    /// Drops the slot if it holds nothing more.
+    fn release_if_empty(&mut self, slot: u32) {
+        let entries = &mut self.slots[slot as usize];
+        if !entries.sides[0].is_empty() || !entries.sides[1].is_empty() {
+            return;
+        }
+        let key = std::mem::take(&mut entries.key);
+        let hash = self.hash(&key);
+        if let Ok(found) = self.table.find_entry(hash, |&s| s == slot) {
+            found.remove();
+        }
+        self.free.push(slot);
+    }
+}
+
+/// The buffered records by close time: `(close time, seq) → (slot, side, time)`. Seqs are unique,
+/// so the order never looks further. (A binary heap spent more on sifting than the tree does.)
+type Closing = std::collections::BTreeMap<(i64, u64), (u32, Side, i64)>;
+
 /// The join buffer of one task, shared by its two operators.
 struct JoinState {
     store: SharedStore,
-    /// Per side: key → (time, seq) → matched.
-    index: [Buffer; 2],
-    /// `(close time, seq) → (side, key, time)`: seqs are unique, so ordering never compares keys.
-    closing: BTreeMap<(i64, u64), (Side, Vec<u8>, i64)>,
+    index: Index,
+    closing: Closing,
     next_seq: u64,
     watermark: i64,
     loaded: bool,
@@ -145,8 +203,10 @@ impl<K: Data, V1: Data, V2: Data, VR: Data> JoinSide<K, V1, V2, VR> {
             let (side, key, time, seq) =
                 split_stored(&k).ok_or_else(|| self.error("read the join buffer", "a key has the wrong layout"))?;
             let matched = v.first().copied().unwrap_or(0) == 1;
-            insert_sorted(state.index[side as usize].entry(key.to_vec()).or_default(), (time, seq, matched));
-            state.closing.insert((Self::close_at(&self.spec, side, time), seq), (side, key.to_vec(), time));
+            let slot = state.index.slot_for(key);
+            insert_sorted(&mut state.index.slots[slot as usize].sides[side as usize], (time, seq, matched));
+            let at = Self::close_at(&self.spec, side, time);
+            state.closing.insert((at, seq), (slot, side, time));
             state.next_seq = state.next_seq.max(seq + 1);
         }
         Ok(())
@@ -194,7 +254,9 @@ impl<K: Data, V1: Data, V2: Data, VR: Data> JoinSide<K, V1, V2, VR> {
             let (from, to) = (t.saturating_sub(lo), t.saturating_add(hi));
             let track_other = spec.emit_unmatched[other as usize];
             let mut newly_matched = Vec::new();
-            if let Some(times) = state.index[other as usize].get_mut(&self.key_buf) {
+            let slot = state.index.slot_for(&self.key_buf);
+            {
+                let times = &mut state.index.slots[slot as usize].sides[other as usize];
                 let first = times.partition_point(|x| x.0 < from);
                 for (ot, oseq, other_matched) in times[first..].iter_mut().take_while(|x| x.0 <= to) {
                     let (ot, oseq) = (*ot, *oseq);
@@ -234,10 +296,12 @@ impl<K: Data, V1: Data, V2: Data, VR: Data> JoinSide<K, V1, V2, VR> {
             }
             .map_err(|e| self.error("serialize a value", e))?;
             stored_key(side, &self.key_buf, t, seq, &mut self.store_key);
-            store.put(&self.store_key, &self.value_buf)?;
-            insert_sorted(state.index[side as usize].entry(self.key_buf.clone()).or_default(), (t, seq, matched));
+            // Unique (seq): a record that closes while only the cache and changelog hold it never
+            // reaches RocksDB.
+            store.put_new(&self.store_key, &self.value_buf)?;
+            insert_sorted(&mut state.index.slots[slot as usize].sides[side as usize], (t, seq, matched));
             let at = Self::close_at(&spec, side, t);
-            state.closing.insert((at, seq), (side, self.key_buf.clone(), t));
+            state.closing.insert((at, seq), (slot, side, t));
         }
         drop(store);
         drop(state);
@@ -260,18 +324,17 @@ impl<K: Data, V1: Data, V2: Data, VR: Data> JoinSide<K, V1, V2, VR> {
             if *at > state.watermark {
                 break;
             }
-            let Some(((_, seq), (side, key, t))) = state.closing.pop_first() else { break };
+            let Some(((_, seq), (slot, side, t))) = state.closing.pop_first() else { break };
             let mut matched = true;
-            if let Some(times) = state.index[side as usize].get_mut(&key) {
-                if let Ok(at) = times.binary_search_by(|x| (x.0, x.1).cmp(&(t, seq))) {
-                    matched = times.remove(at).2;
-                }
-                if times.is_empty() {
-                    state.index[side as usize].remove(&key);
-                }
+            let entries = &mut state.index.slots[slot as usize];
+            let times = &mut entries.sides[side as usize];
+            if let Ok(at) = times.binary_search_by(|x| (x.0, x.1).cmp(&(t, seq))) {
+                matched = times.remove(at).2;
             }
-            stored_key(side, &key, t, seq, &mut self.store_key);
-            if !matched && spec.emit_unmatched[side as usize] {
+            stored_key(side, &entries.key, t, seq, &mut self.store_key);
+            let key = if !matched && spec.emit_unmatched[side as usize] { Some(entries.key.clone()) } else { None };
+            state.index.release_if_empty(slot);
+            if let Some(key) = key {
                 if let Some(bytes) = store.get(&self.store_key)? {
                     let k = spec.key.deserialize(&key).map_err(|e| self.error("read a key", e))?;
                     let joined = match side {
@@ -349,8 +412,8 @@ pub(crate) fn factories<K: Data, V1: Data, V2: Data, VR: Data>(
             let state = inst.shared(&format!("join:{}", spec.store), || {
                 Ok(RefCell::new(JoinState {
                     store,
-                    index: [Buffer::default(), Buffer::default()],
-                    closing: BTreeMap::new(),
+                    index: Index::default(),
+                    closing: Closing::new(),
                     next_seq: 0,
                     watermark: i64::MIN,
                     loaded: false,
