@@ -61,8 +61,7 @@ impl<K: Data, V: Data> TimeWindowedStream<K, V> {
         agg: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
         materialized: Materialized<K, VA>,
     ) -> Table<Windowed<K>, VA> {
-        let agg: window_aggregate::Aggregator<K, V, VA> =
-            Arc::new(move |k: &K, v: V, current: Option<VA>| agg(k, v, current.unwrap_or_else(&init)));
+        let agg = folding(init, agg);
         self.aggregate_with(agg, materialized)
     }
 
@@ -93,7 +92,7 @@ impl<K: Data, V: Data> TimeWindowedStream<K, V> {
 
     /// Counts each key's records per window.
     pub fn count(&self, materialized: Materialized<K, u64>) -> Table<Windowed<K>, u64> {
-        let m = if materialized.value.is_none() { materialized.with_value_serde(U64Serde) } else { materialized };
+        let m = counting(materialized);
         self.aggregate(|| 0u64, |_k, _v, n| n + 1, m)
     }
 
@@ -105,11 +104,33 @@ impl<K: Data, V: Data> TimeWindowedStream<K, V> {
         materialized: Materialized<K, V>,
     ) -> Table<Windowed<K>, V> {
         let value = materialized.value.clone().or_else(|| self.stream.value_serde.clone());
-        let agg: window_aggregate::Aggregator<K, V, V> = Arc::new(move |_k, v, current| match current {
-            Some(a) => f(a, v),
-            None => v,
-        });
+        let agg = reducing(f);
         self.aggregate_with(agg, Materialized { value, ..materialized })
+    }
+}
+
+/// The aggregator of `aggregate(init, agg)`: a window's first record folds into `init()`.
+fn folding<K: Data, V: Data, VA: Data>(
+    init: impl Fn() -> VA + Send + Sync + 'static,
+    agg: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
+) -> window_aggregate::Aggregator<K, V, VA> {
+    Arc::new(move |k: &K, v: V, current: Option<VA>| agg(k, v, current.unwrap_or_else(&init)))
+}
+
+/// The aggregator of `reduce(f)`: a window's first value starts its aggregate.
+fn reducing<K: Data, V: Data>(f: impl Fn(V, V) -> V + Send + Sync + 'static) -> window_aggregate::Aggregator<K, V, V> {
+    Arc::new(move |_k, v, current| match current {
+        Some(a) => f(a, v),
+        None => v,
+    })
+}
+
+/// `count`'s store: counts are `u64` unless the caller gave a value serde.
+fn counting<K: Data>(materialized: Materialized<K, u64>) -> Materialized<K, u64> {
+    if materialized.value.is_none() {
+        materialized.with_value_serde(U64Serde)
+    } else {
+        materialized
     }
 }
 
@@ -200,8 +221,7 @@ impl<K: Data, V: Data> SessionWindowedStream<K, V> {
         merge: impl Fn(&K, VA, VA) -> VA + Send + Sync + 'static,
         materialized: Materialized<K, VA>,
     ) -> Table<Windowed<K>, VA> {
-        let agg: window_aggregate::Aggregator<K, V, VA> =
-            Arc::new(move |k: &K, v: V, current: Option<VA>| agg(k, v, current.unwrap_or_else(&init)));
+        let agg = folding(init, agg);
         self.aggregate_with(agg, Arc::new(merge), materialized)
     }
 
@@ -234,7 +254,7 @@ impl<K: Data, V: Data> SessionWindowedStream<K, V> {
 
     /// Counts each key's records per session.
     pub fn count(&self, materialized: Materialized<K, u64>) -> Table<Windowed<K>, u64> {
-        let m = if materialized.value.is_none() { materialized.with_value_serde(U64Serde) } else { materialized };
+        let m = counting(materialized);
         self.aggregate(|| 0u64, |_k, _v, n| n + 1, |_k, a, b| a + b, m)
     }
 
@@ -247,10 +267,7 @@ impl<K: Data, V: Data> SessionWindowedStream<K, V> {
         let value = materialized.value.clone().or_else(|| self.stream.value_serde.clone());
         let f = Arc::new(f);
         let g = f.clone();
-        let agg: window_aggregate::Aggregator<K, V, V> = Arc::new(move |_k, v, current| match current {
-            Some(a) => f(a, v),
-            None => v,
-        });
+        let agg = reducing(move |a, v| f(a, v));
         self.aggregate_with(agg, Arc::new(move |_k, a, b| g(a, b)), Materialized { value, ..materialized })
     }
 }
@@ -285,8 +302,7 @@ impl<K: Data, V: Data> SlidingWindowedStream<K, V> {
         agg: impl Fn(&K, V, VA) -> VA + Send + Sync + 'static,
         materialized: Materialized<K, VA>,
     ) -> Table<Windowed<K>, VA> {
-        let agg: window_aggregate::Aggregator<K, V, VA> =
-            Arc::new(move |k: &K, v: V, current: Option<VA>| agg(k, v, current.unwrap_or_else(&init)));
+        let agg = folding(init, agg);
         self.aggregate_with(agg, materialized)
     }
 
@@ -330,7 +346,7 @@ impl<K: Data, V: Data> SlidingWindowedStream<K, V> {
 
     /// Counts each key's records per sliding window.
     pub fn count(&self, materialized: Materialized<K, u64>) -> Table<Windowed<K>, u64> {
-        let m = if materialized.value.is_none() { materialized.with_value_serde(U64Serde) } else { materialized };
+        let m = counting(materialized);
         self.aggregate(|| 0u64, |_k, _v, n| n + 1, m)
     }
 
@@ -341,10 +357,7 @@ impl<K: Data, V: Data> SlidingWindowedStream<K, V> {
         materialized: Materialized<K, V>,
     ) -> Table<Windowed<K>, V> {
         let value = materialized.value.clone().or_else(|| self.stream.value_serde.clone());
-        let agg: window_aggregate::Aggregator<K, V, V> = Arc::new(move |_k, v, current| match current {
-            Some(a) => f(a, v),
-            None => v,
-        });
+        let agg = reducing(f);
         self.aggregate_with(agg, Materialized { value, ..materialized })
     }
 }

@@ -155,4 +155,3 @@ impl KeyValueStore for RocksStore {
         true
     }
 }
-

@@ -13,6 +13,10 @@ pub(crate) mod stream_join;
 pub(crate) mod table_join;
 pub(crate) mod window_aggregate;
 
+/// Per-key operator state keyed by serialized keys. `entry_ref(&key)` finds a key with one hash
+/// lookup and copies it only when it is new (`entry(key.to_vec())` copied it on every record).
+pub(crate) type KeyMap<V> = hashbrown::HashMap<Vec<u8>, V, foldhash::fast::RandomState>;
+
 use std::any::Any;
 use std::cell::RefCell;
 use std::rc::Rc;

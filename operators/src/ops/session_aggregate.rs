@@ -13,7 +13,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -51,7 +51,7 @@ struct SessionAggregate<K, V, VA> {
     next: Fanout<Windowed<K>, Change<VA>>,
     watermark: i64,
     /// Open sessions `(start, end)` per serialized key.
-    by_key: HashMap<Vec<u8>, Vec<(i64, i64)>>,
+    by_key: crate::ops::KeyMap<Vec<(i64, i64)>>,
     /// Open sessions by `(close time, key, start, end)`.
     closing: BTreeSet<(i64, Vec<u8>, i64, i64)>,
     key_buf: Vec<u8>,
@@ -69,7 +69,7 @@ impl<K: Data, V: Data, VA: Data> SessionAggregate<K, V, VA> {
     }
 
     fn open(&mut self, key: &[u8], start: i64, end: i64) {
-        self.by_key.entry(key.to_vec()).or_default().push((start, end));
+        self.by_key.entry_ref(key).or_default().push((start, end));
         let at = self.close_at(end);
         self.closing.insert((at, key.to_vec(), start, end));
     }
@@ -216,7 +216,7 @@ pub(crate) fn factory<K: Data, V: Data, VA: Data>(spec: SessionAggregateSpec<K, 
             store: inst.store(&spec.store)?,
             next: inst.children::<Windowed<K>, Change<VA>>(id)?,
             watermark: i64::MIN,
-            by_key: HashMap::new(),
+            by_key: Default::default(),
             closing: BTreeSet::new(),
             key_buf: Vec::new(),
             value_buf: Vec::new(),

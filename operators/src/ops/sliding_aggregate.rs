@@ -57,9 +57,9 @@ struct SlidingAggregate<K, V, VA> {
     next: Fanout<Windowed<K>, Change<VA>>,
     watermark: i64,
     /// Per key, the buffered records' `(time, seq)`, sorted.
-    records: foldhash::HashMap<Vec<u8>, Vec<(i64, u64)>>,
+    records: crate::ops::KeyMap<Vec<(i64, u64)>>,
     /// Per key, the window ends still to be emitted (deduplicates candidates).
-    pending: foldhash::HashMap<Vec<u8>, BTreeSet<i64>>,
+    pending: crate::ops::KeyMap<BTreeSet<i64>>,
     /// `(due time, 0 for windows / 1 for purges, seq) → what`: at equal times windows go first —
     /// a record's purge is due when the last window holding it closes. Seqs are unique.
     due: BTreeMap<(i64, u8, u64), Due>,
@@ -101,7 +101,7 @@ impl<K: Data, V: Data, VA: Data> SlidingAggregate<K, V, VA> {
     /// Buffers a record's `(time, seq)` and schedules its windows and its purge; true when the
     /// window starting just after it is new.
     fn track(&mut self, key: &[u8], t: i64, seq: u64) -> bool {
-        let times = self.records.entry(key.to_vec()).or_default();
+        let times = self.records.entry_ref(key).or_default();
         let at = times.partition_point(|x| *x < (t, seq));
         times.insert(at, (t, seq));
         let d = self.spec.difference;
@@ -111,7 +111,7 @@ impl<K: Data, V: Data, VA: Data> SlidingAggregate<K, V, VA> {
             if close <= self.watermark {
                 continue; // emitted before a restart
             }
-            if self.pending.entry(key.to_vec()).or_default().insert(end) {
+            if self.pending.entry_ref(key).or_default().insert(end) {
                 self.due.insert((close, 0, self.next_seq), Due::Window(key.to_vec(), end));
                 self.next_seq += 1;
                 after_is_new = end != t;
