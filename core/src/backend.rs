@@ -152,6 +152,10 @@ pub trait BackendConsumer: Send {
     fn seek(&mut self, tp: &TopicPartition, offset: u64) -> Result<()>;
 }
 
+/// What [`BackendProducer::send_to_partition`] runs: it hands each record, as `(key, value)`
+/// (`None`: a tombstone), to the sink it is given.
+pub type PartitionRecords<'a> = dyn FnMut(&mut crate::state::ChangeSink<'_>) -> Result<()> + 'a;
+
 /// A producer. Records are buffered into batches and appended on `flush` or when batches fill.
 pub trait BackendProducer: Send {
     /// Queues one record; `partition: None` uses Kafka's default partitioner on the key bytes.
@@ -166,6 +170,20 @@ pub trait BackendProducer: Send {
     ) -> Result<()>;
     /// Writes every queued record.
     fn flush(&mut self) -> Result<()>;
+
+    /// Queues records without headers for one partition of `topic`, all at `timestamp`: `records`
+    /// hands each to the sink it is given. A commit sends each store's changelog records this way,
+    /// most of a cache at once, so a backend that can append to one partition without a lookup
+    /// per record overrides it; the default sends them one by one.
+    fn send_to_partition(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+        records: &mut PartitionRecords<'_>,
+    ) -> Result<()> {
+        records(&mut |key, value| self.send(topic, Some(partition), Some(key), value, timestamp, &[]))
+    }
 
     /// Exactly-once, as Kafka's transactional producer: starts a transaction covering the records
     /// sent until `commit_transaction`.

@@ -83,6 +83,18 @@ pub trait RecordCollector {
 
     /// Partition count of a topic (for custom partitioners).
     fn partition_count(&mut self, topic: &str) -> Result<u32>;
+
+    /// Sends records without headers to one partition, all at `timestamp` (a store's changelog
+    /// at a commit); see [`crate::backend::BackendProducer::send_to_partition`].
+    fn send_to_partition(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+        records: &mut crate::backend::PartitionRecords<'_>,
+    ) -> Result<()> {
+        records(&mut |key, value| self.send(topic, Some(partition), Some(key), value, timestamp, &[]))
+    }
 }
 
 /// Counters a task updates while it runs.

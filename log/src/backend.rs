@@ -20,7 +20,7 @@ use crate::producer::Producer;
 use crate::txn::TransactionalProducer;
 use crate::TopicConfig;
 
-fn to_streams(e: LogError) -> StreamsError {
+pub(crate) fn to_streams(e: LogError) -> StreamsError {
     let retriable = e.is_retriable();
     StreamsError::Backend { message: e.to_string(), retriable }
 }
@@ -229,6 +229,16 @@ impl BackendProducer for TransactionalProducer {
         Ok(())
     }
 
+    fn send_to_partition(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+        records: &mut garam_core::backend::PartitionRecords<'_>,
+    ) -> garam_core::Result<()> {
+        TransactionalProducer::send_to_partition(self, topic, partition, timestamp, records).map_err(to_streams)?
+    }
+
     fn begin_transaction(&mut self) -> garam_core::Result<()> {
         TransactionalProducer::begin_transaction(self).map_err(to_streams)
     }
@@ -267,5 +277,18 @@ impl BackendProducer for Producer {
 
     fn flush(&mut self) -> garam_core::Result<()> {
         Producer::flush(self).map_err(to_streams)
+    }
+
+    fn send_to_partition(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+        records: &mut garam_core::backend::PartitionRecords<'_>,
+    ) -> garam_core::Result<()> {
+        let t = self.partition_slot(topic, partition).map_err(to_streams)?;
+        records(&mut |key, value| {
+            self.push_at(t, partition, Some(key), value, timestamp, &[]).map(|_| ()).map_err(to_streams)
+        })
     }
 }

@@ -32,6 +32,22 @@ struct PartitionBatch {
     partition: Arc<Partition>,
     builder: BatchBuilder,
     next_sequence: i32,
+    /// Appended to since [`Producer::take_touched`] (a transaction's partition).
+    touched: bool,
+    /// Reported by [`Producer::send_reporting`] since [`Producer::take_touched`].
+    reported: bool,
+}
+
+impl PartitionBatch {
+    fn new(partition: Arc<Partition>, compression: Compression) -> Self {
+        PartitionBatch {
+            partition,
+            builder: BatchBuilder::new(compression),
+            next_sequence: 0,
+            touched: false,
+            reported: false,
+        }
+    }
 }
 
 struct TopicState {
@@ -46,6 +62,8 @@ struct TopicState {
 
 /// Sends between metadata refreshes: new partitions and config changes are seen this soon.
 const REFRESH_EVERY: u32 = 4096;
+/// The buffer a partition's batch builder keeps between commits (its starting size).
+const IDLE_BUILDER_BYTES: usize = 16 * 1024;
 
 /// Sends records to topics. Appends happen on the calling thread when a batch fills or on `flush`.
 ///
@@ -56,14 +74,17 @@ pub struct Producer {
     config: ProducerConfig,
     producer_id: i64,
     epoch: i16,
-    /// foldhash: a lookup per record sent, and SipHash showed in profiles.
-    topics: foldhash::HashMap<String, TopicState>,
+    topics: Vec<TopicState>,
+    /// Topic name to its place in `topics`: one lookup per record sent (foldhash: SipHash showed
+    /// in profiles).
+    topic_index: foldhash::HashMap<String, usize>,
     buf: Vec<u8>,
     /// Writes transactional batches (a transactional producer's).
     transactional: bool,
-    /// Partitions written since `take_touched`, and those not yet reported by `take_new_partition`.
-    touched: std::collections::BTreeSet<(String, u32)>,
-    reported: std::collections::BTreeSet<(String, u32)>,
+    /// Partitions (topic index, partition) appended to since `take_touched`, and those reported
+    /// by `send_reporting`; their flags in [`PartitionBatch`] say so without a search.
+    touched: Vec<(usize, u32)>,
+    reported: Vec<(usize, u32)>,
 }
 
 impl Producer {
@@ -78,7 +99,8 @@ impl Producer {
             config,
             producer_id,
             epoch,
-            topics: foldhash::HashMap::default(),
+            topics: Vec::new(),
+            topic_index: foldhash::HashMap::default(),
             buf: Vec::new(),
             transactional,
             touched: Default::default(),
@@ -92,27 +114,25 @@ impl Producer {
         Self::with_id(log, config, producer_id, epoch, true)
     }
 
-    /// True the first time `partition` of `topic` is written since the last `take_touched`.
-    pub(crate) fn take_new_partition(&mut self, topic: &str, partition: u32) -> bool {
-        if self.reported.iter().any(|(t, p)| *p == partition && t == topic) {
-            return false;
-        }
-        self.reported.insert((topic.to_string(), partition));
-        true
-    }
-
     /// The partitions written since the last call (a transaction's partitions).
     pub(crate) fn take_touched(&mut self) -> Vec<garam_core::backend::TopicPartition> {
-        self.reported.clear();
-        std::mem::take(&mut self.touched)
+        for (t, p) in std::mem::take(&mut self.reported) {
+            self.topics[t].batches[p as usize].reported = false;
+        }
+        let touched = std::mem::take(&mut self.touched);
+        touched
             .into_iter()
-            .map(|(t, p)| garam_core::backend::TopicPartition::new(t, p))
+            .map(|(t, p)| {
+                let st = &mut self.topics[t];
+                st.batches[p as usize].touched = false;
+                garam_core::backend::TopicPartition::new(st.topic.name(), p)
+            })
             .collect()
     }
 
     /// Drops every queued record (an aborted transaction's).
     pub(crate) fn discard(&mut self) {
-        for st in self.topics.values_mut() {
+        for st in &mut self.topics {
             for b in &mut st.batches {
                 b.builder.reset();
             }
@@ -124,45 +144,36 @@ impl Producer {
         self.producer_id
     }
 
-    fn topic_state(&mut self, topic: &str) -> Result<&mut TopicState> {
-        if !self.topics.contains_key(topic) {
-            let t = self.log.topic(topic)?;
-            let batches = t
-                .partitions()
-                .into_iter()
-                .map(|p| PartitionBatch {
-                    partition: p,
-                    builder: BatchBuilder::new(self.config.compression),
-                    next_sequence: 0,
-                })
-                .collect();
-            let sticky = (garam_core::time::now_ms() as u32) % t.partition_count().max(1);
-            let max_message_bytes = t.config().max_message_bytes as usize;
-            self.topics.insert(
-                topic.to_string(),
-                TopicState { topic: t, batches, sticky, max_message_bytes, since_refresh: 0 },
-            );
-        }
-        let st = self.topics.get_mut(topic).ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
+    /// The place of `topic` in `topics`, opening it on first use and refreshing its metadata
+    /// every [`REFRESH_EVERY`] sends.
+    fn topic_slot(&mut self, topic: &str) -> Result<usize> {
+        let t = match self.topic_index.get(topic) {
+            Some(&t) => t,
+            None => {
+                let t = self.log.topic(topic)?;
+                let compression = self.config.compression;
+                let batches = t.partitions().into_iter().map(|p| PartitionBatch::new(p, compression)).collect();
+                let sticky = (garam_core::time::now_ms() as u32) % t.partition_count().max(1);
+                let max_message_bytes = t.config().max_message_bytes as usize;
+                self.topics.push(TopicState { topic: t, batches, sticky, max_message_bytes, since_refresh: 0 });
+                self.topic_index.insert(topic.to_string(), self.topics.len() - 1);
+                self.topics.len() - 1
+            }
+        };
+        let st = &mut self.topics[t];
         st.since_refresh += 1;
         if st.since_refresh < REFRESH_EVERY {
-            return Ok(st);
+            return Ok(t);
         }
         st.since_refresh = 0;
         st.max_message_bytes = st.topic.config().max_message_bytes as usize;
         // Pick up partitions added since.
         let n = st.topic.partition_count() as usize;
-        if st.batches.len() < n {
-            for p in st.batches.len()..n {
-                let partition = st.topic.partition(p as u32)?;
-                st.batches.push(PartitionBatch {
-                    partition,
-                    builder: BatchBuilder::new(self.config.compression),
-                    next_sequence: 0,
-                });
-            }
+        for p in st.batches.len()..n {
+            let partition = st.topic.partition(p as u32)?;
+            st.batches.push(PartitionBatch::new(partition, self.config.compression));
         }
-        Ok(st)
+        Ok(t)
     }
 
     /// Queues a record; the partition comes from its key (or the sticky partition when keyless).
@@ -186,8 +197,22 @@ impl Producer {
         timestamp: i64,
         headers: &[garam_core::Header],
     ) -> Result<u32> {
-        let batch_size = self.config.batch_size;
-        let st = self.topic_state(topic)?;
+        self.send_reporting(topic, partition, key, value, timestamp, headers).map(|(p, _)| p)
+    }
+
+    /// [`Self::send_raw`], also saying whether this is the first record sent to the partition
+    /// since the last [`Self::take_touched`] (a transaction registers it then).
+    pub(crate) fn send_reporting(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: i64,
+        headers: &[garam_core::Header],
+    ) -> Result<(u32, bool)> {
+        let t = self.topic_slot(topic)?;
+        let st = &self.topics[t];
         let n = st.batches.len() as u32;
         let p = match (partition, key) {
             (Some(p), _) if p < n => p,
@@ -197,6 +222,50 @@ impl Producer {
             (None, Some(k)) => partition_for_key(k, n),
             (None, None) => st.sticky,
         };
+        let first = self.report(t, p);
+        if self.push_at(t, p, key, value, timestamp, headers)? && key.is_none() && partition.is_none() {
+            // The sticky partition's batch is full: move on.
+            self.topics[t].sticky = (p + 1) % n;
+        }
+        Ok((p, first))
+    }
+
+    /// The place of `topic` in the producer, checking that it has `partition`: what
+    /// [`Self::push_at`] takes.
+    pub(crate) fn partition_slot(&mut self, topic: &str, partition: u32) -> Result<usize> {
+        let t = self.topic_slot(topic)?;
+        let n = self.topics[t].batches.len() as u32;
+        if partition >= n {
+            return Err(LogError::UnknownPartition { topic: topic.to_string(), partition, partitions: n });
+        }
+        Ok(t)
+    }
+
+    /// True the first time partition `p` of topic slot `t` is reported since the last
+    /// [`Self::take_touched`] (a transaction registers the partition then).
+    pub(crate) fn report(&mut self, t: usize, p: u32) -> bool {
+        let pb = &mut self.topics[t].batches[p as usize];
+        let first = !pb.reported;
+        if first {
+            pb.reported = true;
+            self.reported.push((t, p));
+        }
+        first
+    }
+
+    /// Queues a record for partition `p` of topic slot `t` (from [`Self::partition_slot`]);
+    /// true when that filled the batch, which was then appended.
+    pub(crate) fn push_at(
+        &mut self,
+        t: usize,
+        p: u32,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: i64,
+        headers: &[garam_core::Header],
+    ) -> Result<bool> {
+        let batch_size = self.config.batch_size;
+        let st = &self.topics[t];
         // Keep every batch under the topic's max.message.bytes: a record that would push the open
         // batch over it goes into a new batch, and one too large on its own is refused before it
         // is queued (so a failing append never takes accepted records down with it).
@@ -207,29 +276,27 @@ impl Producer {
             + headers.iter().map(|h| 16 + h.key.len() + h.value.as_ref().map_or(0, |v| v.len())).sum::<usize>();
         if record_size + batch::HEADER_LEN > max {
             return Err(LogError::InvalidArgument(format!(
-                "a record of about {record_size} bytes exceeds max.message.bytes={max} of topic '{topic}'"
+                "a record of about {record_size} bytes exceeds max.message.bytes={max} of topic '{}'",
+                st.topic.name()
             )));
         }
-        if !st.batches[p as usize].builder.is_empty() && st.batches[p as usize].builder.size_bytes() + record_size > max
-        {
-            self.append_partition(topic, p)?;
+        let open = &st.batches[p as usize].builder;
+        if !open.is_empty() && open.size_bytes() + record_size > max {
+            self.append_partition(t, p)?;
         }
-        let st = self.topics.get_mut(topic).ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
-        let pb = &mut st.batches[p as usize];
+        let pb = &mut self.topics[t].batches[p as usize];
+        pb.builder.reserve_within(record_size, batch_size + record_size);
         pb.builder.push(timestamp, key, value, headers);
         if pb.builder.size_bytes() >= batch_size {
-            if key.is_none() && partition.is_none() {
-                st.sticky = (st.sticky + 1) % n;
-            }
-            self.append_partition(topic, p)?;
+            self.append_partition(t, p)?;
+            return Ok(true);
         }
-        Ok(p)
+        Ok(false)
     }
 
-    fn append_partition(&mut self, topic: &str, p: u32) -> Result<Option<AppendInfo>> {
+    fn append_partition(&mut self, t: usize, p: u32) -> Result<Option<AppendInfo>> {
         let (pid, epoch) = (self.producer_id, self.epoch);
-        let st = self.topics.get_mut(topic).ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
-        let pb = &mut st.batches[p as usize];
+        let pb = &mut self.topics[t].batches[p as usize];
         if pb.builder.is_empty() {
             return Ok(None);
         }
@@ -238,8 +305,9 @@ impl Producer {
             pb.builder.producer(pid, epoch, pb.next_sequence);
         }
         pb.builder.transactional(self.transactional);
-        if self.transactional && !self.touched.iter().any(|(t, x)| *x == p && t == topic) {
-            self.touched.insert((topic.to_string(), p));
+        if self.transactional && !pb.touched {
+            pb.touched = true;
+            self.touched.push((t, p));
         }
         self.buf.clear();
         pb.builder.finish_into(&mut self.buf)?;
@@ -252,19 +320,16 @@ impl Producer {
 
     /// Appends every queued record.
     pub fn flush(&mut self) -> Result<()> {
-        let work: Vec<(String, u32)> = self
-            .topics
-            .iter()
-            .flat_map(|(t, st)| {
-                st.batches
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| !b.builder.is_empty())
-                    .map(move |(p, _)| (t.clone(), p as u32))
-            })
-            .collect();
-        for (t, p) in work {
-            self.append_partition(&t, p)?;
+        for t in 0..self.topics.len() {
+            for p in 0..self.topics[t].batches.len() as u32 {
+                if self.topics[t].batches[p as usize].builder.is_empty() {
+                    continue;
+                }
+                self.append_partition(t, p)?;
+                // A flush ends a commit interval: each partition's builder starts the next one
+                // small again, so hundreds of partitions do not each keep a full batch's buffer.
+                self.topics[t].batches[p as usize].builder.shrink_to(IDLE_BUILDER_BYTES);
+            }
         }
         Ok(())
     }
@@ -272,7 +337,7 @@ impl Producer {
     /// Appends every queued record and fsyncs the partitions written to.
     pub fn flush_durable(&mut self) -> Result<()> {
         self.flush()?;
-        for st in self.topics.values() {
+        for st in &self.topics {
             for b in &st.batches {
                 b.partition.flush()?;
             }

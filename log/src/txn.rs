@@ -371,11 +371,41 @@ impl TransactionalProducer {
         if !self.open || self.prepared {
             return Err(LogError::InvalidArgument("send outside a transaction: call begin_transaction first".into()));
         }
-        let p = self.producer.send_raw(topic, partition, key, value, timestamp, headers)?;
-        if self.producer.take_new_partition(topic, p) {
+        let (p, first) = self.producer.send_reporting(topic, partition, key, value, timestamp, headers)?;
+        if first {
             self.log.inner.txns.add_partition(&self.id, self.pid, self.epoch, &TopicPartition::new(topic, p))?;
         }
         Ok(())
+    }
+
+    /// Queues records without headers for one partition, all at `timestamp`: `records` hands
+    /// each to the sink it is given (a commit's changelog records, without a topic lookup each).
+    pub(crate) fn send_to_partition(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+        records: &mut garam_core::backend::PartitionRecords<'_>,
+    ) -> Result<std::result::Result<(), garam_core::StreamsError>> {
+        if !self.open || self.prepared {
+            return Err(LogError::InvalidArgument("send outside a transaction: call begin_transaction first".into()));
+        }
+        let t = self.producer.partition_slot(topic, partition)?;
+        if self.producer.report(t, partition) {
+            self.log.inner.txns.add_partition(
+                &self.id,
+                self.pid,
+                self.epoch,
+                &TopicPartition::new(topic, partition),
+            )?;
+        }
+        let producer = &mut self.producer;
+        Ok(records(&mut |key, value| {
+            producer
+                .push_at(t, partition, Some(key), value, timestamp, &[])
+                .map(|_| ())
+                .map_err(crate::backend::to_streams)
+        }))
     }
 
     /// Commits the transaction's records together with `offsets` for `group`.

@@ -280,3 +280,46 @@ fn compaction_keeps_committed_values_over_aborted_ones() {
     assert_eq!(read(&log, "c", true), vec!["committed"]);
     assert_eq!(read(&log, "c", false), vec!["committed"], "the aborted record was dropped by the cleaner");
 }
+
+/// A commit sends each store's changelog through `send_to_partition`: no lookup per record, but
+/// the same transaction as records sent one by one — the partition is registered, batches fill
+/// and roll over, an abort hides them, and a missing partition is refused before any record.
+#[test]
+fn records_sent_to_one_partition_in_bulk_commit_and_abort_with_their_transaction() {
+    use garam_core::backend::BackendProducer;
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("cl", 2, TopicConfig::default()).unwrap();
+    // Tiny batches: many batches roll over within one call.
+    let config = garam_log::producer::ProducerConfig { batch_size: 64, ..Default::default() };
+    let mut p = log.transactional_producer("bulk", config).unwrap();
+    let bulk = |p: &mut garam_log::txn::TransactionalProducer, prefix: &str| {
+        BackendProducer::send_to_partition(p, "cl", 1, 7, &mut |sink| {
+            for i in 0..100 {
+                let v = format!("{prefix}{i:03}");
+                sink(v.as_bytes(), Some(v.as_bytes()))?;
+            }
+            Ok(())
+        })
+    };
+    p.begin_transaction().unwrap();
+    bulk(&mut p, "c").unwrap();
+    p.commit_transaction(None, &[]).unwrap();
+    p.begin_transaction().unwrap();
+    bulk(&mut p, "a").unwrap();
+    p.abort_transaction().unwrap();
+
+    let committed = read(&log, "cl", true);
+    assert_eq!(committed, (0..100).map(|i| format!("c{i:03}")).collect::<Vec<_>>());
+    assert_eq!(read(&log, "cl", false).len(), 200, "the aborted records were appended, then hidden");
+    assert_eq!(log.partition("cl", 0).unwrap().high_watermark(), 0, "all went to partition 1");
+
+    p.begin_transaction().unwrap();
+    let mut called = false;
+    let err = BackendProducer::send_to_partition(&mut p, "cl", 2, 0, &mut |_| {
+        called = true;
+        Ok(())
+    });
+    assert!(err.is_err_and(|e| e.to_string().contains("partition 2")), "a partition the topic lacks");
+    assert!(!called);
+}

@@ -121,9 +121,8 @@ impl Task {
         let (ts, partition) = (self.stream_time.max(0), self.id.partition);
         for (name, store) in &self.stores.stores {
             let topic = &self.stores.changelogs[name];
-            store
-                .borrow_mut()
-                .flush_cache_to(&mut |k, v| collector.send(topic, Some(partition), Some(k), v, ts, &[]))?;
+            let mut store = store.borrow_mut();
+            collector.send_to_partition(topic, partition, ts, &mut |sink| store.flush_cache_to(sink))?;
         }
         Ok(())
     }

@@ -21,9 +21,24 @@ use crate::topology::Topology;
 
 /// Sends through a backend producer, counting records out.
 pub(crate) struct ProducerCollector<'a> {
-    pub producer: &'a mut dyn BackendProducer,
-    pub out: &'a AtomicU64,
-    pub backend: &'a dyn Backend,
+    producer: &'a mut dyn BackendProducer,
+    /// The process-wide count, added to once when the collector is dropped: every worker thread
+    /// incrementing one shared counter per record kept its cache line moving between cores.
+    out: &'a AtomicU64,
+    sent: u64,
+    backend: &'a dyn Backend,
+}
+
+impl<'a> ProducerCollector<'a> {
+    pub(crate) fn new(producer: &'a mut dyn BackendProducer, out: &'a AtomicU64, backend: &'a dyn Backend) -> Self {
+        ProducerCollector { producer, out, sent: 0, backend }
+    }
+}
+
+impl Drop for ProducerCollector<'_> {
+    fn drop(&mut self) {
+        self.out.fetch_add(self.sent, Ordering::Relaxed);
+    }
 }
 
 impl RecordCollector for ProducerCollector<'_> {
@@ -37,9 +52,25 @@ impl RecordCollector for ProducerCollector<'_> {
         headers: &[Header],
     ) -> Result<()> {
         if headers.first().is_none_or(|h| h.key != super::watermark::WATERMARK_HEADER) {
-            self.out.fetch_add(1, Ordering::Relaxed);
+            self.sent += 1;
         }
         self.producer.send(topic, partition, key, value, ts, headers)
+    }
+
+    fn send_to_partition(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+        records: &mut crate::backend::PartitionRecords<'_>,
+    ) -> Result<()> {
+        let sent = &mut self.sent;
+        self.producer.send_to_partition(topic, partition, timestamp, &mut |sink| {
+            records(&mut |key, value| {
+                *sent += 1;
+                sink(key, value)
+            })
+        })
     }
 
     fn partition_count(&mut self, topic: &str) -> Result<u32> {
@@ -254,8 +285,7 @@ struct Listener {
 /// under exactly-once): the first step of every commit.
 fn flush_caches(shared: &Shared, st: &mut Shared2, tasks: &mut BTreeMap<TaskId, Task>) -> Result<()> {
     st.ensure_txn()?;
-    let mut collector =
-        ProducerCollector { producer: &mut *st.producer, out: &shared.metrics.records_out, backend: &*shared.backend };
+    let mut collector = ProducerCollector::new(&mut *st.producer, &shared.metrics.records_out, &*shared.backend);
     for t in tasks.values_mut() {
         t.flush_caches(&mut collector)?;
     }
@@ -559,11 +589,7 @@ fn run_loop(
                 caught_up: Some(&caught_up),
                 end_of_input,
             };
-            let mut collector = ProducerCollector {
-                producer: &mut **producer,
-                out: &shared.metrics.records_out,
-                backend: &*shared.backend,
-            };
+            let mut collector = ProducerCollector::new(&mut **producer, &shared.metrics.records_out, &*shared.backend);
             for p in polled {
                 let Some(id) = task_of(shared, &p.tp) else { continue };
                 let task = match tasks.entry(id) {

@@ -1,6 +1,6 @@
 //! The caching layer: absorbs repeated updates to a key between commits.
 //!
-//! A store's cache holds recently read and written entries in a hash map. A write stays in the
+//! A store's cache holds recently read and written entries in a hash table. A write stays in the
 //! cache (dirty) until the next commit, which sends it to the changelog once per key (logged).
 //! Logged entries reach the backend only when the worker's cache budget runs out or the store is
 //! checkpointed: then they go in one sorted batch, which RocksDB inserts into its memtable without
@@ -8,17 +8,30 @@
 //! a write durable, so while the working set fits the cache the backend is not written at all.
 //!
 //! The budget (`cache.max.bytes` divided among the worker threads) is shared by every store on a
-//! worker thread, as Kafka Streams' thread cache is.
+//! worker thread, as Kafka Streams' thread cache is. An entry is charged what it really costs —
+//! its key and value, its table slot at the lowest load the table is let fall to, and allocator
+//! rounding — so that many small stores (64 tasks × 3 stores) stay inside the budget, not just
+//! one big one.
+//!
+//! Each entry keeps its key and value in its 32-byte table slot when they fit in 22 bytes (a
+//! count or sum per short key), else in one allocation: a lookup, and a commit's scan over the
+//! dirty entries (most of the cache under exactly-once), read the table and little else.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::rc::Rc;
+
+use hashbrown::HashTable;
 
 use super::Change;
 use crate::Result;
 
-/// Bytes an entry costs beyond its key and value (map slot, two vectors, allocator rounding).
-const ENTRY_OVERHEAD: usize = 96;
+/// Bytes every entry costs: its 32-byte slot and control byte in a table at 7/16 load (just
+/// after it doubled, or just before [`StoreCache::shrink_if_sparse`] shrinks it).
+const ENTRY_OVERHEAD: usize = 76;
+/// What a key and value too long to sit in the slot cost beyond their length: allocator rounding
+/// and metadata of their own block.
+const HEAP_OVERHEAD: usize = 16;
 
 /// The cache budget of one worker thread, shared by the stores of its tasks.
 #[derive(Debug)]
@@ -69,26 +82,123 @@ enum Written {
     Changelog,
 }
 
+/// [`Entry::flags`]: the entry has a value (not absent or deleted).
+const HAS_VALUE: u8 = 1;
+/// Read or written since the last eviction (second chance).
+const USED: u8 = 2;
+/// The key was new when written ([`StoreCache::write`] with `new_key`) and the backend has not
+/// held it since: deleting it needs no backend write.
+const FRESH_BACKEND: u8 = 4;
+/// Likewise for the changelog: deleting it before any value was logged needs no tombstone.
+const FRESH_CHANGELOG: u8 = 8;
+
+/// One cached key: 32 bytes in the table, holding the key and then the value — inline when
+/// they fit in [`INLINE`] bytes (a count or a sum per short key), else in one allocation.
 struct Entry {
-    /// The versioned value; `None`: absent or deleted.
-    value: Option<Vec<u8>>,
+    data: Data,
+    key_len: u32,
     written: Written,
-    /// Read or written since the last eviction (second chance).
-    used: bool,
-    /// The key was new when written ([`StoreCache::write`] with `new_key`) and the backend has not
-    /// held it since: deleting it needs no backend write.
-    fresh_backend: bool,
-    /// Likewise for the changelog: deleting it before any value was logged needs no tombstone.
-    fresh_changelog: bool,
+    flags: u8,
 }
 
-fn cost(key: &[u8], value: &Option<Vec<u8>>) -> usize {
-    key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD
+const _: () = assert!(std::mem::size_of::<Entry>() == 32, "an entry's slot is 32 bytes");
+
+/// Key and value bytes that fit in the slot itself: reading them costs no further cache miss.
+const INLINE: usize = 22;
+
+enum Data {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl Data {
+    fn new(key: &[u8], value: &[u8]) -> Data {
+        let len = key.len() + value.len();
+        if len <= INLINE {
+            let mut bytes = [0; INLINE];
+            bytes[..key.len()].copy_from_slice(key);
+            bytes[key.len()..len].copy_from_slice(value);
+            Data::Inline { len: len as u8, bytes }
+        } else {
+            let mut v = Vec::with_capacity(len);
+            v.extend_from_slice(key);
+            v.extend_from_slice(value);
+            Data::Heap(v.into_boxed_slice())
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Data::Inline { len, bytes } => &bytes[..*len as usize],
+            Data::Heap(b) => b,
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Data::Inline { len, bytes } => &mut bytes[..*len as usize],
+            Data::Heap(b) => b,
+        }
+    }
+}
+
+impl Entry {
+    fn new(key: &[u8], value: Option<&[u8]>, written: Written, flags: u8) -> Entry {
+        // Keys come from records, which the log bounds far below 4 GiB.
+        let key_len = u32::try_from(key.len()).expect("a store key longer than 4 GiB");
+        let flags = if value.is_some() { flags | HAS_VALUE } else { flags & !HAS_VALUE };
+        Entry { data: Data::new(key, value.unwrap_or_default()), key_len, written, flags }
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.data.bytes()[..self.key_len as usize]
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        self.has(HAS_VALUE).then(|| &self.data.bytes()[self.key_len as usize..])
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
+
+    /// Replaces the value, in place when its length is unchanged (a count, a sum).
+    fn set_value(&mut self, value: Option<&[u8]>) {
+        let new = value.unwrap_or_default();
+        let k = self.key_len as usize;
+        let bytes = self.data.bytes_mut();
+        if bytes.len() - k == new.len() {
+            bytes[k..].copy_from_slice(new);
+        } else {
+            self.data = Data::new(&bytes[..k], new);
+        }
+        self.set(HAS_VALUE, value.is_some());
+    }
+
+    fn cost(&self) -> usize {
+        match &self.data {
+            Data::Inline { .. } => ENTRY_OVERHEAD,
+            Data::Heap(b) => ENTRY_OVERHEAD + HEAP_OVERHEAD + b.len(),
+        }
+    }
+
+    fn change(&self) -> Change {
+        (self.key().to_vec(), self.value().map(<[u8]>::to_vec))
+    }
 }
 
 /// One store's cache.
 pub(crate) struct StoreCache {
-    entries: HashMap<Vec<u8>, Entry, foldhash::fast::RandomState>,
+    entries: HashTable<Entry>,
+    hasher: foldhash::fast::RandomState,
     bytes: usize,
     /// Entries not in the changelog.
     dirty: usize,
@@ -100,24 +210,53 @@ pub(crate) struct StoreCache {
 impl StoreCache {
     pub(crate) fn new(budget: Rc<CacheBudget>) -> Self {
         budget.caches.set(budget.caches.get() + 1);
-        StoreCache { entries: HashMap::default(), bytes: 0, dirty: 0, unpersisted: 0, budget }
+        StoreCache {
+            entries: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            bytes: 0,
+            dirty: 0,
+            unpersisted: 0,
+            budget,
+        }
+    }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        let hash = self.hash(key);
+        self.entries.find_mut(hash, |e| e.key() == key)
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        let n = entry.cost();
+        self.charge(n);
+        let hash = self.hash(entry.key());
+        let hasher = &self.hasher;
+        self.entries.insert_unique(hash, entry, |e| hasher.hash_one(e.key()));
+    }
+
+    fn charge(&mut self, n: usize) {
+        self.bytes += n;
+        self.budget.add(n);
+    }
+
+    fn forget_bytes(&mut self, n: usize) {
+        self.bytes -= n;
+        self.budget.sub(n);
     }
 
     /// `Some(value)` on a hit (`Some(None)`: known absent), `None` on a miss.
     pub(crate) fn get(&mut self, key: &[u8]) -> Option<Option<&[u8]>> {
-        let e = self.entries.get_mut(key)?;
-        e.used = true;
-        Some(e.value.as_deref())
+        let e = self.find_mut(key)?;
+        e.set(USED, true);
+        Some(e.value())
     }
 
     /// Remembers what the backend holds for `key`, after a miss.
-    pub(crate) fn insert_clean(&mut self, key: &[u8], value: Option<Vec<u8>>) {
-        let n = cost(key, &value);
-        self.bytes += n;
-        self.budget.add(n);
-        let entry =
-            Entry { value, written: Written::Everywhere, used: true, fresh_backend: false, fresh_changelog: false };
-        self.entries.insert(key.to_vec(), entry);
+    pub(crate) fn insert_clean(&mut self, key: &[u8], value: Option<&[u8]>) {
+        self.insert(Entry::new(key, value, Written::Everywhere, USED));
     }
 
     /// Writes `key` (`None`: delete); it reaches the backend at the next flush. `new_key`: the
@@ -125,51 +264,49 @@ impl StoreCache {
     /// a short-lived entry can come and go without a backend write — or, if it goes before the
     /// next commit, without a changelog record either.
     pub(crate) fn write(&mut self, key: &[u8], value: Option<&[u8]>, new_key: bool) {
-        if value.is_none() && self.entries.get(key).is_some_and(|e| e.fresh_backend && e.fresh_changelog) {
-            self.forget(key);
+        let hash = self.hash(key);
+        let Ok(mut found) = self.entries.find_entry(hash, |e| e.key() == key) else {
+            self.dirty += 1;
+            self.unpersisted += 1;
+            let fresh = if new_key { FRESH_BACKEND | FRESH_CHANGELOG } else { 0 };
+            self.insert(Entry::new(key, value, Written::Nowhere, USED | fresh));
+            return;
+        };
+        let e = found.get_mut();
+        if value.is_none() && e.has(FRESH_BACKEND) && e.has(FRESH_CHANGELOG) {
+            // Neither the backend nor the changelog ever held the key: it leaves no trace.
+            let (e, _) = found.remove();
+            self.forget_entry(&e);
             return;
         }
-        match self.entries.get_mut(key) {
-            Some(e) => {
-                let old = cost(key, &e.value);
-                match (&mut e.value, value) {
-                    (Some(v), Some(new)) => {
-                        v.clear();
-                        v.extend_from_slice(new);
-                    }
-                    (slot, new) => *slot = new.map(<[u8]>::to_vec),
-                }
-                let new = cost(key, &e.value);
-                self.bytes = self.bytes + new - old;
-                self.budget.add(new);
-                self.budget.sub(old);
-                match e.written {
-                    Written::Everywhere => {
-                        self.dirty += 1;
-                        self.unpersisted += 1;
-                    }
-                    Written::Changelog => self.dirty += 1,
-                    Written::Nowhere => {}
-                }
-                e.written = Written::Nowhere;
-                e.used = true;
-            }
-            None => {
-                let value = value.map(<[u8]>::to_vec);
-                let n = cost(key, &value);
-                self.bytes += n;
-                self.budget.add(n);
+        let old = e.cost();
+        e.set_value(value);
+        let new = e.cost();
+        match e.written {
+            Written::Everywhere => {
                 self.dirty += 1;
                 self.unpersisted += 1;
-                let entry = Entry {
-                    value,
-                    written: Written::Nowhere,
-                    used: true,
-                    fresh_backend: new_key,
-                    fresh_changelog: new_key,
-                };
-                self.entries.insert(key.to_vec(), entry);
             }
+            Written::Changelog => self.dirty += 1,
+            Written::Nowhere => {}
+        }
+        e.written = Written::Nowhere;
+        e.set(USED, true);
+        self.bytes = self.bytes + new - old;
+        self.budget.add(new);
+        self.budget.sub(old);
+    }
+
+    /// Uncounts a removed entry.
+    fn forget_entry(&mut self, e: &Entry) {
+        self.forget_bytes(e.cost());
+        match e.written {
+            Written::Nowhere => {
+                self.dirty -= 1;
+                self.unpersisted -= 1;
+            }
+            Written::Changelog => self.unpersisted -= 1,
+            Written::Everywhere => {}
         }
     }
 
@@ -189,21 +326,21 @@ impl StoreCache {
         }
         let (mut freed, mut dropped, mut logged) = (0, 0, 0);
         let mut failed = None;
-        self.entries.retain(|k, e| {
+        self.entries.retain(|e| {
             if e.written != Written::Nowhere || failed.is_some() {
                 return true;
             }
-            if let Err(err) = send(k, e.value.as_deref()) {
+            if let Err(err) = send(e.key(), e.value()) {
                 failed = Some(err);
                 return true;
             }
             logged += 1;
             e.written = Written::Changelog;
-            if e.value.is_some() {
-                e.fresh_changelog = false;
-            } else if e.fresh_backend {
+            if e.has(HAS_VALUE) {
+                e.set(FRESH_CHANGELOG, false);
+            } else if e.has(FRESH_BACKEND) {
                 // A tombstone for a key the backend never held: logged, nothing is left to do.
-                freed += cost(k, &e.value);
+                freed += e.cost();
                 dropped += 1;
                 return false;
             }
@@ -215,17 +352,9 @@ impl StoreCache {
         failed.map_or(Ok(()), Err)
     }
 
-    fn forget_bytes(&mut self, n: usize) {
-        self.bytes -= n;
-        self.budget.sub(n);
-    }
-
     /// The entries the backend lacks (logged or not).
     pub(crate) fn unpersisted(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> + '_ {
-        self.entries
-            .iter()
-            .filter(|(_, e)| e.written != Written::Everywhere)
-            .map(|(k, e)| (k.as_slice(), e.value.as_deref()))
+        self.entries.iter().filter(|e| e.written != Written::Everywhere).map(|e| (e.key(), e.value()))
     }
 
     /// True when some entry is not in the backend yet.
@@ -242,26 +371,26 @@ impl StoreCache {
             return (all, dirty);
         }
         let mut freed = 0;
-        self.entries.retain(|k, e| {
+        self.entries.retain(|e| {
             if e.written == Written::Everywhere {
                 return true;
             }
             if e.written == Written::Nowhere {
-                dirty.push((k.clone(), e.value.clone()));
-                if e.value.is_some() {
-                    e.fresh_changelog = false;
+                dirty.push(e.change());
+                if e.has(HAS_VALUE) {
+                    e.set(FRESH_CHANGELOG, false);
                 }
             }
             e.written = Written::Everywhere;
-            if e.fresh_backend {
-                if e.value.is_none() {
+            if e.has(FRESH_BACKEND) {
+                if !e.has(HAS_VALUE) {
                     // The backend never held the key: nothing to delete there.
-                    freed += cost(k, &e.value);
+                    freed += e.cost();
                     return false;
                 }
-                e.fresh_backend = false;
+                e.set(FRESH_BACKEND, false);
             }
-            all.push((k.clone(), e.value.clone()));
+            all.push(e.change());
             true
         });
         self.forget_bytes(freed);
@@ -277,17 +406,29 @@ impl StoreCache {
         debug_assert_eq!(self.unpersisted, 0, "evicting before persisting");
         let before = self.bytes;
         let mut freed = 0;
-        self.entries.retain(|k, e| {
-            let keep = std::mem::replace(&mut e.used, false);
+        self.entries.retain(|e| {
+            let keep = e.has(USED);
+            e.set(USED, false);
             if !keep {
-                freed += cost(k, &e.value);
+                freed += e.cost();
             }
             keep
         });
-        self.bytes -= freed;
-        self.budget.sub(freed);
+        self.forget_bytes(freed);
         if self.bytes == before || self.bytes >= self.budget.fair_share() {
             self.clear();
+        }
+        self.shrink_if_sparse();
+    }
+
+    /// Gives back a table that evictions left at under 7/16 load (the lowest a growing table
+    /// reaches, which [`ENTRY_OVERHEAD`] charges for): a table keeps its capacity through
+    /// removals, and 192 of them sized for their busiest moment would hold far more memory
+    /// than the entries they are charged for.
+    fn shrink_if_sparse(&mut self) {
+        if self.entries.len() * 16 < self.entries.capacity() * 7 {
+            let hasher = &self.hasher;
+            self.entries.shrink_to(self.entries.len(), |e| hasher.hash_one(e.key()));
         }
     }
 
@@ -302,18 +443,10 @@ impl StoreCache {
 
     /// Forgets one key (the backend changed under the cache, as during a restore).
     pub(crate) fn forget(&mut self, key: &[u8]) {
-        if let Some(e) = self.entries.remove(key) {
-            let n = cost(key, &e.value);
-            self.bytes -= n;
-            self.budget.sub(n);
-            match e.written {
-                Written::Nowhere => {
-                    self.dirty -= 1;
-                    self.unpersisted -= 1;
-                }
-                Written::Changelog => self.unpersisted -= 1,
-                Written::Everywhere => {}
-            }
+        let hash = self.hash(key);
+        if let Ok(found) = self.entries.find_entry(hash, |e| e.key() == key) {
+            let (e, _) = found.remove();
+            self.forget_entry(&e);
         }
     }
 
@@ -323,8 +456,8 @@ impl StoreCache {
         let mut out: Vec<_> = self
             .entries
             .iter()
-            .filter(|(k, _)| k.as_slice() >= from && to.is_none_or(|t| k.as_slice() < t))
-            .map(|(k, e)| (k.as_slice(), e.value.as_deref()))
+            .filter(|e| e.key() >= from && to.is_none_or(|t| e.key() < t))
+            .map(|e| (e.key(), e.value()))
             .collect();
         out.sort_unstable_by(|a, b| a.0.cmp(b.0));
         out
@@ -405,5 +538,50 @@ mod tests {
         c.write(b"k", None, false);
         let (backend, log) = c.take_unpersisted();
         assert_eq!((keys(&backend), keys(&log)), (vec![(&b"k"[..], None)], vec![(&b"k"[..], None)]));
+    }
+
+    #[test]
+    fn values_of_a_new_length_replace_the_old_and_bytes_follow() {
+        let mut c = cache();
+        c.write(b"key", Some(b"12345678"), false);
+        c.write(b"key", Some(b"87654321"), false); // same length: in place
+        assert_eq!(c.get(b"key"), Some(Some(&b"87654321"[..])));
+        c.write(b"key", Some(b"x"), false);
+        assert_eq!(c.get(b"key"), Some(Some(&b"x"[..])));
+        c.write(b"key", Some(b""), false);
+        assert_eq!(c.get(b"key"), Some(Some(&b""[..])), "an empty value is not a delete");
+        c.write(b"key", None, false);
+        assert_eq!(c.get(b"key"), Some(None));
+        c.insert_clean(b"other", Some(b"v"));
+        assert_eq!(c.get(b"other"), Some(Some(&b"v"[..])));
+        let expected = 2 * ENTRY_OVERHEAD; // both fit inline
+        assert_eq!((c.bytes, c.budget.used()), (expected, expected));
+        c.write(b"long", Some(&[7; 40]), false);
+        assert_eq!(c.get(b"long"), Some(Some(&[7; 40][..])));
+        c.write(b"long", Some(b"short"), false); // back inline
+        assert_eq!(c.get(b"long"), Some(Some(&b"short"[..])));
+        c.write(b"long", Some(&[8; 40]), false);
+        let expected = expected + ENTRY_OVERHEAD + HEAP_OVERHEAD + 44;
+        assert_eq!((c.bytes, c.budget.used()), (expected, expected));
+        let mut logged = take_dirty(&mut c);
+        logged.sort();
+        assert_eq!(keys(&logged), vec![(&b"key"[..], None), (&b"long"[..], Some(&[8; 40][..]))]);
+    }
+
+    #[test]
+    fn an_eviction_that_empties_a_table_gives_its_memory_back() {
+        let mut c = cache();
+        for i in 0u32..10_000 {
+            c.write(&i.to_be_bytes(), Some(b"v"), false);
+        }
+        let full = c.entries.capacity();
+        c.take_unpersisted();
+        c.evict_cold(); // every entry is used once: second chance for all, then all go
+        assert!(c.entries.capacity() < full / 2, "capacity {} of {full}", c.entries.capacity());
+        for i in 0u32..100 {
+            c.write(&i.to_be_bytes(), Some(b"w"), false);
+        }
+        assert_eq!(c.get(&7u32.to_be_bytes()), Some(Some(&b"w"[..])));
+        assert!(c.entries.capacity() < 1024);
     }
 }

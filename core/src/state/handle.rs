@@ -99,7 +99,7 @@ impl StoreHandle {
             let raw = self.inner.get(key)?;
             let out =
                 raw.as_deref().map(|v| Ok::<_, StreamsError>(Self::unversion(&self.name, v)?.to_vec())).transpose()?;
-            cache.insert_clean(key, raw);
+            cache.insert_clean(key, raw.as_deref());
             return Ok(out);
         }
         match self.inner.get(key)? {

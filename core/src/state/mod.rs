@@ -21,7 +21,7 @@ pub mod window;
 
 pub use cache::CacheBudget;
 pub use global::{GlobalStore, GlobalTableSpec};
-pub use handle::{unversion, Change, StoreHandle, StoreMetrics};
+pub use handle::{unversion, Change, ChangeSink, StoreHandle, StoreMetrics};
 pub use query::QueryView;
 pub use window::{Session, SessionStore, WindowStore};
 

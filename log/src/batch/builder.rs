@@ -106,6 +106,23 @@ impl BatchBuilder {
         self.buf.len()
     }
 
+    /// Makes room for `n` more bytes, doubling as a vector does but not past `limit` unless `n`
+    /// needs it: a producer's batch is appended once it reaches the batch size, so doubling
+    /// past that would only hold memory no record uses — over hundreds of partitions, megabytes.
+    pub fn reserve_within(&mut self, n: usize, limit: usize) {
+        let need = self.buf.len() + n;
+        if need > self.buf.capacity() {
+            let target = need.max(self.buf.capacity().saturating_mul(2).min(limit));
+            self.buf.reserve_exact(target - self.buf.len());
+        }
+    }
+
+    /// Gives back buffer capacity above `keep` bytes (an idle partition's builder need not
+    /// keep the size of its busiest batch).
+    pub fn shrink_to(&mut self, keep: usize) {
+        self.buf.shrink_to(keep.max(HEADER_LEN));
+    }
+
     /// Appends a record with the next offset delta.
     pub fn push(&mut self, timestamp: i64, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[Header]) {
         self.push_with_offset_delta(self.count, timestamp, key, value, headers)
@@ -224,5 +241,28 @@ impl BatchBuilder {
         self.max_timestamp = -1;
         self.base_sequence = -1;
         self.delete_horizon = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_producer_batch_grows_to_its_limit_not_past_it_and_gives_memory_back() {
+        let mut b = BatchBuilder::new(Compression::None);
+        let value = [7u8; 100];
+        let limit = 64 * 1024 + 200;
+        while b.size_bytes() < 64 * 1024 {
+            b.reserve_within(200, limit);
+            b.push(0, Some(b"k"), Some(&value), &[]);
+        }
+        assert!(b.buf.capacity() <= limit, "capacity {} past {limit}", b.buf.capacity());
+        let mut out = Vec::new();
+        b.finish_into(&mut out).unwrap();
+        b.shrink_to(16 * 1024);
+        assert!(b.buf.capacity() <= 16 * 1024);
+        b.push(0, Some(b"k"), Some(&value), &[]);
+        assert_eq!(b.len(), 1, "the builder is reusable after shrinking");
     }
 }
