@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use garam_core::backend::TopicPartition;
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{BatchBuilder, Compression};
 use crate::error::{LogError, Result};
 use crate::log::Log;
+use crate::partition::Partition;
 use crate::producer::{Producer, ProducerConfig};
 use crate::txn_state::ControlType;
 
@@ -40,6 +41,12 @@ enum TxnRecord {
         partitions: Vec<(String, u32)>,
         group: Option<String>,
         offsets: Vec<(String, u32, u64)>,
+        /// Each partition's end offset once the transaction's records were appended: recovery
+        /// commits an open transaction only if it starts below, since the producer's next
+        /// transaction may have begun before this one was recorded complete. Absent in logs
+        /// written before completion became lazy.
+        #[serde(default)]
+        ends: Vec<(String, u32, u64)>,
     },
     PrepareAbort {
         id: String,
@@ -52,6 +59,18 @@ enum TxnRecord {
         pid: i64,
         epoch: i16,
     },
+}
+
+impl TxnRecord {
+    /// The producer id and epoch a record belongs to.
+    fn producer(&self) -> (i64, i16) {
+        match self {
+            TxnRecord::Init { pid, epoch, .. }
+            | TxnRecord::PrepareCommit { pid, epoch, .. }
+            | TxnRecord::PrepareAbort { pid, epoch, .. }
+            | TxnRecord::Complete { pid, epoch, .. } => (*pid, *epoch),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -99,8 +118,14 @@ impl TransactionCoordinator {
                 TxnRecord::PrepareCommit { id, .. } | TxnRecord::PrepareAbort { id, .. } => {
                     txns.entry(id.clone()).or_default().pending = Some(rec.clone());
                 }
-                TxnRecord::Complete { id, .. } => {
-                    txns.entry(id.clone()).or_default().pending = None;
+                TxnRecord::Complete { id, pid, epoch } => {
+                    // Only the transaction it names: a producer completes its last transaction
+                    // lazily (see `TransactionalProducer::commit_transaction`), so a record
+                    // of an older epoch may follow a newer epoch's prepare record.
+                    let m = txns.entry(id.clone()).or_default();
+                    if m.pending.as_ref().is_some_and(|p| p.producer() == (*pid, *epoch)) {
+                        m.pending = None;
+                    }
                 }
             }
             pos += 8 + len;
@@ -193,21 +218,33 @@ impl TransactionCoordinator {
     /// Writes the markers of a prepared transaction where it is still open, and fsyncs them (so a
     /// completion record never outlives its markers in a power failure).
     fn write_markers(&self, log: &Log, rec: &TxnRecord) -> Result<()> {
-        let (pid, epoch, partitions, kind) = match rec {
-            TxnRecord::PrepareCommit { pid, epoch, partitions, .. } => (*pid, *epoch, partitions, ControlType::Commit),
-            TxnRecord::PrepareAbort { pid, epoch, partitions, .. } => (*pid, *epoch, partitions, ControlType::Abort),
-            _ => return Ok(()),
+        flush_all(&self.write_markers_unsynced(log, rec)?)
+    }
+
+    /// Writes the markers of a prepared transaction where it is still open; returns the
+    /// partitions written, which must be fsynced before the transaction is recorded complete.
+    fn write_markers_unsynced(&self, log: &Log, rec: &TxnRecord) -> Result<Vec<Arc<Partition>>> {
+        let no_ends = Vec::new();
+        let (pid, epoch, partitions, kind, ends) = match rec {
+            TxnRecord::PrepareCommit { pid, epoch, partitions, ends, .. } => {
+                (*pid, *epoch, partitions, ControlType::Commit, ends)
+            }
+            TxnRecord::PrepareAbort { pid, epoch, partitions, .. } => {
+                (*pid, *epoch, partitions, ControlType::Abort, &no_ends)
+            }
+            _ => return Ok(Vec::new()),
         };
         let mut written = Vec::new();
         for (t, p) in partitions {
             let Ok(part) = log.partition(t, *p) else { continue };
-            // Idempotent: only where the transaction is still open.
-            if part.open_transactions().iter().any(|(x, _)| *x == pid) {
+            let end = ends.iter().find(|(et, ep, _)| et == t && ep == p).map_or(u64::MAX, |e| e.2);
+            // Idempotent: only where this transaction is still open (not the producer's next).
+            if part.open_transactions().iter().any(|(x, first)| *x == pid && *first < end) {
                 write_marker(log, &TopicPartition::new(t.clone(), *p), pid, epoch, kind)?;
                 written.push(part);
             }
         }
-        flush_all(&written)
+        Ok(written)
     }
 
     /// Applies a committed transaction's offsets to its group.
@@ -221,12 +258,23 @@ impl TransactionCoordinator {
 
     /// Records a transaction complete (markers and offsets are in place).
     fn finish(&self, id: &str, pid: i64, epoch: i16) -> Result<()> {
-        self.write(&TxnRecord::Complete { id: id.to_string(), pid, epoch }, false)?;
+        self.write_complete(id, pid, epoch)?;
+        self.forget_pending(id);
+        Ok(())
+    }
+
+    /// Writes the completion record; its markers and offsets must be durable already.
+    fn write_complete(&self, id: &str, pid: i64, epoch: i16) -> Result<()> {
+        self.write(&TxnRecord::Complete { id: id.to_string(), pid, epoch }, false)
+    }
+
+    /// Forgets the transaction in memory: its markers and offsets are in place (not yet
+    /// necessarily durable; the log still holds its prepare record until the completion record).
+    fn forget_pending(&self, id: &str) {
         if let Some(m) = self.txns().get_mut(id) {
             m.pending = None;
             m.partitions.clear();
         }
-        Ok(())
     }
 
     /// Registers a transactional id: a new producer id the first time, the epoch bumped after.
@@ -319,6 +367,17 @@ pub struct TransactionalProducer {
     /// Set once a commit's prepare record is durable: the transaction can no longer abort; it
     /// completes here or on the next open of the log.
     prepared: bool,
+    /// The last committed transaction, until its completion record is written: what must be
+    /// durable first (see [`Self::commit_transaction`]).
+    unfinished: Option<Unfinished>,
+}
+
+/// A committed transaction whose markers and offsets are written but not yet fsynced.
+struct Unfinished {
+    /// Partitions its markers went to.
+    markers: Vec<Arc<Partition>>,
+    /// Its offsets went to the group's offset store.
+    offsets: bool,
 }
 
 impl TransactionalProducer {
@@ -335,6 +394,7 @@ impl TransactionalProducer {
             open: false,
             partitions: Default::default(),
             prepared: false,
+            unfinished: None,
         })
     }
 
@@ -426,10 +486,27 @@ impl TransactionalProducer {
         self.producer.flush()?;
         self.partitions.extend(self.producer.take_touched());
         let partitions: Vec<TopicPartition> = self.partitions.iter().cloned().collect();
-        // Durable before the commit point: the records, then the prepare record.
-        let parts =
+        // Durable before the commit point: the records, then the prepare record. The same fsync
+        // round makes the previous transaction's markers and offsets durable, so its completion
+        // record can go in ahead of this prepare record.
+        let mut parts =
             partitions.iter().map(|tp| self.log.partition(&tp.topic, tp.partition)).collect::<Result<Vec<_>>>()?;
-        flush_all(&parts)?;
+        let ends: Vec<(String, u32, u64)> =
+            partitions.iter().zip(&parts).map(|(tp, p)| (tp.topic.clone(), tp.partition, p.high_watermark())).collect();
+        let previous = self.unfinished.take();
+        if let Some(u) = &previous {
+            for m in &u.markers {
+                if !parts.iter().any(|p| Arc::ptr_eq(p, m)) {
+                    parts.push(m.clone());
+                }
+            }
+        }
+        let sync_offsets = previous.as_ref().is_some_and(|u| u.offsets);
+        let groups = self.log.groups();
+        flush_all_and(&parts, sync_offsets.then_some(|| groups.sync_offsets()))?;
+        if previous.is_some() {
+            coordinator.write_complete(&self.id, self.pid, self.epoch)?;
+        }
         let rec = TxnRecord::PrepareCommit {
             id: self.id.clone(),
             pid: self.pid,
@@ -437,24 +514,34 @@ impl TransactionalProducer {
             partitions: partitions.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect(),
             group: group.map(|g| g.group.clone()),
             offsets: offsets.iter().map(|(tp, o)| (tp.topic.clone(), tp.partition, *o)).collect(),
+            ends,
         };
         let prepared = &mut self.prepared;
+        let mut markers = Vec::new();
         let mut commit_point = || -> Result<()> {
             coordinator.write_prepare(&self.id, self.pid, self.epoch, &rec)?;
             *prepared = true;
-            coordinator.write_markers(&self.log, &rec)
+            markers = coordinator.write_markers_unsynced(&self.log, &rec)?;
+            Ok(())
         };
         match group {
             // The group checks that the member still owns every partition, then (under its locks,
             // so a rebalance cannot slip in) runs the commit point and stores the offsets.
-            Some(g) => self.log.groups().commit_owned(&g.group, g.member_id.as_deref(), offsets, commit_point)?,
+            Some(g) => groups.commit_owned(&g.group, g.member_id.as_deref(), offsets, commit_point)?,
             None => {
                 commit_point()?;
                 coordinator.apply_offsets(&self.log, &rec)?;
             }
         }
-        // Markers and offsets are in place: the transaction is complete.
-        coordinator.finish(&self.id, self.pid, self.epoch)?;
+        // Markers and offsets are in place: read-committed readers see the records, and the
+        // transaction is complete in memory. Its completion record waits until the markers and
+        // offsets are durable — the next commit's first fsync round, an abort, or the drop of
+        // this producer — so a commit costs two fsync rounds, not four. Until then the log holds
+        // its prepare record, and opening the log after a crash completes it again: markers
+        // only below the offsets the prepare record names (the next transaction's records may
+        // follow them), offsets only where no later commit moved them on.
+        coordinator.forget_pending(&self.id);
+        self.unfinished = Some(Unfinished { markers, offsets: group.is_some() });
         self.open = false;
         self.prepared = false;
         self.partitions.clear();
@@ -472,8 +559,9 @@ impl TransactionalProducer {
                 self.id
             )));
         }
+        self.log.inner.txns.check_epoch(&self.id, self.pid, self.epoch)?;
+        self.complete_previous()?;
         let coordinator = &self.log.inner.txns;
-        coordinator.check_epoch(&self.id, self.pid, self.epoch)?;
         self.producer.discard();
         self.partitions.extend(self.producer.take_touched());
         let rec = TxnRecord::PrepareAbort {
@@ -491,14 +579,50 @@ impl TransactionalProducer {
     }
 }
 
+impl TransactionalProducer {
+    /// Makes the last committed transaction's markers and offsets durable and records it
+    /// complete.
+    fn complete_previous(&mut self) -> Result<()> {
+        let Some(u) = self.unfinished.take() else { return Ok(()) };
+        let groups = self.log.groups();
+        flush_all_and(&u.markers, u.offsets.then_some(|| groups.sync_offsets()))?;
+        self.log.inner.txns.write_complete(&self.id, self.pid, self.epoch)
+    }
+}
+
+impl Drop for TransactionalProducer {
+    fn drop(&mut self) {
+        if self.unfinished.is_none() {
+            return;
+        }
+        // A fenced producer leaves its last transaction to the next open of the log: a newer
+        // epoch may have prepared since, and its own records come first.
+        if self.log.inner.txns.check_epoch(&self.id, self.pid, self.epoch).is_err() {
+            return;
+        }
+        if let Err(e) = self.complete_previous() {
+            tracing::warn!(transactional_id = %self.id, error = %e, "could not record the last transaction complete; the next open of the log completes it");
+        }
+    }
+}
+
 /// Fsyncs partitions concurrently: one commit touches many partitions, and the file system folds
 /// concurrent fsyncs into few journal commits where one after another would each wait for one.
-fn flush_all(parts: &[std::sync::Arc<crate::partition::Partition>]) -> Result<()> {
-    match parts {
-        [] => Ok(()),
-        [one] => one.flush(),
-        _ => std::thread::scope(|scope| {
-            let handles: Vec<_> = parts.iter().map(|p| scope.spawn(move || p.flush())).collect();
+fn flush_all(parts: &[Arc<Partition>]) -> Result<()> {
+    flush_all_and(parts, None::<fn() -> Result<()>>)
+}
+
+/// [`flush_all`], running `also` (another fsync) in the same round.
+fn flush_all_and(parts: &[Arc<Partition>], also: Option<impl FnOnce() -> Result<()> + Send>) -> Result<()> {
+    match (parts, also) {
+        ([], None) => Ok(()),
+        ([one], None) => one.flush(),
+        ([], Some(also)) => also(),
+        (_, also) => std::thread::scope(|scope| {
+            let mut handles: Vec<_> = parts.iter().map(|p| scope.spawn(move || p.flush())).collect();
+            if let Some(also) = also {
+                handles.push(scope.spawn(also));
+            }
             let mut result = Ok(());
             for h in handles {
                 let r = h.join().unwrap_or_else(|_| Err(LogError::InvalidArgument("an fsync thread panicked".into())));

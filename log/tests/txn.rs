@@ -323,3 +323,66 @@ fn records_sent_to_one_partition_in_bulk_commit_and_abort_with_their_transaction
     assert!(err.is_err_and(|e| e.to_string().contains("partition 2")), "a partition the topic lacks");
     assert!(!called);
 }
+
+/// Copies a log directory as a crash would leave it (what the files hold now).
+fn crash_image(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            crash_image(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// A commit records its transaction complete lazily — at the next commit, an abort, or the
+/// producer's drop — once its markers and offsets are durable. A crash before that leaves the
+/// prepare record, and opening the log completes the transaction again: idempotently, without
+/// committing the producer's next transaction (already appending), and without rewinding
+/// offsets another member committed further in the meantime.
+#[test]
+fn a_transaction_not_yet_recorded_complete_is_completed_again_on_open_and_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 2, TopicConfig::default()).unwrap();
+    let tp = TopicPartition::new("in", 0);
+    let g = GroupMetadata { group: "g".into(), member_id: None };
+    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let mut a = log.transactional_producer("a", tiny.clone()).unwrap();
+    a.begin_transaction().unwrap();
+    send(&mut a, "out", 0, "a1");
+    a.commit_transaction(Some(&g), &[(tp.clone(), 5)]).unwrap();
+    // Its next transaction is appending (batches of one record) when the crash comes.
+    a.begin_transaction().unwrap();
+    send(&mut a, "out", 0, "a2-open");
+    // A rebalance moved the input partition: another producer commits it further, and finishes.
+    let mut b = log.transactional_producer("b", Default::default()).unwrap();
+    b.begin_transaction().unwrap();
+    send(&mut b, "out", 1, "b1");
+    b.commit_transaction(Some(&g), &[(tp.clone(), 9)]).unwrap();
+    drop(b);
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 9);
+    crash_image(dir.path(), image.path());
+    drop(a);
+    drop(log);
+
+    let log = Log::open_with(image.path(), quiet()).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["a1", "b1"], "a's open transaction is aborted, not committed");
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 9, "recovery must not rewind to a's 5");
+    assert!(log.partition("out", 0).unwrap().open_transactions().is_empty());
+    // A new producer for `a` commits normally after the recovered transaction.
+    let mut a = log.transactional_producer("a", Default::default()).unwrap();
+    a.begin_transaction().unwrap();
+    send(&mut a, "out", 0, "a3");
+    a.commit_transaction(Some(&g), &[(tp.clone(), 11)]).unwrap();
+    drop(a);
+    drop(log);
+    let log = Log::open_with(image.path(), quiet()).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["a1", "a3", "b1"]);
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 11);
+}

@@ -365,12 +365,28 @@ impl Coordinator {
             None => {}
         }
         commit_point()?;
-        store.commit(entries(group, offsets, "txn"))
+        // Not fsynced here: the prepare record holds these offsets, and the transaction is
+        // recorded complete only once a later fsync (`sync_offsets`) has made them durable.
+        store.commit_with(entries(group, offsets, "txn"), false)
     }
 
-    /// Applies a committed transaction's offsets (recovery after a crash past the commit point).
+    /// Fsyncs the offset store.
+    pub(crate) fn sync_offsets(&self) -> Result<()> {
+        self.store().sync()
+    }
+
+    /// Applies a committed transaction's offsets (recovery after a crash past the commit point),
+    /// except where the group holds a later offset already: a transaction is recorded complete
+    /// lazily, so after a rebalance another member may have committed the partition further
+    /// before the crash, and recovery must not rewind it.
     pub(crate) fn apply_transactional(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<()> {
-        self.store().commit(entries(group, offsets, "txn"))
+        let mut store = self.store();
+        let behind: Vec<(TopicPartition, u64)> = offsets
+            .iter()
+            .filter(|(tp, o)| store.get(group, &tp.topic, tp.partition).is_none_or(|c| c.offset <= *o))
+            .cloned()
+            .collect();
+        store.commit(entries(group, &behind, "txn"))
     }
 
     /// Sets committed offsets explicitly (may rewind). Only for groups with no active member.

@@ -88,6 +88,11 @@ impl OffsetStore {
 
     /// Persists commits with one write and one fsync.
     pub fn commit(&mut self, entries: Vec<(OffsetKey, CommittedOffset)>) -> Result<()> {
+        self.commit_with(entries, true)
+    }
+
+    /// Writes commits; `sync`: and fsyncs them (else a later [`Self::sync`] does).
+    pub fn commit_with(&mut self, entries: Vec<(OffsetKey, CommittedOffset)>, sync: bool) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -95,7 +100,7 @@ impl OffsetStore {
         for (k, v) in &entries {
             encode_record(&mut buf, k, v);
         }
-        let written = self.file.write_all(&buf).and_then(|()| self.file.sync_data());
+        let written = self.file.write_all(&buf).and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
         if let Err(e) = written {
             // Never leave a torn record in front of later commits: replay would stop there.
             let _ = self.file.set_len(self.valid_len);
