@@ -88,6 +88,10 @@ pub struct TransactionCoordinator {
     path: PathBuf,
     file: Mutex<File>,
     txns: Mutex<HashMap<String, TxnMeta>>,
+    /// Per transactional id, its last committed transaction until it is recorded complete. Kept
+    /// here, not in the producer, so that a new producer for the id (fencing the old one) or a
+    /// retried commit after a failed fsync still makes it durable first.
+    unfinished: Mutex<HashMap<String, Unfinished>>,
 }
 
 const VERSION: u8 = 1;
@@ -138,7 +142,12 @@ impl TransactionCoordinator {
         if pos < raw.len() {
             file.set_len(pos as u64).map_err(LogError::io("truncate transaction log", &path))?;
         }
-        Ok(TransactionCoordinator { path, file: Mutex::new(file), txns: Mutex::new(txns) })
+        Ok(TransactionCoordinator {
+            path,
+            file: Mutex::new(file),
+            txns: Mutex::new(txns),
+            unfinished: Mutex::new(HashMap::new()),
+        })
     }
 
     fn txns(&self) -> MutexGuard<'_, HashMap<String, TxnMeta>> {
@@ -263,6 +272,23 @@ impl TransactionCoordinator {
         Ok(())
     }
 
+    fn unfinished(&self) -> MutexGuard<'_, HashMap<String, Unfinished>> {
+        self.unfinished.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the last committed transaction of `id` durable (its markers and offsets) and
+    /// records it complete; on failure it stays unfinished, for the next attempt.
+    fn complete_unfinished(&self, log: &Log, id: &str) -> Result<()> {
+        let Some(u) = self.unfinished().remove(id) else { return Ok(()) };
+        let groups = log.groups();
+        let done = flush_all_and(&u.markers, u.offsets.then_some(|| groups.sync_offsets()))
+            .and_then(|()| self.write_complete(id, u.pid, u.epoch));
+        if done.is_err() {
+            self.unfinished().insert(id.to_string(), u);
+        }
+        done
+    }
+
     /// Writes the completion record; its markers and offsets must be durable already.
     fn write_complete(&self, id: &str, pid: i64, epoch: i16) -> Result<()> {
         self.write(&TxnRecord::Complete { id: id.to_string(), pid, epoch }, false)
@@ -280,7 +306,9 @@ impl TransactionCoordinator {
     /// Registers a transactional id: a new producer id the first time, the epoch bumped after.
     /// The previous epoch's open transaction is aborted, and its producer fenced.
     fn init(&self, log: &Log, id: &str) -> Result<(i64, i16)> {
-        // A transaction of the old epoch past its commit point rolls forward first.
+        // A transaction of the old epoch past its commit point rolls forward first; one committed
+        // but not yet recorded complete is made durable and recorded.
+        self.complete_unfinished(log, id)?;
         let pending = self.txns().get(id).and_then(|m| m.pending.clone());
         if let Some(rec) = pending {
             self.complete(log, &rec, true)?;
@@ -367,9 +395,6 @@ pub struct TransactionalProducer {
     /// Set once a commit's prepare record is durable: the transaction can no longer abort; it
     /// completes here or on the next open of the log.
     prepared: bool,
-    /// The last committed transaction, until its completion record is written: what must be
-    /// durable first (see [`Self::commit_transaction`]).
-    unfinished: Option<Unfinished>,
 }
 
 /// A committed transaction whose markers and offsets are written but not yet fsynced.
@@ -378,6 +403,9 @@ struct Unfinished {
     markers: Vec<Arc<Partition>>,
     /// Its offsets went to the group's offset store.
     offsets: bool,
+    /// The producer that committed it.
+    pid: i64,
+    epoch: i16,
 }
 
 impl TransactionalProducer {
@@ -394,7 +422,6 @@ impl TransactionalProducer {
             open: false,
             partitions: Default::default(),
             prepared: false,
-            unfinished: None,
         })
     }
 
@@ -493,7 +520,7 @@ impl TransactionalProducer {
             partitions.iter().map(|tp| self.log.partition(&tp.topic, tp.partition)).collect::<Result<Vec<_>>>()?;
         let ends: Vec<(String, u32, u64)> =
             partitions.iter().zip(&parts).map(|(tp, p)| (tp.topic.clone(), tp.partition, p.high_watermark())).collect();
-        let previous = self.unfinished.take();
+        let previous = coordinator.unfinished().remove(&self.id);
         if let Some(u) = &previous {
             for m in &u.markers {
                 if !parts.iter().any(|p| Arc::ptr_eq(p, m)) {
@@ -503,9 +530,14 @@ impl TransactionalProducer {
         }
         let sync_offsets = previous.as_ref().is_some_and(|u| u.offsets);
         let groups = self.log.groups();
-        flush_all_and(&parts, sync_offsets.then_some(|| groups.sync_offsets()))?;
-        if previous.is_some() {
-            coordinator.write_complete(&self.id, self.pid, self.epoch)?;
+        let flushed = flush_all_and(&parts, sync_offsets.then_some(|| groups.sync_offsets()))
+            .and_then(|()| previous.as_ref().map_or(Ok(()), |u| coordinator.write_complete(&self.id, u.pid, u.epoch)));
+        if let Err(e) = flushed {
+            // The previous transaction stays unfinished: a retry or an abort completes it.
+            if let Some(u) = previous {
+                coordinator.unfinished().insert(self.id.clone(), u);
+            }
+            return Err(e);
         }
         let rec = TxnRecord::PrepareCommit {
             id: self.id.clone(),
@@ -541,7 +573,8 @@ impl TransactionalProducer {
         // only below the offsets the prepare record names (the next transaction's records may
         // follow them), offsets only where no later commit moved them on.
         coordinator.forget_pending(&self.id);
-        self.unfinished = Some(Unfinished { markers, offsets: group.is_some() });
+        let done = Unfinished { markers, offsets: group.is_some(), pid: self.pid, epoch: self.epoch };
+        coordinator.unfinished().insert(self.id.clone(), done);
         self.open = false;
         self.prepared = false;
         self.partitions.clear();
@@ -560,7 +593,11 @@ impl TransactionalProducer {
             )));
         }
         self.log.inner.txns.check_epoch(&self.id, self.pid, self.epoch)?;
-        self.complete_previous()?;
+        if let Err(e) = self.log.inner.txns.complete_unfinished(&self.log, &self.id) {
+            // The abort must go on; the previous transaction is committed and stays unfinished
+            // until a later commit, the producer's drop or the next open of the log.
+            tracing::warn!(transactional_id = %self.id, error = %e, "could not record the last transaction complete");
+        }
         let coordinator = &self.log.inner.txns;
         self.producer.discard();
         self.partitions.extend(self.producer.take_touched());
@@ -579,28 +616,13 @@ impl TransactionalProducer {
     }
 }
 
-impl TransactionalProducer {
-    /// Makes the last committed transaction's markers and offsets durable and records it
-    /// complete.
-    fn complete_previous(&mut self) -> Result<()> {
-        let Some(u) = self.unfinished.take() else { return Ok(()) };
-        let groups = self.log.groups();
-        flush_all_and(&u.markers, u.offsets.then_some(|| groups.sync_offsets()))?;
-        self.log.inner.txns.write_complete(&self.id, self.pid, self.epoch)
-    }
-}
-
 impl Drop for TransactionalProducer {
     fn drop(&mut self) {
-        if self.unfinished.is_none() {
-            return;
-        }
-        // A fenced producer leaves its last transaction to the next open of the log: a newer
-        // epoch may have prepared since, and its own records come first.
+        // A fenced producer's last transaction was completed by the producer that fenced it.
         if self.log.inner.txns.check_epoch(&self.id, self.pid, self.epoch).is_err() {
             return;
         }
-        if let Err(e) = self.complete_previous() {
+        if let Err(e) = self.log.inner.txns.complete_unfinished(&self.log, &self.id) {
             tracing::warn!(transactional_id = %self.id, error = %e, "could not record the last transaction complete; the next open of the log completes it");
         }
     }

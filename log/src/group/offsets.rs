@@ -131,6 +131,9 @@ impl OffsetStore {
         crate::index::write_atomically(&self.path, &buf)?;
         self.file =
             OpenOptions::new().append(true).open(&self.path).map_err(LogError::io("open offsets", &self.path))?;
+        // A failed write later cuts the file back to here: the rewritten length, not the old one
+        // (which would pad the file with zeros that stop the next replay).
+        self.valid_len = buf.len() as u64;
         self.records = self.map.len();
         Ok(())
     }
