@@ -198,6 +198,11 @@ impl TransactionCoordinator {
         self.write_markers(log, rec)?;
         if apply_offsets {
             self.apply_offsets(log, rec)?;
+            // Durable before the completion record, whoever wrote them (a crashed commit may have
+            // left them in the page cache only).
+            if matches!(rec, TxnRecord::PrepareCommit { group: Some(_), .. }) {
+                log.groups().sync_offsets()?;
+            }
         }
         match rec {
             TxnRecord::PrepareCommit { id, pid, epoch, .. } | TxnRecord::PrepareAbort { id, pid, epoch, .. } => {
@@ -224,10 +229,17 @@ impl TransactionCoordinator {
         Ok(())
     }
 
-    /// Writes the markers of a prepared transaction where it is still open, and fsyncs them (so a
-    /// completion record never outlives its markers in a power failure).
+    /// Writes the markers of a prepared transaction where it is still open, and fsyncs every
+    /// partition it wrote (so a completion record never outlives its markers in a power failure,
+    /// including markers an earlier, crashed commit left unsynced).
     fn write_markers(&self, log: &Log, rec: &TxnRecord) -> Result<()> {
-        flush_all(&self.write_markers_unsynced(log, rec)?)
+        self.write_markers_unsynced(log, rec)?;
+        let partitions = match rec {
+            TxnRecord::PrepareCommit { partitions, .. } | TxnRecord::PrepareAbort { partitions, .. } => partitions,
+            _ => return Ok(()),
+        };
+        let parts: Vec<Arc<Partition>> = partitions.iter().filter_map(|(t, p)| log.partition(t, *p).ok()).collect();
+        flush_all(&parts)
     }
 
     /// Writes the markers of a prepared transaction where it is still open; returns the
@@ -277,16 +289,23 @@ impl TransactionCoordinator {
     }
 
     /// Makes the last committed transaction of `id` durable (its markers and offsets) and
-    /// records it complete; on failure it stays unfinished, for the next attempt.
+    /// records it complete. It stays listed until then — visible to anyone else completing it
+    /// meanwhile (a new producer's `init`), and kept on failure for the next attempt.
     fn complete_unfinished(&self, log: &Log, id: &str) -> Result<()> {
-        let Some(u) = self.unfinished().remove(id) else { return Ok(()) };
+        let Some(u) = self.unfinished().get(id).cloned() else { return Ok(()) };
         let groups = log.groups();
-        let done = flush_all_and(&u.markers, u.offsets.then_some(|| groups.sync_offsets()))
-            .and_then(|()| self.write_complete(id, u.pid, u.epoch));
-        if done.is_err() {
-            self.unfinished().insert(id.to_string(), u);
+        flush_all_and(&u.markers, u.offsets.then_some(|| groups.sync_offsets()))?;
+        self.write_complete(id, u.pid, u.epoch)?;
+        self.forget_unfinished(id, u.seq);
+        Ok(())
+    }
+
+    /// Drops `id`'s unfinished transaction `seq` (recorded complete), not a later one.
+    fn forget_unfinished(&self, id: &str, seq: u64) {
+        let mut unfinished = self.unfinished();
+        if unfinished.get(id).is_some_and(|u| u.seq == seq) {
+            unfinished.remove(id);
         }
-        done
     }
 
     /// Writes the completion record; its markers and offsets must be durable already.
@@ -306,14 +325,9 @@ impl TransactionCoordinator {
     /// Registers a transactional id: a new producer id the first time, the epoch bumped after.
     /// The previous epoch's open transaction is aborted, and its producer fenced.
     fn init(&self, log: &Log, id: &str) -> Result<(i64, i16)> {
-        // A transaction of the old epoch past its commit point rolls forward first; one committed
-        // but not yet recorded complete is made durable and recorded.
-        self.complete_unfinished(log, id)?;
-        let pending = self.txns().get(id).and_then(|m| m.pending.clone());
-        if let Some(rec) = pending {
-            self.complete(log, &rec, true)?;
-        }
-        let (pid, epoch, open) = {
+        // Fence first, under the lock `write_prepare` checks the epoch under: the old producer can
+        // prepare nothing after this, and what it prepared before is pending here.
+        let (pid, epoch, open, pending) = {
             let mut txns = self.txns();
             let known = txns.get(id).map(|m| (m.pid, m.epoch));
             let (pid, epoch) = match known {
@@ -323,8 +337,14 @@ impl TransactionCoordinator {
             let m = txns.entry(id.to_string()).or_default();
             let open: Vec<TopicPartition> = std::mem::take(&mut m.partitions).into_iter().collect();
             (m.pid, m.epoch) = (pid, epoch);
-            (pid, epoch, open)
+            (pid, epoch, open, m.pending.clone())
         };
+        // A transaction of the old epoch past its commit point rolls forward; one committed but
+        // not yet recorded complete is made durable and recorded.
+        if let Some(rec) = pending {
+            self.complete(log, &rec, true)?;
+        }
+        self.complete_unfinished(log, id)?;
         self.write(&TxnRecord::Init { id: id.to_string(), pid, epoch }, true)?;
         // Abort what the old epoch left open (with the new epoch, which fences the old one).
         let mut touched: BTreeSet<TopicPartition> = open.into_iter().collect();
@@ -398,7 +418,10 @@ pub struct TransactionalProducer {
 }
 
 /// A committed transaction whose markers and offsets are written but not yet fsynced.
+#[derive(Clone)]
 struct Unfinished {
+    /// Tells this transaction from a later one of the same id.
+    seq: u64,
     /// Partitions its markers went to.
     markers: Vec<Arc<Partition>>,
     /// Its offsets went to the group's offset store.
@@ -520,7 +543,7 @@ impl TransactionalProducer {
             partitions.iter().map(|tp| self.log.partition(&tp.topic, tp.partition)).collect::<Result<Vec<_>>>()?;
         let ends: Vec<(String, u32, u64)> =
             partitions.iter().zip(&parts).map(|(tp, p)| (tp.topic.clone(), tp.partition, p.high_watermark())).collect();
-        let previous = coordinator.unfinished().remove(&self.id);
+        let previous = coordinator.unfinished().get(&self.id).cloned();
         if let Some(u) = &previous {
             for m in &u.markers {
                 if !parts.iter().any(|p| Arc::ptr_eq(p, m)) {
@@ -530,14 +553,12 @@ impl TransactionalProducer {
         }
         let sync_offsets = previous.as_ref().is_some_and(|u| u.offsets);
         let groups = self.log.groups();
-        let flushed = flush_all_and(&parts, sync_offsets.then_some(|| groups.sync_offsets()))
-            .and_then(|()| previous.as_ref().map_or(Ok(()), |u| coordinator.write_complete(&self.id, u.pid, u.epoch)));
-        if let Err(e) = flushed {
-            // The previous transaction stays unfinished: a retry or an abort completes it.
-            if let Some(u) = previous {
-                coordinator.unfinished().insert(self.id.clone(), u);
-            }
-            return Err(e);
+        // On failure the previous transaction stays listed unfinished: a retry, an abort, a drop
+        // or a new producer for the id completes it.
+        flush_all_and(&parts, sync_offsets.then_some(|| groups.sync_offsets()))?;
+        if let Some(u) = &previous {
+            coordinator.write_complete(&self.id, u.pid, u.epoch)?;
+            coordinator.forget_unfinished(&self.id, u.seq);
         }
         let rec = TxnRecord::PrepareCommit {
             id: self.id.clone(),
@@ -573,7 +594,9 @@ impl TransactionalProducer {
         // only below the offsets the prepare record names (the next transaction's records may
         // follow them), offsets only where no later commit moved them on.
         coordinator.forget_pending(&self.id);
-        let done = Unfinished { markers, offsets: group.is_some(), pid: self.pid, epoch: self.epoch };
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let done = Unfinished { seq, markers, offsets: group.is_some(), pid: self.pid, epoch: self.epoch };
         coordinator.unfinished().insert(self.id.clone(), done);
         self.open = false;
         self.prepared = false;
@@ -593,11 +616,9 @@ impl TransactionalProducer {
             )));
         }
         self.log.inner.txns.check_epoch(&self.id, self.pid, self.epoch)?;
-        if let Err(e) = self.log.inner.txns.complete_unfinished(&self.log, &self.id) {
-            // The abort must go on; the previous transaction is committed and stays unfinished
-            // until a later commit, the producer's drop or the next open of the log.
-            tracing::warn!(transactional_id = %self.id, error = %e, "could not record the last transaction complete");
-        }
+        // The previous transaction first: this abort's prepare record would hide its prepare
+        // record from recovery.
+        self.log.inner.txns.complete_unfinished(&self.log, &self.id)?;
         let coordinator = &self.log.inner.txns;
         self.producer.discard();
         self.partitions.extend(self.producer.take_touched());
