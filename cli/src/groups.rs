@@ -104,13 +104,13 @@ pub fn run(dir: &Path, cmd: GroupsCommand) -> Result<()> {
                 };
                 offsets.push((TopicPartition::new(topic.clone(), p), target));
             }
-            log.groups().reset_offsets(&group, &offsets)?;
+            log.reset_group_offsets(&group, &offsets)?;
             for (tp, o) in offsets {
                 println!("{tp} -> {o}");
             }
         }
         GroupsCommand::Delete { group } => {
-            log.groups().delete_group(&group)?;
+            log.delete_group(&group)?;
             println!("deleted group {group}");
         }
     }

@@ -284,6 +284,26 @@ impl Log {
         &self.inner.groups
     }
 
+    /// Sets a group's committed offsets explicitly (may rewind). Only for groups with no active
+    /// member. Transactions of this process that committed offsets for the group and are not yet
+    /// recorded complete are made durable and recorded first: otherwise a crash would have the
+    /// next open complete them again and undo the reset.
+    pub fn reset_group_offsets(
+        &self,
+        group: &str,
+        offsets: &[(garam_core::backend::TopicPartition, u64)],
+    ) -> Result<()> {
+        self.inner.txns.complete_unfinished_of_group(self, group)?;
+        self.inner.groups.reset_offsets(group, offsets)
+    }
+
+    /// Deletes a group's committed offsets (a group with no active member), after settling this
+    /// process's transactions for it, as [`Self::reset_group_offsets`] does.
+    pub fn delete_group(&self, group: &str) -> Result<()> {
+        self.inner.txns.complete_unfinished_of_group(self, group)?;
+        self.inner.groups.delete_group(group)
+    }
+
     /// fsyncs every partition.
     pub fn flush(&self) -> Result<()> {
         for t in self.topics() {

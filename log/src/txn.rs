@@ -300,6 +300,17 @@ impl TransactionCoordinator {
         Ok(())
     }
 
+    /// Completes the unfinished transactions that committed offsets for `group`.
+    pub(crate) fn complete_unfinished_of_group(&self, log: &Log, group: &str) -> Result<()> {
+        let ids: Vec<String> = self
+            .unfinished()
+            .iter()
+            .filter(|(_, u)| u.group.as_deref() == Some(group))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.iter().try_for_each(|id| self.complete_unfinished(log, id))
+    }
+
     /// Drops `id`'s unfinished transaction `seq` (recorded complete), not a later one.
     fn forget_unfinished(&self, id: &str, seq: u64) {
         let mut unfinished = self.unfinished();
@@ -426,6 +437,8 @@ struct Unfinished {
     markers: Vec<Arc<Partition>>,
     /// Its offsets went to the group's offset store.
     offsets: bool,
+    /// That group.
+    group: Option<String>,
     /// The producer that committed it.
     pid: i64,
     epoch: i16,
@@ -596,7 +609,14 @@ impl TransactionalProducer {
         coordinator.forget_pending(&self.id);
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let done = Unfinished { seq, markers, offsets: group.is_some(), pid: self.pid, epoch: self.epoch };
+        let done = Unfinished {
+            seq,
+            markers,
+            offsets: group.is_some(),
+            group: group.map(|g| g.group.clone()),
+            pid: self.pid,
+            epoch: self.epoch,
+        };
         coordinator.unfinished().insert(self.id.clone(), done);
         self.open = false;
         self.prepared = false;

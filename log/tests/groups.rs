@@ -163,10 +163,10 @@ fn expired_member_loses_partitions_and_cannot_commit() {
     .unwrap();
     fresh.commit(&[(tp.clone(), 2)]).unwrap();
     assert!(fresh.commit(&[(tp.clone(), 1)]).is_err());
-    assert!(log.groups().reset_offsets("g", &[(tp.clone(), 0)]).is_err(), "members are active");
+    assert!(log.reset_group_offsets("g", &[(tp.clone(), 0)]).is_err(), "members are active");
     drop(fresh);
     drop(zombie);
-    log.groups().reset_offsets("g", &[(tp.clone(), 0)]).unwrap();
+    log.reset_group_offsets("g", &[(tp.clone(), 0)]).unwrap();
     assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 0);
 }
 

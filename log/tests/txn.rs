@@ -386,3 +386,29 @@ fn a_transaction_not_yet_recorded_complete_is_completed_again_on_open_and_nothin
     assert_eq!(read(&log, "out", true), vec!["a1", "a3", "b1"]);
     assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 11);
 }
+
+/// Resetting a group's offsets while this process still holds a transaction that committed
+/// offsets for it (not yet recorded complete) settles that transaction first: a crash afterwards
+/// must not have recovery complete it again over the reset.
+#[test]
+fn a_reset_after_a_transaction_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let tp = TopicPartition::new("in", 0);
+    let g = GroupMetadata { group: "g".into(), member_id: None };
+    let mut a = log.transactional_producer("a", Default::default()).unwrap();
+    a.begin_transaction().unwrap();
+    send(&mut a, "out", 0, "a1");
+    a.commit_transaction(Some(&g), &[(tp.clone(), 5)]).unwrap();
+    log.reset_group_offsets("g", &[(tp.clone(), 2)]).unwrap();
+    crash_image(dir.path(), image.path());
+    drop(a);
+    drop(log);
+
+    let log = Log::open_with(image.path(), quiet()).unwrap();
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 2, "the reset stands");
+    assert_eq!(read(&log, "out", true), vec!["a1"]);
+}

@@ -390,7 +390,8 @@ impl Coordinator {
     }
 
     /// Sets committed offsets explicitly (may rewind). Only for groups with no active member.
-    pub fn reset_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<()> {
+    /// [`crate::Log::reset_group_offsets`] also settles this process's transactions first.
+    pub(crate) fn reset_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<()> {
         let mut store = self.store();
         if self.groups().get(group).is_some_and(|g| !g.members.is_empty()) {
             return Err(LogError::Group {
@@ -459,7 +460,7 @@ impl Coordinator {
     }
 
     /// Deletes a group's committed offsets. Only for groups with no active member.
-    pub fn delete_group(&self, group: &str) -> Result<()> {
+    pub(crate) fn delete_group(&self, group: &str) -> Result<()> {
         if self.groups().get(group).is_some_and(|g| !g.members.is_empty()) {
             return Err(LogError::Group {
                 group: group.into(),
