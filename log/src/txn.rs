@@ -294,7 +294,7 @@ impl TransactionCoordinator {
     fn complete_unfinished(&self, log: &Log, id: &str) -> Result<()> {
         let Some(u) = self.unfinished().get(id).cloned() else { return Ok(()) };
         let groups = log.groups();
-        flush_all_and(&u.markers, u.offsets.then_some(|| groups.sync_offsets()))?;
+        flush_all_and(&u.markers, u.group.is_some().then_some(|| groups.sync_offsets()))?;
         self.write_complete(id, u.pid, u.epoch)?;
         self.forget_unfinished(id, u.seq);
         Ok(())
@@ -435,9 +435,7 @@ struct Unfinished {
     seq: u64,
     /// Partitions its markers went to.
     markers: Vec<Arc<Partition>>,
-    /// Its offsets went to the group's offset store.
-    offsets: bool,
-    /// That group.
+    /// The group its offsets went to (their store needs an fsync too).
     group: Option<String>,
     /// The producer that committed it.
     pid: i64,
@@ -564,7 +562,7 @@ impl TransactionalProducer {
                 }
             }
         }
-        let sync_offsets = previous.as_ref().is_some_and(|u| u.offsets);
+        let sync_offsets = previous.as_ref().is_some_and(|u| u.group.is_some());
         let groups = self.log.groups();
         // On failure the previous transaction stays listed unfinished: a retry, an abort, a drop
         // or a new producer for the id completes it.
@@ -609,14 +607,7 @@ impl TransactionalProducer {
         coordinator.forget_pending(&self.id);
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let done = Unfinished {
-            seq,
-            markers,
-            offsets: group.is_some(),
-            group: group.map(|g| g.group.clone()),
-            pid: self.pid,
-            epoch: self.epoch,
-        };
+        let done = Unfinished { seq, markers, group: group.map(|g| g.group.clone()), pid: self.pid, epoch: self.epoch };
         coordinator.unfinished().insert(self.id.clone(), done);
         self.open = false;
         self.prepared = false;
