@@ -22,8 +22,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use garam_core::processor::{Downstream, DownstreamRef, Fanout};
+use garam_core::processor::{Downstream, DownstreamRef, Fanout, Lifecycle};
 use garam_core::topology::builder::Factory;
+use garam_core::topology::Instantiation;
 
 use crate::Data;
 
@@ -41,4 +42,18 @@ where
         let handle: DownstreamRef<KIn, VIn> = Rc::new(RefCell::new(make(next)));
         Ok(Box::new(handle) as Box<dyn Any>)
     }))
+}
+
+/// The input handle a factory returns for an operator with lifecycle hooks (commit, watermark,
+/// punctuation): the task calls the hooks, the parent pushes batches, both through one cell.
+pub(crate) fn registered<K, V, N>(inst: &mut Instantiation<'_>, node: N) -> Box<dyn Any>
+where
+    K: Data,
+    V: Data,
+    N: Downstream<K, V> + Lifecycle + 'static,
+{
+    let node = Rc::new(RefCell::new(node));
+    inst.register(node.clone());
+    let handle: DownstreamRef<K, V> = node;
+    Box::new(handle)
 }

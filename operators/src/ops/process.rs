@@ -1,14 +1,10 @@
 //! Runs a user `Processor`, with its punctuations.
 
-use std::any::Any;
-use std::cell::RefCell;
 use std::marker::PhantomData;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use garam_core::processor::{
-    Batch, Downstream, DownstreamRef, Fanout, Lifecycle, Processor, ProcessorContext, PunctuationType, Schedule,
-    TaskContext,
+    Batch, Downstream, Fanout, Lifecycle, Processor, ProcessorContext, PunctuationType, Schedule, TaskContext,
 };
 use garam_core::topology::builder::Factory;
 use garam_core::topology::Instantiation;
@@ -121,14 +117,7 @@ where
     Factory::Node(Arc::new(move |inst, id| {
         let next = inst.children::<K, V>(id)?;
         let processor = make(inst)?;
-        let node = Rc::new(RefCell::new(ProcessNode {
-            processor,
-            next,
-            schedules: Vec::new(),
-            _in: PhantomData::<fn(KIn, VIn)>,
-        }));
-        inst.register(node.clone());
-        let handle: DownstreamRef<KIn, VIn> = node;
-        Ok(Box::new(handle) as Box<dyn Any>)
+        let node = ProcessNode { processor, next, schedules: Vec::new(), _in: PhantomData::<fn(KIn, VIn)> };
+        Ok(crate::ops::registered::<KIn, VIn, _>(inst, node))
     }))
 }

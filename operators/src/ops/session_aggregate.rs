@@ -11,13 +11,10 @@
 //! [`EmitStrategy::OnWindowUpdate`] a merge emits a deletion (`new: None`) for each session merged
 //! away and the merged session's value.
 
-use std::any::Any;
-use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::rc::Rc;
 use std::sync::Arc;
 
-use garam_core::processor::{Batch, Downstream, DownstreamRef, Fanout, Lifecycle, TaskContext};
+use garam_core::processor::{Batch, Downstream, Fanout, Lifecycle, TaskContext};
 use garam_core::record::StreamRecord;
 use garam_core::serdes::SharedSerde;
 use garam_core::state::window::{session_key, split_session_key, WINDOW_META_KEY};
@@ -211,7 +208,7 @@ impl<K: Data, V: Data, VA: Data> Lifecycle for SessionAggregate<K, V, VA> {
 pub(crate) fn factory<K: Data, V: Data, VA: Data>(spec: SessionAggregateSpec<K, V, VA>) -> Factory {
     let spec = Arc::new(spec);
     Factory::Node(Arc::new(move |inst, id| {
-        let node = Rc::new(RefCell::new(SessionAggregate {
+        let node = SessionAggregate {
             spec: spec.clone(),
             store: inst.store(&spec.store)?,
             next: inst.children::<Windowed<K>, Change<VA>>(id)?,
@@ -220,9 +217,7 @@ pub(crate) fn factory<K: Data, V: Data, VA: Data>(spec: SessionAggregateSpec<K, 
             closing: BTreeSet::new(),
             key_buf: Vec::new(),
             value_buf: Vec::new(),
-        }));
-        inst.register(node.clone());
-        let handle: DownstreamRef<K, V> = node;
-        Ok(Box::new(handle) as Box<dyn Any>)
+        };
+        Ok(crate::ops::registered::<K, V, _>(inst, node))
     }))
 }

@@ -11,13 +11,10 @@
 //! handful per key a window usually holds; Kafka's incremental algorithm is the next step for
 //! dense keys.
 
-use std::any::Any;
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::rc::Rc;
 use std::sync::Arc;
 
-use garam_core::processor::{Batch, Downstream, DownstreamRef, Fanout, Lifecycle, TaskContext};
+use garam_core::processor::{Batch, Downstream, Fanout, Lifecycle, TaskContext};
 use garam_core::record::StreamRecord;
 use garam_core::serdes::SharedSerde;
 use garam_core::state::window::WINDOW_META_KEY;
@@ -266,7 +263,7 @@ impl<K: Data, V: Data, VA: Data> Lifecycle for SlidingAggregate<K, V, VA> {
 pub(crate) fn factory<K: Data, V: Data, VA: Data>(spec: SlidingAggregateSpec<K, V, VA>) -> Factory {
     let spec = Arc::new(spec);
     Factory::Node(Arc::new(move |inst, id| {
-        let node = Rc::new(RefCell::new(SlidingAggregate {
+        let node = SlidingAggregate {
             spec: spec.clone(),
             store: inst.store(&spec.store)?,
             next: inst.children::<Windowed<K>, Change<VA>>(id)?,
@@ -278,9 +275,7 @@ pub(crate) fn factory<K: Data, V: Data, VA: Data>(spec: SlidingAggregateSpec<K, 
             key_buf: Vec::new(),
             store_key: Vec::new(),
             value_buf: Vec::new(),
-        }));
-        inst.register(node.clone());
-        let handle: DownstreamRef<K, V> = node;
-        Ok(Box::new(handle) as Box<dyn Any>)
+        };
+        Ok(crate::ops::registered::<K, V, _>(inst, node))
     }))
 }

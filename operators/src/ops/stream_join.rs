@@ -429,12 +429,7 @@ pub(crate) fn factories<K: Data, V1: Data, V2: Data, VR: Data>(
                 value_buf: Vec::new(),
             };
             Ok(match side {
-                Side::Left => {
-                    let node = Rc::new(RefCell::new(LeftInput(join)));
-                    inst.register(node.clone());
-                    let handle: DownstreamRef<K, V1> = node;
-                    Box::new(handle) as Box<dyn Any>
-                }
+                Side::Left => crate::ops::registered::<K, V1, _>(inst, LeftInput(join)),
                 Side::Right => {
                     let handle: DownstreamRef<K, V2> = Rc::new(RefCell::new(RightInput(join)));
                     Box::new(handle) as Box<dyn Any>

@@ -12,13 +12,10 @@
 //! operator's watermark is stored with the windows, under [`WINDOW_META_KEY`], so a restarted task
 //! neither reopens nor re-emits a window it closed.
 
-use std::any::Any;
-use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::rc::Rc;
 use std::sync::Arc;
 
-use garam_core::processor::{Batch, Downstream, DownstreamRef, Fanout, Lifecycle, TaskContext};
+use garam_core::processor::{Batch, Downstream, Fanout, Lifecycle, TaskContext};
 use garam_core::record::StreamRecord;
 use garam_core::serdes::{SerdeError, SharedSerde};
 use garam_core::state::window::{split_window_key, write_window_key, WINDOW_META_KEY};
@@ -210,7 +207,7 @@ impl<K: Data, V: Data, VA: Data> Lifecycle for WindowAggregate<K, V, VA> {
 pub(crate) fn factory<K: Data, V: Data, VA: Data>(spec: WindowAggregateSpec<K, V, VA>) -> Factory {
     let spec = Arc::new(spec);
     Factory::Node(Arc::new(move |inst, id| {
-        let node = Rc::new(RefCell::new(WindowAggregate {
+        let node = WindowAggregate {
             spec: spec.clone(),
             store: inst.store(&spec.store)?,
             next: inst.children::<Windowed<K>, Change<VA>>(id)?,
@@ -220,9 +217,7 @@ pub(crate) fn factory<K: Data, V: Data, VA: Data>(spec: WindowAggregateSpec<K, V
             key_buf: Vec::new(),
             store_key: Vec::new(),
             value_buf: Vec::new(),
-        }));
-        inst.register(node.clone());
-        let handle: DownstreamRef<K, V> = node;
-        Ok(Box::new(handle) as Box<dyn Any>)
+        };
+        Ok(crate::ops::registered::<K, V, _>(inst, node))
     }))
 }
