@@ -43,6 +43,17 @@ pub enum LogError {
     /// The topic does not exist.
     #[error("unknown topic '{0}'")]
     UnknownTopic(String),
+    /// The topic was deleted while this handle still wrote to it (a producer's queued records,
+    /// a transaction's partition): what was not yet appended is not in any topic.
+    #[error(
+        "topic '{topic}' was deleted: partition {partition} takes no more writes (recreated topics are new topics)"
+    )]
+    TopicDeleted {
+        /// Topic name.
+        topic: String,
+        /// The partition written to.
+        partition: u32,
+    },
     /// The topic already exists.
     #[error("topic '{0}' already exists")]
     TopicExists(String),

@@ -194,9 +194,13 @@ impl Log {
         self.topic(topic)?.partition(partition)
     }
 
-    /// Deletes a topic and its data.
+    /// Deletes a topic and its data. Producers still holding it get
+    /// [`LogError::TopicDeleted`] for records not yet appended, and open the topic anew (a new
+    /// one of the same name) on their next send. This process's transactions with markers still
+    /// to make durable in it are completed first.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_open()?;
+        self.inner.txns.complete_unfinished_of_topic(self, name)?;
         let t = self
             .inner
             .topics
@@ -204,6 +208,7 @@ impl Log {
             .unwrap_or_else(|e| e.into_inner())
             .remove(name)
             .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
+        t.mark_deleted();
         let trash = self.inner.dir.join("trash");
         fs::create_dir_all(&trash).map_err(LogError::io("create trash dir", &trash))?;
         let target = trash.join(format!("{}-{}", name, garam_core::time::now_ms()));

@@ -91,6 +91,9 @@ pub struct Partition {
     waiters: Mutex<Vec<Weak<Signal>>>,
     /// Serialises retention and compaction, which both rewrite the segment list.
     pub(crate) cleaner: Mutex<()>,
+    /// Set when its topic is deleted: handles still held (a producer's) must not append to a
+    /// partition whose files are gone.
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Partition {
@@ -187,6 +190,7 @@ impl Partition {
             last_flush: Mutex::new(Instant::now()),
             waiters: Mutex::new(Vec::new()),
             cleaner: Mutex::new(()),
+            deleted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -202,6 +206,20 @@ impl Partition {
     /// The partition number.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// True once its topic was deleted: appends are refused.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The error for a write to this partition after its topic was deleted.
+    pub(crate) fn deleted_error(&self) -> LogError {
+        LogError::TopicDeleted { topic: self.topic.clone(), partition: self.id }
     }
 
     /// The partition's directory.
@@ -277,6 +295,9 @@ impl Partition {
     }
 
     fn append_checked(&self, data: &mut [u8], control_allowed: bool) -> Result<AppendInfo> {
+        if self.is_deleted() {
+            return Err(self.deleted_error());
+        }
         let config = self.config();
         // Validate outside the lock.
         let mut headers: Vec<(usize, BatchHeader)> = Vec::with_capacity(1);

@@ -130,6 +130,15 @@ impl Producer {
             .collect()
     }
 
+    /// Fails when a partition appended to since [`Self::take_touched`] was deleted with its topic.
+    pub(crate) fn check_touched_live(&self) -> Result<()> {
+        match self.touched.iter().map(|&(t, p)| &self.topics[t].batches[p as usize].partition).find(|p| p.is_deleted())
+        {
+            Some(p) => Err(p.deleted_error()),
+            None => Ok(()),
+        }
+    }
+
     /// Drops every queued record (an aborted transaction's).
     pub(crate) fn discard(&mut self) {
         for st in &mut self.topics {
@@ -144,12 +153,16 @@ impl Producer {
         self.producer_id
     }
 
-    /// The place of `topic` in `topics`, opening it on first use and refreshing its metadata
-    /// every [`REFRESH_EVERY`] sends.
+    /// The place of `topic` in `topics`, opening it on first use (and again after it was deleted
+    /// and recreated) and refreshing its metadata every [`REFRESH_EVERY`] sends.
     fn topic_slot(&mut self, topic: &str) -> Result<usize> {
-        let t = match self.topic_index.get(topic) {
-            Some(&t) => t,
-            None => {
+        let cached = self.topic_index.get(topic).copied();
+        let t = match cached {
+            Some(t) if !self.topics[t].topic.is_deleted() => t,
+            _ => {
+                if let Some(t) = cached {
+                    self.retire_deleted(t)?;
+                }
                 let t = self.log.topic(topic)?;
                 let compression = self.config.compression;
                 let batches = t.partitions().into_iter().map(|p| PartitionBatch::new(p, compression)).collect();
@@ -174,6 +187,22 @@ impl Producer {
             st.batches.push(PartitionBatch::new(partition, self.config.compression));
         }
         Ok(t)
+    }
+
+    /// Lets go of a topic deleted since it was opened here, so the next send opens the topic now
+    /// under its name, if any. Records still queued for it are dropped, with an error: they are
+    /// in no topic. Its slot stays, unindexed: a transaction's bookkeeping refers to slots.
+    fn retire_deleted(&mut self, t: usize) -> Result<()> {
+        let st = &mut self.topics[t];
+        self.topic_index.remove(st.topic.name());
+        let mut lost = None;
+        for b in &mut st.batches {
+            if !b.builder.is_empty() {
+                b.builder.reset();
+                lost.get_or_insert_with(|| b.partition.deleted_error());
+            }
+        }
+        lost.map_or(Ok(()), Err)
     }
 
     /// Queues a record; the partition comes from its key (or the sticky partition when keyless).

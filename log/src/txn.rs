@@ -311,6 +311,19 @@ impl TransactionCoordinator {
         ids.iter().try_for_each(|id| self.complete_unfinished(log, id))
     }
 
+    /// Completes the unfinished transactions with markers in `topic`, before it is deleted:
+    /// recovery would otherwise hold their prepare records against a topic recreated under the
+    /// name, whose offsets mean other records.
+    pub(crate) fn complete_unfinished_of_topic(&self, log: &Log, topic: &str) -> Result<()> {
+        let ids: Vec<String> = self
+            .unfinished()
+            .iter()
+            .filter(|(_, u)| u.markers.iter().any(|p| p.topic() == topic))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.iter().try_for_each(|id| self.complete_unfinished(log, id))
+    }
+
     /// Drops `id`'s unfinished transaction `seq` (recorded complete), not a later one.
     fn forget_unfinished(&self, id: &str, seq: u64) {
         let mut unfinished = self.unfinished();
@@ -545,6 +558,8 @@ impl TransactionalProducer {
         let coordinator = &self.log.inner.txns;
         coordinator.check_epoch(&self.id, self.pid, self.epoch)?;
         self.producer.flush()?;
+        // Records appended to a topic deleted since are gone: the transaction cannot commit.
+        self.producer.check_touched_live()?;
         self.partitions.extend(self.producer.take_touched());
         let partitions: Vec<TopicPartition> = self.partitions.iter().cloned().collect();
         // Durable before the commit point: the records, then the prepare record. The same fsync

@@ -412,3 +412,56 @@ fn a_reset_after_a_transaction_survives_a_crash() {
     assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 2, "the reset stands");
     assert_eq!(read(&log, "out", true), vec!["a1"]);
 }
+
+#[test]
+fn a_topic_deleted_and_recreated_after_a_commit_is_not_given_its_markers_at_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    // Batches of one record: each send is appended at once.
+    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let mut a = log.transactional_producer("a", tiny).unwrap();
+    a.begin_transaction().unwrap();
+    send(&mut a, "out", 0, "a1");
+    a.commit_transaction(None, &[]).unwrap();
+    log.delete_topic("out").unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    // The same producer's next transaction, still open, in the new topic.
+    a.begin_transaction().unwrap();
+    send(&mut a, "out", 0, "a2");
+    crash_image(dir.path(), image.path());
+    drop(a);
+    drop(log);
+
+    let log = Log::open_with(image.path(), quiet()).unwrap();
+    assert_eq!(read(&log, "out", true), Vec::<String>::new(), "the open transaction is not committed");
+    assert_eq!(read(&log, "out", false), vec!["a2"], "the new topic holds the new transaction's record");
+}
+
+#[test]
+fn a_transaction_whose_topic_is_deleted_under_it_fails_to_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let mut a = log.transactional_producer("a", tiny).unwrap();
+    let mut b = log.transactional_producer("b", Default::default()).unwrap();
+    a.begin_transaction().unwrap();
+    send(&mut a, "out", 0, "a1");
+    log.delete_topic("out").unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let err = a.commit_transaction(None, &[]).unwrap_err();
+    assert!(matches!(err, garam_log::LogError::TopicDeleted { ref topic, partition: 0 } if topic == "out"), "{err}");
+    a.abort_transaction().unwrap();
+    // Queued, not yet appended: the next send says they were dropped, then writes to the new topic.
+    b.begin_transaction().unwrap();
+    send(&mut b, "out", 0, "b1");
+    log.delete_topic("out").unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let err = b.send_raw("out", Some(0), None, Some(b"b2"), 0, &[]).unwrap_err();
+    assert!(matches!(err, garam_log::LogError::TopicDeleted { .. }), "{err}");
+    send(&mut b, "out", 0, "b3");
+    b.commit_transaction(None, &[]).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["b3"]);
+}
