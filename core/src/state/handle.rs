@@ -90,20 +90,26 @@ impl StoreHandle {
 
     /// The value of `key`.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get_with(key, <[u8]>::to_vec)
+    }
+
+    /// `read` applied to the value of `key`, in place: a cache hit (most reads of a count or an
+    /// aggregate) copies nothing.
+    pub fn get_with<R>(&mut self, key: &[u8], read: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
         self.metrics.gets += 1;
         if let Some(cache) = &mut self.cache {
             if let Some(hit) = cache.get(key) {
                 self.metrics.cache_hits += 1;
-                return hit.map(|v| Ok(Self::unversion(&self.name, v)?.to_vec())).transpose();
+                return hit.map(|v| Ok(read(Self::unversion(&self.name, v)?))).transpose();
             }
             let raw = self.inner.get(key)?;
             let out =
-                raw.as_deref().map(|v| Ok::<_, StreamsError>(Self::unversion(&self.name, v)?.to_vec())).transpose()?;
+                raw.as_deref().map(|v| Ok::<_, StreamsError>(read(Self::unversion(&self.name, v)?))).transpose()?;
             cache.insert_clean(key, raw.as_deref());
             return Ok(out);
         }
         match self.inner.get(key)? {
-            Some(v) => Ok(Some(Self::unversion(&self.name, &v)?.to_vec())),
+            Some(v) => Ok(Some(read(Self::unversion(&self.name, &v)?))),
             None => Ok(None),
         }
     }

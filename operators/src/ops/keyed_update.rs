@@ -41,10 +41,10 @@ impl<K: Data, V: Data, VA: Data> Downstream<K, V> for KeyedUpdate<K, V, VA> {
         for r in batch {
             self.key_buf.clear();
             self.key.serialize(&r.key, &mut self.key_buf).map_err(|e| bad("serialize a key", e))?;
-            let old = match store.get(&self.key_buf)? {
-                Some(v) => Some(self.value.deserialize(&v).map_err(|e| bad("read a value", e))?),
-                None => None,
-            };
+            let old = store
+                .get_with(&self.key_buf, |v| self.value.deserialize(v))?
+                .transpose()
+                .map_err(|e| bad("read a value", e))?;
             let new = (self.update)(&r.key, r.value, old.clone());
             match &new {
                 Some(v) => {
