@@ -55,6 +55,61 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// A JSON value read as one of the supported Arrow types: the one place that says which values
+/// fit which type, for [`check_row`] and for building columns alike.
+#[derive(Clone, Copy)]
+enum Scalar<'a> {
+    Utf8(&'a str),
+    Int64(i64),
+    Int32(i32),
+    UInt64(u64),
+    Float64(f64),
+    Boolean(bool),
+}
+
+impl<'a> Scalar<'a> {
+    /// `v` as type `t`; `None` when it does not fit (or `t` is not supported).
+    fn read(t: &DataType, v: &'a Value) -> Option<Scalar<'a>> {
+        match t {
+            DataType::Utf8 => v.as_str().map(Scalar::Utf8),
+            DataType::Int64 => v.as_i64().map(Scalar::Int64),
+            DataType::Int32 => v.as_i64().and_then(|n| i32::try_from(n).ok()).map(Scalar::Int32),
+            DataType::UInt64 => v.as_u64().map(Scalar::UInt64),
+            DataType::Float64 => v.as_f64().map(Scalar::Float64),
+            DataType::Boolean => v.as_bool().map(Scalar::Boolean),
+            _ => None,
+        }
+    }
+
+    /// Fails for a type no JSON value is read as.
+    fn check_supported(t: &DataType, field: &str) -> Result<(), ConnectorError> {
+        match t {
+            DataType::Utf8
+            | DataType::Int64
+            | DataType::Int32
+            | DataType::UInt64
+            | DataType::Float64
+            | DataType::Boolean => Ok(()),
+            other => Err(ConnectorError::Schema(format!(
+                "field '{field}' has type {other}; supported: Utf8, Int64, Int32, UInt64, Float64, Boolean"
+            ))),
+        }
+    }
+}
+
+/// The value of `field` in `obj` as its type: `Ok(None)` for a missing or null value, `Err` with
+/// the value for one of another type.
+fn field_value<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    field: &Field,
+) -> Result<Option<Scalar<'a>>, Option<&'a Value>> {
+    match obj.get(field.name()).filter(|v| !v.is_null()) {
+        None if field.is_nullable() => Ok(None),
+        None => Err(None),
+        Some(v) => Scalar::read(field.data_type(), v).map(Some).ok_or(Some(v)),
+    }
+}
+
 enum Column {
     Utf8(StringBuilder),
     Int64(Int64Builder),
@@ -66,52 +121,35 @@ enum Column {
 
 impl Column {
     fn new(t: &DataType, name: &str) -> Result<Column, ConnectorError> {
+        Scalar::check_supported(t, name)?;
         Ok(match t {
             DataType::Utf8 => Column::Utf8(StringBuilder::new()),
             DataType::Int64 => Column::Int64(Int64Builder::new()),
             DataType::Int32 => Column::Int32(Int32Builder::new()),
             DataType::UInt64 => Column::UInt64(UInt64Builder::new()),
             DataType::Float64 => Column::Float64(Float64Builder::new()),
-            DataType::Boolean => Column::Boolean(BooleanBuilder::new()),
-            other => {
-                return Err(ConnectorError::Schema(format!(
-                    "field '{name}' has type {other}; supported: Utf8, Int64, Int32, UInt64, Float64, Boolean"
-                )))
-            }
+            _ => Column::Boolean(BooleanBuilder::new()),
         })
     }
 
-    /// Appends `v`; `None` when it does not fit the column's type.
-    fn append(&mut self, v: Option<&Value>) -> Option<()> {
-        let v = v.filter(|v| !v.is_null());
-        match self {
-            Column::Utf8(b) => match v {
-                None => b.append_null(),
-                Some(Value::String(s)) => b.append_value(s),
-                Some(_) => return None,
-            },
-            Column::Int64(b) => b.append_option(match v {
-                None => None,
-                Some(v) => Some(v.as_i64()?),
-            }),
-            Column::Int32(b) => b.append_option(match v {
-                None => None,
-                Some(v) => Some(i32::try_from(v.as_i64()?).ok()?),
-            }),
-            Column::UInt64(b) => b.append_option(match v {
-                None => None,
-                Some(v) => Some(v.as_u64()?),
-            }),
-            Column::Float64(b) => b.append_option(match v {
-                None => None,
-                Some(v) => Some(v.as_f64()?),
-            }),
-            Column::Boolean(b) => b.append_option(match v {
-                None => None,
-                Some(v) => Some(v.as_bool()?),
-            }),
+    /// Appends `v` (`None`: null); false when it is of another type than the column.
+    fn append(&mut self, v: Option<Scalar<'_>>) -> bool {
+        match (self, v) {
+            (Column::Utf8(b), Some(Scalar::Utf8(s))) => b.append_value(s),
+            (Column::Int64(b), Some(Scalar::Int64(n))) => b.append_value(n),
+            (Column::Int32(b), Some(Scalar::Int32(n))) => b.append_value(n),
+            (Column::UInt64(b), Some(Scalar::UInt64(n))) => b.append_value(n),
+            (Column::Float64(b), Some(Scalar::Float64(n))) => b.append_value(n),
+            (Column::Boolean(b), Some(Scalar::Boolean(x))) => b.append_value(x),
+            (Column::Utf8(b), None) => b.append_null(),
+            (Column::Int64(b), None) => b.append_null(),
+            (Column::Int32(b), None) => b.append_null(),
+            (Column::UInt64(b), None) => b.append_null(),
+            (Column::Float64(b), None) => b.append_null(),
+            (Column::Boolean(b), None) => b.append_null(),
+            _ => return false,
         }
-        Some(())
+        true
     }
 
     fn finish(self) -> ArrayRef {
@@ -133,23 +171,8 @@ pub fn check_row(schema: &SchemaRef, row: &Value) -> Result<(), ConnectorError> 
         return Err(ConnectorError::Schema(format!("a row is {}, not an object", kind(row))));
     };
     for field in schema.fields() {
-        let v = obj.get(field.name()).filter(|v| !v.is_null());
-        let fits = match (v, field.data_type()) {
-            (None, _) => field.is_nullable(),
-            (Some(v), DataType::Utf8) => v.is_string(),
-            (Some(v), DataType::Int64) => v.is_i64(),
-            (Some(v), DataType::Int32) => v.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
-            (Some(v), DataType::UInt64) => v.is_u64(),
-            (Some(v), DataType::Float64) => v.is_number(),
-            (Some(v), DataType::Boolean) => v.is_boolean(),
-            (Some(_), other) => {
-                return Err(ConnectorError::Schema(format!(
-                    "field '{}' has type {other}; supported: Utf8, Int64, Int32, UInt64, Float64, Boolean",
-                    field.name()
-                )))
-            }
-        };
-        if !fits {
+        Scalar::check_supported(field.data_type(), field.name())?;
+        if let Err(v) = field_value(obj, field) {
             return Err(ConnectorError::Schema(format!(
                 "field '{}' is {}, expected {}{}",
                 field.name(),
@@ -173,20 +196,24 @@ pub fn to_record_batch(schema: &SchemaRef, rows: &[Value]) -> Result<RecordBatch
             return Err(ConnectorError::Schema(format!("row {i} is {}, not an object", kind(row))));
         };
         for (field, col) in schema.fields().iter().zip(columns.iter_mut()) {
-            let v = obj.get(field.name());
-            if !field.is_nullable() && v.is_none_or(Value::is_null) {
+            let appended = match field_value(obj, field) {
+                Ok(v) => col.append(v),
+                Err(None) => {
+                    return Err(ConnectorError::Schema(format!(
+                        "row {i}: field '{}' is null but not nullable",
+                        field.name()
+                    )))
+                }
+                Err(Some(_)) => false,
+            };
+            if !appended {
                 return Err(ConnectorError::Schema(format!(
-                    "row {i}: field '{}' is null but not nullable",
-                    field.name()
+                    "row {i}: field '{}' is {:?}, expected {}",
+                    field.name(),
+                    obj.get(field.name()),
+                    field.data_type()
                 )));
             }
-            col.append(v).ok_or_else(|| {
-                ConnectorError::Schema(format!(
-                    "row {i}: field '{}' is {v:?}, expected {}",
-                    field.name(),
-                    field.data_type()
-                ))
-            })?;
         }
     }
     let arrays = columns.into_iter().map(Column::finish).collect();
@@ -217,5 +244,37 @@ mod tests {
         assert!(e.contains("'views'") && e.contains("UInt64"), "{e}");
         let missing = vec![serde_json::json!({"views": 1})];
         assert!(to_record_batch(&schema, &missing).unwrap_err().to_string().contains("'page_id'"));
+    }
+
+    #[test]
+    fn check_row_accepts_exactly_the_rows_a_batch_can_hold() {
+        let values = [
+            serde_json::json!("s"),
+            serde_json::json!(7),
+            serde_json::json!(-7),
+            serde_json::json!(1u64 << 40),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(1.5),
+            serde_json::json!(true),
+            Value::Null,
+            serde_json::json!([1]),
+        ];
+        let types =
+            [DataType::Utf8, DataType::Int64, DataType::Int32, DataType::UInt64, DataType::Float64, DataType::Boolean];
+        for t in &types {
+            for nullable in [true, false] {
+                let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("f", t.clone(), nullable)]));
+                for v in &values {
+                    let row = serde_json::json!({ "f": v });
+                    let checked = check_row(&schema, &row).is_ok();
+                    let built = to_record_batch(&schema, std::slice::from_ref(&row)).is_ok();
+                    assert_eq!(checked, built, "{t} nullable={nullable} value={v}");
+                }
+                let missing = serde_json::json!({});
+                assert_eq!(check_row(&schema, &missing).is_ok(), nullable);
+            }
+        }
+        let date: SchemaRef = Arc::new(Schema::new(vec![Field::new("d", DataType::Date32, true)]));
+        assert!(check_row(&date, &serde_json::json!({})).unwrap_err().to_string().contains("supported"));
     }
 }
