@@ -224,6 +224,15 @@ impl StoreCache {
         self.hasher.hash_one(key)
     }
 
+    /// Looks up `keys` ahead of their reads and writes, one after another with nothing depending
+    /// on the results, so that the processor waits for their table slots (cache misses, in a
+    /// big table) together rather than one at a time; the lookups proper then hit.
+    pub(crate) fn warm<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
+        for key in keys {
+            std::hint::black_box(self.entries.find(self.hash(key), |e| e.key() == key));
+        }
+    }
+
     fn find_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
         let hash = self.hash(key);
         self.entries.find_mut(hash, |e| e.key() == key)

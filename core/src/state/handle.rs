@@ -88,6 +88,14 @@ impl StoreHandle {
         unversion(name, raw)
     }
 
+    /// Prepares the reads of `keys` coming next (a few dozen): in a cache larger than the
+    /// processor's, their lookups then wait for memory together, not one after another.
+    pub fn warm<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
+        if let Some(cache) = &self.cache {
+            cache.warm(keys);
+        }
+    }
+
     /// The value of `key`.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.get_with(key, <[u8]>::to_vec)

@@ -26,9 +26,15 @@ struct KeyedUpdate<K, V, VA> {
     value: SharedSerde<VA>,
     update: Update<K, V, VA>,
     next: Fanout<K, Change<VA>>,
+    /// The batch's keys, serialized one after another, and where each ends.
     key_buf: Vec<u8>,
+    key_ends: Vec<usize>,
     value_buf: Vec<u8>,
 }
+
+/// Keys looked up ahead together: enough for the processor to wait on many slots at once, few
+/// enough that theirs are still in its caches when their records come.
+const WARM_AHEAD: usize = 32;
 
 impl<K: Data, V: Data, VA: Data> Downstream<K, V> for KeyedUpdate<K, V, VA> {
     fn push(&mut self, batch: Batch<K, V>, ctx: &mut TaskContext<'_>) -> Result<()> {
@@ -38,21 +44,31 @@ impl<K: Data, V: Data, VA: Data> Downstream<K, V> for KeyedUpdate<K, V, VA> {
         let bad = |what: &str, e: garam_core::serdes::SerdeError| {
             StreamsError::Topology(format!("store {name}: cannot {what}: {e}"))
         };
-        for r in batch {
-            self.key_buf.clear();
+        // Every key serialized first, so each group of WARM_AHEAD can be looked up ahead together.
+        self.key_buf.clear();
+        self.key_ends.clear();
+        for r in &batch {
             self.key.serialize(&r.key, &mut self.key_buf).map_err(|e| bad("serialize a key", e))?;
-            let old = store
-                .get_with(&self.key_buf, |v| self.value.deserialize(v))?
-                .transpose()
-                .map_err(|e| bad("read a value", e))?;
+            self.key_ends.push(self.key_buf.len());
+        }
+        let keys = &self.key_buf;
+        let ends = &self.key_ends;
+        let key_at = |i: usize| &keys[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
+        for (i, r) in batch.into_iter().enumerate() {
+            if i % WARM_AHEAD == 0 {
+                store.warm((i..(i + WARM_AHEAD).min(ends.len())).map(key_at));
+            }
+            let key = key_at(i);
+            let old =
+                store.get_with(key, |v| self.value.deserialize(v))?.transpose().map_err(|e| bad("read a value", e))?;
             let new = (self.update)(&r.key, r.value, old.clone());
             match &new {
                 Some(v) => {
                     self.value_buf.clear();
                     self.value.serialize(v, &mut self.value_buf).map_err(|e| bad("serialize a value", e))?;
-                    store.put(&self.key_buf, &self.value_buf)?;
+                    store.put(key, &self.value_buf)?;
                 }
-                None if old.is_some() => store.delete(&self.key_buf)?,
+                None if old.is_some() => store.delete(key)?,
                 None => continue,
             }
             out.push(StreamRecord {
@@ -81,6 +97,7 @@ pub(crate) fn factory<K: Data, V: Data, VA: Data>(
             update: update.clone(),
             next: inst.children::<K, Change<VA>>(id)?,
             key_buf: Vec::new(),
+            key_ends: Vec::new(),
             value_buf: Vec::new(),
         };
         let handle: DownstreamRef<K, V> = Rc::new(RefCell::new(node));
