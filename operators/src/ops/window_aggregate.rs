@@ -125,8 +125,8 @@ impl<K: Data, V: Data, VA: Data> Downstream<K, V> for WindowAggregate<K, V, VA> 
                 let v = if i + 1 == windows.len() { value.take() } else { value.clone() };
                 let Some(v) = v else { break };
                 write_window_key(&self.key_buf, w.start, &mut self.store_key)?;
-                let old = match store.get(&self.store_key)? {
-                    Some(b) => Some(spec.value.deserialize(&b).map_err(|e| bad("read an aggregate", e))?),
+                let old = match store.get_with(&self.store_key, |b| spec.value.deserialize(b))? {
+                    Some(v) => Some(v.map_err(|e| bad("read an aggregate", e))?),
                     None => {
                         self.open.insert((w.end, self.store_key.clone()));
                         None
