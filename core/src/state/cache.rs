@@ -127,6 +127,7 @@ impl Data {
         }
     }
 
+    #[inline]
     fn bytes(&self) -> &[u8] {
         match self {
             Data::Inline { len, bytes } => &bytes[..*len as usize],
@@ -150,10 +151,12 @@ impl Entry {
         Entry { data: Data::new(key, value.unwrap_or_default()), key_len, written, flags }
     }
 
+    #[inline]
     fn key(&self) -> &[u8] {
         &self.data.bytes()[..self.key_len as usize]
     }
 
+    #[inline]
     fn value(&self) -> Option<&[u8]> {
         self.has(HAS_VALUE).then(|| &self.data.bytes()[self.key_len as usize..])
     }
