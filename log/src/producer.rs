@@ -158,7 +158,8 @@ impl Producer {
     fn topic_slot(&mut self, topic: &str) -> Result<usize> {
         let cached = self.topic_index.get(topic).copied();
         let t = match cached {
-            Some(t) if !self.topics[t].topic.is_deleted() => t,
+            // A deleted topic's partitions are all marked; the first one stands for the topic.
+            Some(t) if !self.topics[t].batches.first().is_some_and(|b| b.partition.is_deleted()) => t,
             _ => {
                 if let Some(t) = cached {
                     self.retire_deleted(t)?;

@@ -32,8 +32,6 @@ pub struct Topic {
     created_ms: i64,
     config: RwLock<Arc<TopicConfig>>,
     partitions: RwLock<Vec<Arc<Partition>>>,
-    /// Set when deleted (each partition has its own flag too): a producer checks it per send.
-    deleted: std::sync::atomic::AtomicBool,
 }
 
 impl Topic {
@@ -49,7 +47,6 @@ impl Topic {
             created_ms: garam_core::time::now_ms(),
             config: RwLock::new(config),
             partitions: RwLock::new(parts),
-            deleted: Default::default(),
         };
         t.write_meta()?;
         Ok(t)
@@ -80,7 +77,6 @@ impl Topic {
             created_ms: meta.created_ms,
             config: RwLock::new(config),
             partitions: RwLock::new(parts),
-            deleted: Default::default(),
         })
     }
 
@@ -123,15 +119,9 @@ impl Topic {
 
     /// Marks every partition deleted, so handles still held refuse to append to them.
     pub(crate) fn mark_deleted(&self) {
-        self.deleted.store(true, std::sync::atomic::Ordering::Release);
         for p in self.partitions() {
             p.mark_deleted();
         }
-    }
-
-    /// True once the topic was deleted.
-    pub fn is_deleted(&self) -> bool {
-        self.deleted.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// One partition.
