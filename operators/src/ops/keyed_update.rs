@@ -44,39 +44,48 @@ impl<K: Data, V: Data, VA: Data> Downstream<K, V> for KeyedUpdate<K, V, VA> {
         let bad = |what: &str, e: garam_core::serdes::SerdeError| {
             StreamsError::Topology(format!("store {name}: cannot {what}: {e}"))
         };
-        // Every key serialized first, so each group of WARM_AHEAD can be looked up ahead together.
-        self.key_buf.clear();
-        self.key_ends.clear();
-        for r in &batch {
-            self.key.serialize(&r.key, &mut self.key_buf).map_err(|e| bad("serialize a key", e))?;
-            self.key_ends.push(self.key_buf.len());
-        }
-        let keys = &self.key_buf;
-        let ends = &self.key_ends;
-        let key_at = |i: usize| &keys[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
-        for (i, r) in batch.into_iter().enumerate() {
-            if i % WARM_AHEAD == 0 {
-                store.warm((i..(i + WARM_AHEAD).min(ends.len())).map(key_at));
+        // Keys are serialized a group of WARM_AHEAD at a time, so each group can be looked up
+        // ahead together; the buffers hold one group, not the batch (192 stores' operators each
+        // keeping a batch's worth of keys cost 200 MB).
+        let mut records = batch.into_iter();
+        loop {
+            let ahead = &records.as_slice()[..records.len().min(WARM_AHEAD)];
+            if ahead.is_empty() {
+                break;
             }
-            let key = key_at(i);
-            let old =
-                store.get_with(key, |v| self.value.deserialize(v))?.transpose().map_err(|e| bad("read a value", e))?;
-            let new = (self.update)(&r.key, r.value, old.clone());
-            match &new {
-                Some(v) => {
-                    self.value_buf.clear();
-                    self.value.serialize(v, &mut self.value_buf).map_err(|e| bad("serialize a value", e))?;
-                    store.put(key, &self.value_buf)?;
+            self.key_buf.clear();
+            self.key_ends.clear();
+            for r in ahead {
+                self.key.serialize(&r.key, &mut self.key_buf).map_err(|e| bad("serialize a key", e))?;
+                self.key_ends.push(self.key_buf.len());
+            }
+            let keys = &self.key_buf;
+            let ends = &self.key_ends;
+            let key_at = |i: usize| &keys[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
+            store.warm((0..ends.len()).map(key_at));
+            for (i, r) in records.by_ref().take(ends.len()).enumerate() {
+                let key = key_at(i);
+                let old = store
+                    .get_with(key, |v| self.value.deserialize(v))?
+                    .transpose()
+                    .map_err(|e| bad("read a value", e))?;
+                let new = (self.update)(&r.key, r.value, old.clone());
+                match &new {
+                    Some(v) => {
+                        self.value_buf.clear();
+                        self.value.serialize(v, &mut self.value_buf).map_err(|e| bad("serialize a value", e))?;
+                        store.put(key, &self.value_buf)?;
+                    }
+                    None if old.is_some() => store.delete(key)?,
+                    None => continue,
                 }
-                None if old.is_some() => store.delete(key)?,
-                None => continue,
+                out.push(StreamRecord {
+                    key: r.key,
+                    value: Change { old, new },
+                    timestamp: r.timestamp,
+                    headers: r.headers,
+                });
             }
-            out.push(StreamRecord {
-                key: r.key,
-                value: Change { old, new },
-                timestamp: r.timestamp,
-                headers: r.headers,
-            });
         }
         drop(store);
         self.next.push(out, ctx)
@@ -97,7 +106,7 @@ pub(crate) fn factory<K: Data, V: Data, VA: Data>(
             update: update.clone(),
             next: inst.children::<K, Change<VA>>(id)?,
             key_buf: Vec::new(),
-            key_ends: Vec::new(),
+            key_ends: Vec::with_capacity(WARM_AHEAD),
             value_buf: Vec::new(),
         };
         let handle: DownstreamRef<K, V> = Rc::new(RefCell::new(node));
