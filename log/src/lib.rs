@@ -45,6 +45,7 @@ pub mod compaction;
 pub mod config;
 pub mod consumer;
 pub mod error;
+mod fsync_pool;
 pub mod group;
 mod index;
 mod log;

@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     pub(crate) groups: Coordinator,
     pub(crate) txns: crate::txn::TransactionCoordinator,
+    /// Fsyncs a transaction's partitions together.
+    pub(crate) fsync: crate::fsync_pool::FsyncPool,
     producer_ids: Mutex<(i64, i64)>,
     closed: AtomicBool,
     stop: Arc<(Mutex<bool>, Condvar)>,
@@ -115,6 +117,7 @@ impl Log {
                 topics: RwLock::new(topics),
                 groups,
                 txns,
+                fsync: Default::default(),
                 producer_ids: Mutex::new((next_pid, next_pid + PRODUCER_ID_BLOCK)),
                 closed: AtomicBool::new(false),
                 stop: Arc::new((Mutex::new(false), Condvar::new())),

@@ -239,7 +239,7 @@ impl TransactionCoordinator {
             _ => return Ok(()),
         };
         let parts: Vec<Arc<Partition>> = partitions.iter().filter_map(|(t, p)| log.partition(t, *p).ok()).collect();
-        flush_all(&parts)
+        log.inner.fsync.flush_all_and(&parts, None::<fn() -> Result<()>>)
     }
 
     /// Writes the markers of a prepared transaction where it is still open; returns the
@@ -294,7 +294,7 @@ impl TransactionCoordinator {
     fn complete_unfinished(&self, log: &Log, id: &str) -> Result<()> {
         let Some(u) = self.unfinished().get(id).cloned() else { return Ok(()) };
         let groups = log.groups();
-        flush_all_and(&u.markers, u.group.is_some().then_some(|| groups.sync_offsets()))?;
+        log.inner.fsync.flush_all_and(&u.markers, u.group.is_some().then_some(|| groups.sync_offsets()))?;
         self.write_complete(id, u.pid, u.epoch)?;
         self.forget_unfinished(id, u.seq);
         Ok(())
@@ -581,7 +581,7 @@ impl TransactionalProducer {
         let groups = self.log.groups();
         // On failure the previous transaction stays listed unfinished: a retry, an abort, a drop
         // or a new producer for the id completes it.
-        flush_all_and(&parts, sync_offsets.then_some(|| groups.sync_offsets()))?;
+        self.log.inner.fsync.flush_all_and(&parts, sync_offsets.then_some(|| groups.sync_offsets()))?;
         if let Some(u) = &previous {
             coordinator.write_complete(&self.id, u.pid, u.epoch)?;
             coordinator.forget_unfinished(&self.id, u.seq);
@@ -675,31 +675,3 @@ impl Drop for TransactionalProducer {
     }
 }
 
-/// Fsyncs partitions concurrently: one commit touches many partitions, and the file system folds
-/// concurrent fsyncs into few journal commits where one after another would each wait for one.
-fn flush_all(parts: &[Arc<Partition>]) -> Result<()> {
-    flush_all_and(parts, None::<fn() -> Result<()>>)
-}
-
-/// [`flush_all`], running `also` (another fsync) in the same round.
-fn flush_all_and(parts: &[Arc<Partition>], also: Option<impl FnOnce() -> Result<()> + Send>) -> Result<()> {
-    match (parts, also) {
-        ([], None) => Ok(()),
-        ([one], None) => one.flush(),
-        ([], Some(also)) => also(),
-        (_, also) => std::thread::scope(|scope| {
-            let mut handles: Vec<_> = parts.iter().map(|p| scope.spawn(move || p.flush())).collect();
-            if let Some(also) = also {
-                handles.push(scope.spawn(also));
-            }
-            let mut result = Ok(());
-            for h in handles {
-                let r = h.join().unwrap_or_else(|_| Err(LogError::InvalidArgument("an fsync thread panicked".into())));
-                if result.is_ok() {
-                    result = r;
-                }
-            }
-            result
-        }),
-    }
-}
