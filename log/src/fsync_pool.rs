@@ -25,7 +25,16 @@ struct Job {
 /// The pool: its threads start on first use and end when the pool is dropped.
 #[derive(Default)]
 pub(crate) struct FsyncPool {
-    jobs: Mutex<Option<Sender<Job>>>,
+    threads: Mutex<Threads>,
+}
+
+#[derive(Default)]
+enum Threads {
+    #[default]
+    NotStarted,
+    Running(Sender<Job>),
+    /// None could start: every fsync runs on its caller's thread.
+    Unavailable,
 }
 
 impl FsyncPool {
@@ -46,13 +55,15 @@ impl FsyncPool {
             match self.submit(Job { partition: part.clone(), done: done.clone() }) {
                 Ok(()) => queued += 1,
                 // No pool thread could start: fsync here instead.
-                Err(job) => keep_first_error(&mut result, job.partition.flush()),
+                Err(job) => keep_first_error(&mut result, guarded(|| job.partition.flush())),
             }
         }
         drop(done);
-        keep_first_error(&mut result, first.flush());
+        // Every queued fsync is waited for below, even after a failure here: a caller that
+        // retries must not race the fsyncs of its previous attempt.
+        keep_first_error(&mut result, guarded(|| first.flush()));
         if let Some(also) = also {
-            keep_first_error(&mut result, also());
+            keep_first_error(&mut result, guarded(also));
         }
         for _ in 0..queued {
             let r = results
@@ -65,15 +76,21 @@ impl FsyncPool {
 
     /// Queues a job, starting the threads the first time; gives the job back if none could start.
     fn submit(&self, job: Job) -> std::result::Result<(), Job> {
-        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        if jobs.is_none() {
-            *jobs = start_threads();
+        let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*threads, Threads::NotStarted) {
+            *threads = start_threads();
         }
-        match jobs.as_ref() {
-            Some(tx) => tx.send(job).map_err(|e| e.0),
-            None => Err(job),
+        match &*threads {
+            Threads::Running(tx) => tx.send(job).map_err(|e| e.0),
+            Threads::NotStarted | Threads::Unavailable => Err(job),
         }
     }
+}
+
+/// Runs `f`, turning a panic into an error: a commit fails cleanly rather than unwinding past the
+/// fsyncs it still has to wait for.
+fn guarded(f: impl FnOnce() -> Result<()>) -> Result<()> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(LogError::InvalidArgument("an fsync panicked".into())))
 }
 
 fn keep_first_error(result: &mut Result<()>, r: Result<()>) {
@@ -82,8 +99,8 @@ fn keep_first_error(result: &mut Result<()>, r: Result<()>) {
     }
 }
 
-/// Starts the threads; `None` when not one could start.
-fn start_threads() -> Option<Sender<Job>> {
+/// Starts the threads; `Unavailable` when not one could start.
+fn start_threads() -> Threads {
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
     let started = (0..THREADS)
@@ -99,7 +116,11 @@ fn start_threads() -> Option<Sender<Job>> {
             spawned.is_ok()
         })
         .count();
-    (started > 0).then_some(tx)
+    if started > 0 {
+        Threads::Running(tx)
+    } else {
+        Threads::Unavailable
+    }
 }
 
 /// Runs jobs until the pool is dropped. A panicking fsync answers with an error, so no commit
@@ -108,8 +129,10 @@ fn serve(jobs: &Mutex<Receiver<Job>>) {
     loop {
         let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
         let Ok(Job { partition, done }) = job else { return };
-        let r = catch_unwind(AssertUnwindSafe(|| partition.flush()))
-            .unwrap_or_else(|_| Err(LogError::InvalidArgument("an fsync panicked".into())));
+        let r = guarded(|| partition.flush());
+        // Released before answering: once the caller has its answers it may close the log, and
+        // nothing here may keep the partition's files open then.
+        drop(partition);
         let _ = done.send(r);
     }
 }
@@ -134,10 +157,13 @@ mod tests {
         assert!(parts.iter().all(|p| p.flushed_offset() == 0));
         let mut ran = false;
         let pool = FsyncPool::default();
-        pool.flush_all_and(&parts, Some(|| {
-            ran = true;
-            Ok(())
-        }))
+        pool.flush_all_and(
+            &parts,
+            Some(|| {
+                ran = true;
+                Ok(())
+            }),
+        )
         .unwrap();
         assert!(ran);
         assert!(parts.iter().all(|p| p.flushed_offset() == 1), "every partition fsynced up to its end");

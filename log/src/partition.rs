@@ -499,7 +499,10 @@ impl Partition {
                     segs.extend(st.segments.last().cloned());
                     (segs, st.log_end)
                 };
-                let r = segs.iter().try_for_each(|s| s.sync());
+                // A panic must not leave `busy` set: every later flush would wait for ever.
+                let r =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| segs.iter().try_for_each(|s| s.sync())))
+                        .unwrap_or_else(|_| Err(LogError::InvalidArgument("an fsync panicked".into())));
                 self.fsyncs.fetch_add(1, Ordering::Relaxed);
                 busy = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
                 *busy = false;

@@ -674,4 +674,3 @@ impl Drop for TransactionalProducer {
         }
     }
 }
-

@@ -26,7 +26,8 @@ struct KeyedUpdate<K, V, VA> {
     value: SharedSerde<VA>,
     update: Update<K, V, VA>,
     next: Fanout<K, Change<VA>>,
-    /// The batch's keys, serialized one after another, and where each ends.
+    /// The next group of the batch's keys (up to `WARM_AHEAD`), serialized one after another,
+    /// and where each ends.
     key_buf: Vec<u8>,
     key_ends: Vec<usize>,
     value_buf: Vec<u8>,
