@@ -88,8 +88,8 @@ impl FsyncPool {
 }
 
 /// Runs `f`, turning a panic into an error: a commit fails cleanly rather than unwinding past the
-/// fsyncs it still has to wait for.
-fn guarded(f: impl FnOnce() -> Result<()>) -> Result<()> {
+/// fsyncs it still has to wait for, and a group commit is not left busy.
+pub(crate) fn guarded(f: impl FnOnce() -> Result<()>) -> Result<()> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(LogError::InvalidArgument("an fsync panicked".into())))
 }
 
@@ -179,9 +179,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path()).unwrap();
         log.create_topic("t", 3, TopicConfig::default()).unwrap();
+        let mut producer = log.producer(Default::default()).unwrap();
+        for p in 0..3u32 {
+            producer.send_to("t", Some(p), Record::new(Some("k"), Some("v"))).unwrap();
+        }
+        producer.flush().unwrap();
         let parts = log.topic("t").unwrap().partitions();
         let pool = FsyncPool::default();
         let r = pool.flush_all_and(&parts, Some(|| Err(LogError::InvalidArgument("offsets".into()))));
         assert!(matches!(r, Err(LogError::InvalidArgument(m)) if m == "offsets"));
+        assert!(parts.iter().all(|p| p.flushed_offset() == 1), "every partition fsynced despite the error");
     }
 }

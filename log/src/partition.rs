@@ -500,9 +500,7 @@ impl Partition {
                     (segs, st.log_end)
                 };
                 // A panic must not leave `busy` set: every later flush would wait for ever.
-                let r =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| segs.iter().try_for_each(|s| s.sync())))
-                        .unwrap_or_else(|_| Err(LogError::InvalidArgument("an fsync panicked".into())));
+                let r = crate::fsync_pool::guarded(|| segs.iter().try_for_each(|s| s.sync()));
                 self.fsyncs.fetch_add(1, Ordering::Relaxed);
                 busy = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
                 *busy = false;
