@@ -148,7 +148,7 @@ pub fn run(b: CountBench) -> Result<()> {
         "peak memory: {:.0} MB ({by_phase}state.memory.max.bytes = {} MiB, of which store caches {} MiB)",
         count_peak.max(restore_peak),
         config.state_memory_max_bytes >> 20,
-        config.cache_max_bytes >> 20
+        config.cache_bytes() >> 20
     );
     drop(app);
     log.close()?;

@@ -13,4 +13,4 @@ pub mod memory;
 mod rocks;
 
 pub use memory::InMemorySupplier;
-pub use rocks::RocksDbSupplier;
+pub use rocks::{RocksDbSupplier, RocksMemory};

@@ -41,11 +41,13 @@ pub struct AppConfig {
     pub session_timeout: Duration,
     /// `state.dir`: where task stores live (default: `<data dir>/state` on the embedded log).
     pub state_dir: Option<std::path::PathBuf>,
-    /// `state.memory.max.bytes`: the bound on all RocksDB stores' memory together.
+    /// `state.memory.max.bytes`: the bound on the memory of all stores together, their caches
+    /// and RocksDB's block cache and memtables (default 256 MiB).
     pub state_memory_max_bytes: u64,
     /// `statestore.cache.max.bytes` (also `cache.max.bytes`): the store caches of all worker
-    /// threads together, carved out of `state.memory.max.bytes`; 0 disables caching.
-    pub cache_max_bytes: u64,
+    /// threads together, carved out of `state.memory.max.bytes`; 0 disables caching. `None`
+    /// (the default) gives them half of it. See [`Self::cache_bytes`].
+    pub cache_max_bytes: Option<u64>,
     /// `application.server`: this instance's `host:port` for interactive queries; other
     /// instances learn it from the group and send queries for keys hosted here.
     pub application_server: Option<String>,
@@ -76,7 +78,7 @@ impl AppConfig {
             session_timeout: Duration::from_secs(10),
             state_dir: None,
             state_memory_max_bytes: 256 << 20,
-            cache_max_bytes: 128 << 20,
+            cache_max_bytes: None,
             application_server: None,
             num_standby_replicas: 0,
             checkpoint_interval: Duration::from_secs(10),
@@ -158,22 +160,40 @@ impl AppConfig {
                 self.application_server = Some(value.into())
             }
             "statestore.cache.max.bytes" | "cache.max.bytes" | "cache.max.bytes.buffering" => {
-                self.cache_max_bytes = num()?
+                self.cache_max_bytes = Some(num()?)
             }
             _ => return Err(bad("unknown config key")),
         }
         Ok(self)
     }
 
+    /// The store caches' share of `state.memory.max.bytes`: `statestore.cache.max.bytes` when
+    /// set, half of the total when not, and never more than three quarters of it, so RocksDB
+    /// keeps a quarter. Lowering `state.memory.max.bytes` alone therefore lowers both shares:
+    /// the total is the promise, not one of its parts.
+    ///
+    /// ```
+    /// use garam_core::runtime::AppConfig;
+    /// let mut c = AppConfig::new("app");
+    /// c.set("state.memory.max.bytes", "33554432").unwrap();
+    /// assert_eq!(c.cache_bytes(), 16 << 20);
+    /// c.set("statestore.cache.max.bytes", "1073741824").unwrap();
+    /// assert_eq!(c.cache_bytes(), 24 << 20);
+    /// assert_eq!(c.store_context().memory_max_bytes, 8 << 20);
+    /// ```
+    pub fn cache_bytes(&self) -> u64 {
+        let total = self.state_memory_max_bytes;
+        self.cache_max_bytes.unwrap_or(total / 2).min(total - total / 4)
+    }
+
     /// What store suppliers get: RocksDB's share of `state.memory.max.bytes` after the caches.
     pub fn store_context(&self) -> crate::state::StoreContext {
-        let rocksdb = self.state_memory_max_bytes.saturating_sub(self.cache_max_bytes).max(8 << 20);
-        crate::state::StoreContext { memory_max_bytes: rocksdb }
+        crate::state::StoreContext { memory_max_bytes: self.state_memory_max_bytes - self.cache_bytes() }
     }
 
     /// The store-cache budget of one worker thread (`None`: caching disabled).
     pub fn thread_cache(&self) -> Option<std::rc::Rc<crate::state::CacheBudget>> {
-        let per_thread = self.cache_max_bytes / self.num_threads.max(1) as u64;
+        let per_thread = self.cache_bytes() / self.num_threads.max(1) as u64;
         (per_thread > 0).then(|| crate::state::CacheBudget::new(per_thread as usize))
     }
 

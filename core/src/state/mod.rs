@@ -72,8 +72,8 @@ pub trait ReadableStore: Send + Sync {
 /// What a supplier gets when it opens a store.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreContext {
-    /// `state.memory.max.bytes`: the bound on the memory of all RocksDB stores of the process
-    /// together (block cache and write buffers).
+    /// RocksDB's share of `state.memory.max.bytes` (what the store caches leave): the bound on
+    /// the memory of all RocksDB stores of the process together (block cache and write buffers).
     pub memory_max_bytes: u64,
 }
 
