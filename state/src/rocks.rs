@@ -24,8 +24,7 @@ struct Shared {
     cache: Cache,
     write_buffers: WriteBufferManager,
     /// Every open store, so that a writer finding the memtables over budget can flush the largest.
-    open: Mutex<Vec<(u64, Weak<DB>)>>,
-    next_id: AtomicU64,
+    open: Mutex<Vec<Weak<DB>>>,
     /// When memtables were last relieved, in microseconds since `started`.
     last_relief: AtomicU64,
     started: Instant,
@@ -61,7 +60,7 @@ impl Shared {
         let Ok(open) = self.open.try_lock() else { return };
         let largest = open
             .iter()
-            .filter_map(|(_, db)| db.upgrade())
+            .filter_map(Weak::upgrade)
             .map(|db| (db.property_int_value("rocksdb.cur-size-active-mem-table").ok().flatten().unwrap_or(0), db))
             .max_by_key(|(size, _)| *size);
         // Flushing a memtable much smaller than the budget frees little and costs a table file.
@@ -113,14 +112,7 @@ fn shared(budget: u64) -> &'static Shared {
         let write_buffers =
             WriteBufferManager::new_write_buffer_manager_with_cache((budget / 2) as usize, false, cache.clone());
         tracing::info!(bytes = budget, "RocksDB memory bound for all stores");
-        Shared {
-            cache,
-            write_buffers,
-            open: Mutex::default(),
-            next_id: AtomicU64::new(0),
-            last_relief: AtomicU64::new(0),
-            started: Instant::now(),
-        }
+        Shared { cache, write_buffers, open: Mutex::default(), last_relief: AtomicU64::new(0), started: Instant::now() }
     })
 }
 
@@ -132,14 +124,13 @@ struct RocksStore {
     db: Arc<DB>,
     write: WriteOptions,
     shared: &'static Shared,
-    id: u64,
 }
 
 impl Drop for RocksStore {
     fn drop(&mut self) {
         // Under the lock, so no relief holds this store's database when it closes.
         let mut open = self.shared.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.retain(|(id, db)| *id != self.id && db.strong_count() > 0);
+        open.retain(|db| db.as_ptr() != Arc::as_ptr(&self.db) && db.strong_count() > 0);
     }
 }
 
@@ -230,9 +221,8 @@ impl StoreSupplier for RocksDbSupplier {
         // The changelog is the durable copy; the store's own WAL would be a second one.
         write.disable_wal(true);
         let db = Arc::new(db);
-        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
-        s.open.lock().unwrap_or_else(|e| e.into_inner()).push((id, Arc::downgrade(&db)));
-        Ok(Box::new(RocksStore { db, write, shared: s, id }))
+        s.open.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&db));
+        Ok(Box::new(RocksStore { db, write, shared: s }))
     }
     fn persistent(&self) -> bool {
         true
