@@ -95,7 +95,7 @@ impl Backend for Log {
         let offset = offset.max(start);
         let data = part.read_isolated(offset, max_bytes, read_committed).map_err(to_streams)?;
         let recs = PartitionRecords::new(TopicPartition::new(topic, partition), offset, data, read_committed);
-        let records = recs.records().collect::<Result<Vec<_>, _>>().map_err(to_streams)?;
+        let records = recs.collect_records().map_err(to_streams)?;
         Ok(Fetched { records, next_offset: recs.next_offset() })
     }
 
@@ -165,7 +165,7 @@ impl BackendConsumer for Consumer {
         let polled = Consumer::poll(self, timeout).map_err(to_streams)?;
         let mut out = Vec::with_capacity(polled.len());
         for part in polled {
-            let records = part.records().collect::<Result<Vec<_>, _>>().map_err(to_streams)?;
+            let records = part.collect_records().map_err(to_streams)?;
             out.push(PolledRecords { tp: part.tp.clone(), records });
         }
         Ok(out)
