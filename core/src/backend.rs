@@ -203,6 +203,20 @@ pub trait BackendProducer: Send {
         ))
     }
 
+    /// Starts [`Self::commit_transaction`] and may return before it has finished: a backend
+    /// that can finishes it in the background while the caller begins the next transaction and
+    /// goes on processing. [`Self::await_commit_transaction`] gives the outcome; until then
+    /// nothing of the next transaction becomes visible. The default commits before returning.
+    fn start_commit_transaction(&mut self, group: &GroupMetadata, offsets: &[(TopicPartition, u64)]) -> Result<()> {
+        self.commit_transaction(group, offsets)
+    }
+
+    /// Waits for the commit [`Self::start_commit_transaction`] started; fails as
+    /// [`Self::commit_transaction`] would have. `Ok` when none is in flight.
+    fn await_commit_transaction(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Aborts the transaction: its records are never visible to read-committed consumers.
     fn abort_transaction(&mut self) -> Result<()> {
         Err(crate::StreamsError::backend(

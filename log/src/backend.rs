@@ -211,6 +211,13 @@ impl BackendConsumer for Consumer {
     }
 }
 
+/// A failed commit: only a fenced producer or a member that lost its partitions may abort and go
+/// on; anything else (I/O, past the commit point) stops the worker.
+fn commit_error(e: LogError) -> StreamsError {
+    let retriable = matches!(e, LogError::Group { .. } | LogError::ProducerFenced { .. });
+    StreamsError::Backend { message: e.to_string(), retriable }
+}
+
 impl BackendProducer for TransactionalProducer {
     fn send(
         &mut self,
@@ -249,12 +256,20 @@ impl BackendProducer for TransactionalProducer {
         offsets: &[(TopicPartition, u64)],
     ) -> garam_core::Result<()> {
         let meta = crate::txn::GroupMetadata { group: group.group.clone(), member_id: Some(group.member_id.clone()) };
-        TransactionalProducer::commit_transaction(self, Some(&meta), offsets).map_err(|e| {
-            // Only a fenced producer or a member that lost its partitions may abort and go on;
-            // anything else (I/O, past the commit point) stops the worker.
-            let retriable = matches!(e, LogError::Group { .. } | LogError::ProducerFenced { .. });
-            StreamsError::Backend { message: e.to_string(), retriable }
-        })
+        TransactionalProducer::commit_transaction(self, Some(&meta), offsets).map_err(commit_error)
+    }
+
+    fn start_commit_transaction(
+        &mut self,
+        group: &GroupMetadata,
+        offsets: &[(TopicPartition, u64)],
+    ) -> garam_core::Result<()> {
+        let meta = crate::txn::GroupMetadata { group: group.group.clone(), member_id: Some(group.member_id.clone()) };
+        TransactionalProducer::start_commit(self, Some(&meta), offsets).map_err(commit_error)
+    }
+
+    fn await_commit_transaction(&mut self) -> garam_core::Result<()> {
+        TransactionalProducer::await_commit(self).map_err(commit_error)
     }
 
     fn abort_transaction(&mut self) -> garam_core::Result<()> {

@@ -85,6 +85,10 @@ pub struct Producer {
     /// by `send_reporting`; their flags in [`PartitionBatch`] say so without a search.
     touched: Vec<(usize, u32)>,
     reported: Vec<(usize, u32)>,
+    /// Runs before the next append, once: a transactional producer's wait for its previous
+    /// transaction's commit, still completing in the background. Records of the next transaction
+    /// may queue meanwhile, but none may reach a partition ahead of the previous one's markers.
+    before_append: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Producer {
@@ -105,6 +109,7 @@ impl Producer {
             transactional,
             touched: Default::default(),
             reported: Default::default(),
+            before_append: None,
         }
     }
 
@@ -128,6 +133,11 @@ impl Producer {
                 garam_core::backend::TopicPartition::new(st.topic.name(), p)
             })
             .collect()
+    }
+
+    /// Sets what must run before the next append (see the field); replaces any earlier one.
+    pub(crate) fn set_before_append(&mut self, wait: Option<Box<dyn FnOnce() + Send>>) {
+        self.before_append = wait;
     }
 
     /// Fails when a partition appended to since [`Self::take_touched`] was deleted with its topic.
@@ -326,10 +336,13 @@ impl Producer {
 
     fn append_partition(&mut self, t: usize, p: u32) -> Result<Option<AppendInfo>> {
         let (pid, epoch) = (self.producer_id, self.epoch);
-        let pb = &mut self.topics[t].batches[p as usize];
-        if pb.builder.is_empty() {
+        if self.topics[t].batches[p as usize].builder.is_empty() {
             return Ok(None);
         }
+        if let Some(wait) = self.before_append.take() {
+            wait();
+        }
+        let pb = &mut self.topics[t].batches[p as usize];
         let count = pb.builder.len() as i32;
         if pid >= 0 {
             pb.builder.producer(pid, epoch, pb.next_sequence);

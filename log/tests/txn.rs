@@ -465,3 +465,71 @@ fn a_transaction_whose_topic_is_deleted_under_it_fails_to_commit() {
     b.commit_transaction(None, &[]).unwrap();
     assert_eq!(read(&log, "out", true), vec!["b3"]);
 }
+
+#[test]
+fn the_next_transaction_waits_behind_a_commit_in_flight_and_never_joins_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let tp = TopicPartition::new("in", 0);
+    let g = GroupMetadata { group: "g".into(), member_id: None };
+    // batch_size 1: every send appends at once, so the next transaction's first record would
+    // reach the partition while the commit's fsyncs still run, were it not held back.
+    let mut p = log
+        .transactional_producer("t", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() })
+        .unwrap();
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 0, "a");
+    send(&mut p, "out", 0, "b");
+    p.start_commit(Some(&g), &[(tp.clone(), 2)]).unwrap();
+    assert!(p.commit_in_flight());
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 0, "c");
+    // The send waited for the commit: its markers lie below the next transaction's record.
+    let part = log.partition("out", 0).unwrap();
+    assert_eq!(part.high_watermark(), 4, "a, b, the COMMIT marker, then c");
+    assert_eq!(read(&log, "out", true), vec!["a", "b"]);
+    p.await_commit().unwrap();
+    assert!(!p.commit_in_flight());
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 2);
+    // c belongs to the next transaction alone: aborting it leaves the committed ones.
+    p.abort_transaction().unwrap();
+    assert_eq!(read(&log, "out", true), vec!["a", "b"]);
+    assert_eq!(read(&log, "out", false), vec!["a", "b", "c"]);
+    assert!(part.open_transactions().is_empty());
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 0, "d");
+    p.commit_transaction(Some(&g), &[(tp.clone(), 3)]).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["a", "b", "d"]);
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 3);
+}
+
+#[test]
+fn a_commit_refused_in_flight_is_aborted_with_the_next_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 2, TopicConfig::default()).unwrap();
+    let mut p = log.transactional_producer("t", Default::default()).unwrap();
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 0, "a");
+    // The member does not own the input partition: the committer refuses it before the commit point.
+    let g = GroupMetadata { group: "g".into(), member_id: Some("nobody".into()) };
+    p.start_commit(Some(&g), &[(TopicPartition::new("in", 0), 1)]).unwrap();
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 1, "b");
+    let err = p.await_commit().unwrap_err();
+    assert!(matches!(err, LogError::Group { .. }), "{err}");
+    // Both transactions' records are aborted, in both partitions.
+    p.abort_transaction().unwrap();
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 1, "c");
+    p.commit_transaction(None, &[]).unwrap();
+    for part in 0..2 {
+        let pt = log.partition("out", part).unwrap();
+        assert!(pt.open_transactions().is_empty(), "partition {part} still has an open transaction");
+    }
+    assert_eq!(read(&log, "out", true), vec!["c"]);
+    assert!(log.groups().committed("g", &TopicPartition::new("in", 0)).is_none());
+}

@@ -125,6 +125,8 @@ struct Shared2 {
     group: Option<GroupMetadata>,
     /// Exactly-once: a transaction was aborted, so every task's store is ahead of its changelog.
     dirty: bool,
+    /// Exactly-once: a commit was started and its outcome not yet awaited.
+    committing: bool,
 }
 
 impl Shared2 {
@@ -141,32 +143,64 @@ impl Shared2 {
     /// that lost its partitions is refused; its transaction is aborted and the records are
     /// reprocessed by their new owner. Returns false when refused.
     fn commit_transaction(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<bool> {
+        Ok(self.start_commit(offsets)? && self.finish_commit()? != Some(false))
+    }
+
+    /// Starts committing the open transaction with `offsets`; the backend may finish in the
+    /// background while the next transaction is processed ([`Self::finish_commit`] waits). False
+    /// when refused at once.
+    fn start_commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<bool> {
         let Some(group) = self.group.clone() else { return Ok(true) };
         self.ensure_txn()?;
-        match self.producer.commit_transaction(&group, offsets) {
+        match self.producer.start_commit_transaction(&group, offsets) {
             Ok(()) => {
                 self.in_txn = false;
+                self.committing = true;
                 Ok(true)
             }
-            Err(e) if e.is_retriable() => {
-                // Fenced or no longer the owner: the session expired, so the positions are reset on
-                // rejoin; the stores hold the aborted updates and must be rebuilt.
-                tracing::warn!(error = %e, "transaction refused; aborting it, the records are reprocessed");
-                self.abort();
-                Ok(false)
-            }
+            Err(e) => self.refused(e).map(|()| false),
+        }
+    }
+
+    /// Waits for the commit [`Self::start_commit`] started: `Some(true)` when it committed,
+    /// `Some(false)` when it was refused (and the transactions aborted), `None` when none was in
+    /// flight.
+    fn finish_commit(&mut self) -> Result<Option<bool>> {
+        if !self.committing {
+            return Ok(None);
+        }
+        self.committing = false;
+        match self.producer.await_commit_transaction() {
+            Ok(()) => Ok(Some(true)),
             Err(e) => {
-                self.failed = true;
-                Err(e)
+                // The failed transaction is open again (with the next one's records, if any).
+                self.in_txn = true;
+                self.refused(e).map(|()| Some(false))
             }
+        }
+    }
+
+    /// A failed commit. Fenced or no longer the owner: the session expired, so the positions are
+    /// reset on rejoin; the stores hold the aborted updates and must be rebuilt. Anything else
+    /// stops the worker.
+    fn refused(&mut self, e: crate::error::StreamsError) -> Result<()> {
+        if e.is_retriable() {
+            tracing::warn!(error = %e, "transaction refused; aborting it, the records are reprocessed");
+            self.abort();
+            Ok(())
+        } else {
+            self.failed = true;
+            Err(e)
         }
     }
 
     /// Aborts the open transaction; every task's store then holds aborted updates: close them
     /// all without a checkpoint, so they are wiped and restored.
     fn abort(&mut self) {
-        if self.in_txn {
+        // A commit in flight is awaited by the abort (and aborted too if it failed).
+        if self.in_txn || self.committing {
             self.in_txn = false;
+            self.committing = false;
             if let Err(e) = self.producer.abort_transaction() {
                 tracing::warn!(error = %e, "aborting the transaction failed; the log finishes it on recovery");
                 self.failed = true;
@@ -340,6 +374,17 @@ impl RebalanceListener for Listener {
             st.events.push(Event::Revoked(partitions.to_vec()));
             return;
         }
+        // Exactly-once: the commit still in flight first; operators publish what it covered.
+        match st.finish_commit() {
+            Ok(Some(true)) => committed_lent_tasks(),
+            // Refused: aborted; `dirty` now makes the commit below abort too.
+            Ok(Some(false) | None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "transactional commit failed; stopping this worker");
+                st.events.push(Event::Revoked(partitions.to_vec()));
+                return;
+            }
+        }
         if let Err(e) = flush_lent_caches(&self.shared, &mut st) {
             // Without the caches in the changelogs, committing positions would lose updates.
             tracing::error!(error = %e, "flushing store caches on revoke failed; committing nothing");
@@ -471,6 +516,7 @@ pub(crate) fn run(
         in_txn: false,
         group: None,
         dirty: false,
+        committing: false,
     }));
     let listener = Listener { state: state.clone(), shared: shared.clone() };
     let settings = ConsumerSettings {
@@ -510,12 +556,14 @@ pub(crate) fn run(
         for t in tasks.borrow_mut().values_mut() {
             t.closing = true;
         }
-        commit(&shared, &mut *consumer, &state, &mut tasks.borrow_mut())
+        commit(&shared, &mut *consumer, &state, &mut tasks.borrow_mut(), true)
     } else {
         let mut st = lock(&state);
         st.failed = true;
-        if st.in_txn {
+        // A commit in flight covers only records processed before the failure: it may finish.
+        if st.in_txn || st.committing {
             st.in_txn = false;
+            st.committing = false;
             if let Err(e) = st.producer.abort_transaction() {
                 tracing::warn!(error = %e, "aborting the open transaction failed; the log aborts it on recovery");
             }
@@ -640,7 +688,7 @@ fn run_loop(
         }
         let requested = shared.metrics.commit_requests.load(Ordering::Acquire);
         if last_commit.elapsed() >= shared.config.commit_interval || requested != seen_request {
-            commit(shared, consumer, state, tasks)?;
+            commit(shared, consumer, state, tasks, false)?;
             last_commit = Instant::now();
             seen_request = requested;
         }
@@ -708,29 +756,43 @@ fn restore_step(
 }
 
 /// At-least-once commit: flush outputs, then commit the positions of everything processed.
-/// Exactly-once: commit the transaction with the positions.
+/// Exactly-once: settle the commit started last time, then start this one, which the backend
+/// may finish in the background while the next records are processed; `wait` waits for it too
+/// (a worker's last commit).
 fn commit(
     shared: &Shared,
     consumer: &mut dyn BackendConsumer,
     state: &Arc<Mutex<Shared2>>,
     tasks: &mut BTreeMap<TaskId, Task>,
+    wait: bool,
 ) -> Result<()> {
     let started = Instant::now();
     let positions = consumer.positions();
     {
         let mut st = lock(state);
+        if st.eos {
+            // Operators publish what the previous commit covered before they stage the next.
+            let previous = st.finish_commit()?;
+            drop(st);
+            match previous {
+                // Refused: both transactions were aborted; the tasks are rebuilt.
+                Some(false) => return Ok(()),
+                Some(true) => tasks.values_mut().try_for_each(Task::committed)?,
+                None => {}
+            }
+            st = lock(state);
+        }
         // Caches first: what they absorbed must reach the changelogs before the offsets commit.
         if !tasks.is_empty() {
             flush_caches(shared, &mut st, tasks)?;
         }
         if st.eos {
             st.group = Some(consumer.group_metadata());
-            let committed = st.commit_transaction(&positions)?;
+            let started_ok = st.start_commit(&positions)?;
+            let finished = if wait && started_ok { st.finish_commit()? } else { None };
             drop(st);
-            if committed {
-                for t in tasks.values_mut() {
-                    t.committed()?;
-                }
+            if finished == Some(true) {
+                tasks.values_mut().try_for_each(Task::committed)?;
             }
             record_commit(shared, started, positions.len());
             return Ok(());
