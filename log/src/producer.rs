@@ -78,7 +78,6 @@ pub struct Producer {
     /// Topic name to its place in `topics`: one lookup per record sent (foldhash: SipHash showed
     /// in profiles).
     topic_index: foldhash::HashMap<String, usize>,
-    buf: Vec<u8>,
     /// Writes transactional batches (a transactional producer's).
     transactional: bool,
     /// Partitions (topic index, partition) appended to since `take_touched`, and those reported
@@ -105,7 +104,6 @@ impl Producer {
             epoch,
             topics: Vec::new(),
             topic_index: foldhash::HashMap::default(),
-            buf: Vec::new(),
             transactional,
             touched: Default::default(),
             reported: Default::default(),
@@ -352,9 +350,8 @@ impl Producer {
             pb.touched = true;
             self.touched.push((t, p));
         }
-        self.buf.clear();
-        pb.builder.finish_into(&mut self.buf)?;
-        let info = pb.partition.append(&mut self.buf)?;
+        let partition = &pb.partition;
+        let info = pb.builder.finish_and(|batch| partition.append_built(batch))??;
         if pid >= 0 {
             pb.next_sequence = pb.next_sequence.wrapping_add(count) & i32::MAX;
         }

@@ -203,8 +203,33 @@ impl BatchBuilder {
             out.extend_from_slice(&self.buf[..HEADER_LEN]);
             compress(self.compression, &self.buf[HEADER_LEN..], out)?;
         }
+        let header = self.header(out.len() - start, last_offset_delta);
         let b = &mut out[start..];
-        let total = b.len();
+        b[..HEADER_LEN].copy_from_slice(&header);
+        store_crc(b);
+        self.reset();
+        Ok(())
+    }
+
+    /// Finishes the batch in the builder's own buffer when it is not compressed — no copy of its
+    /// records — and hands its bytes to `append` (a producer appending it); then empties the
+    /// builder for reuse. A compressed batch is built into a new buffer first.
+    pub(crate) fn finish_and<R>(&mut self, append: impl FnOnce(&mut [u8]) -> R) -> Result<R> {
+        if self.compression != Compression::None {
+            let mut out = Vec::new();
+            self.finish_into(&mut out)?;
+            return Ok(append(&mut out));
+        }
+        let header = self.header(self.buf.len(), (self.count - 1).max(0));
+        self.buf[..HEADER_LEN].copy_from_slice(&header);
+        store_crc(&mut self.buf);
+        let appended = append(&mut self.buf);
+        self.reset();
+        Ok(appended)
+    }
+
+    /// The batch header for a batch of `total` bytes, its CRC not yet stored.
+    fn header(&self, total: usize, last_offset_delta: i32) -> [u8; HEADER_LEN] {
         let mut attrs = self.compression.id() as i16;
         if self.transactional {
             attrs |= attributes::TRANSACTIONAL;
@@ -216,6 +241,7 @@ impl BatchBuilder {
             attrs |= attributes::DELETE_HORIZON;
         }
         let max_ts = if self.count == 0 { -1 } else { self.max_timestamp };
+        let mut b = [0u8; HEADER_LEN];
         b[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&0i64.to_be_bytes());
         b[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&((total - LOG_OVERHEAD) as i32).to_be_bytes());
         b[LEADER_EPOCH..LEADER_EPOCH + 4].copy_from_slice(&0i32.to_be_bytes());
@@ -228,9 +254,7 @@ impl BatchBuilder {
         b[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&self.producer_epoch.to_be_bytes());
         b[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&self.base_sequence.to_be_bytes());
         b[RECORD_COUNT..RECORD_COUNT + 4].copy_from_slice(&self.count.to_be_bytes());
-        store_crc(b);
-        self.reset();
-        Ok(())
+        b
     }
 
     /// Empties the builder, keeping its buffer, codec and producer id/epoch.
@@ -247,6 +271,27 @@ impl BatchBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_finished_in_place_is_the_batch_finished_into_a_buffer() {
+        for compression in [Compression::None, Compression::Lz4] {
+            let fill = |b: &mut BatchBuilder| {
+                b.producer(7, 1, 40).transactional(true);
+                for i in 0..50u8 {
+                    b.push(1_700_000_000_000 + i64::from(i), Some(&[i]), Some(&[i; 20]), &[]);
+                }
+            };
+            let (mut a, mut b) = (BatchBuilder::new(compression), BatchBuilder::new(compression));
+            fill(&mut a);
+            fill(&mut b);
+            let mut expected = Vec::new();
+            a.finish_into(&mut expected).unwrap();
+            let in_place = b.finish_and(|bytes| bytes.to_vec()).unwrap();
+            assert_eq!(in_place, expected, "{compression:?}");
+            crate::batch::Batch::new(Bytes::from(in_place)).unwrap().verify().unwrap();
+            assert!(b.is_empty() && b.size_bytes() == HEADER_LEN, "the builder is empty again");
+        }
+    }
 
     #[test]
     fn a_producer_batch_grows_to_its_limit_not_past_it_and_gives_memory_back() {
