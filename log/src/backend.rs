@@ -255,8 +255,8 @@ impl BackendProducer for TransactionalProducer {
         group: &GroupMetadata,
         offsets: &[(TopicPartition, u64)],
     ) -> garam_core::Result<()> {
-        let meta = crate::txn::GroupMetadata { group: group.group.clone(), member_id: Some(group.member_id.clone()) };
-        TransactionalProducer::commit_transaction(self, Some(&meta), offsets).map_err(commit_error)
+        BackendProducer::start_commit_transaction(self, group, offsets)?;
+        BackendProducer::await_commit_transaction(self)
     }
 
     fn start_commit_transaction(

@@ -78,6 +78,9 @@ pub struct Producer {
     /// Topic name to its place in `topics`: one lookup per record sent (foldhash: SipHash showed
     /// in profiles).
     topic_index: foldhash::HashMap<String, usize>,
+    /// A compressed batch's bytes, reused from batch to batch (an uncompressed batch is appended
+    /// from its builder's buffer).
+    compressed: Vec<u8>,
     /// Writes transactional batches (a transactional producer's).
     transactional: bool,
     /// Partitions (topic index, partition) appended to since `take_touched`, and those reported
@@ -104,6 +107,7 @@ impl Producer {
             epoch,
             topics: Vec::new(),
             topic_index: foldhash::HashMap::default(),
+            compressed: Vec::new(),
             transactional,
             touched: Default::default(),
             reported: Default::default(),
@@ -351,7 +355,7 @@ impl Producer {
             self.touched.push((t, p));
         }
         let partition = &pb.partition;
-        let info = pb.builder.finish_and(|batch| partition.append_built(batch))??;
+        let info = pb.builder.finish_and(&mut self.compressed, |batch| partition.append_built(batch))??;
         if pid >= 0 {
             pb.next_sequence = pb.next_sequence.wrapping_add(count) & i32::MAX;
         }

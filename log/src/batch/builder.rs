@@ -213,12 +213,12 @@ impl BatchBuilder {
 
     /// Finishes the batch in the builder's own buffer when it is not compressed — no copy of its
     /// records — and hands its bytes to `append` (a producer appending it); then empties the
-    /// builder for reuse. A compressed batch is built into a new buffer first.
-    pub(crate) fn finish_and<R>(&mut self, append: impl FnOnce(&mut [u8]) -> R) -> Result<R> {
+    /// builder for reuse. A compressed batch is built into `scratch` (cleared first) instead.
+    pub(crate) fn finish_and<R>(&mut self, scratch: &mut Vec<u8>, append: impl FnOnce(&mut [u8]) -> R) -> Result<R> {
         if self.compression != Compression::None {
-            let mut out = Vec::new();
-            self.finish_into(&mut out)?;
-            return Ok(append(&mut out));
+            scratch.clear();
+            self.finish_into(scratch)?;
+            return Ok(append(scratch));
         }
         let header = self.header(self.buf.len(), (self.count - 1).max(0));
         self.buf[..HEADER_LEN].copy_from_slice(&header);
@@ -286,7 +286,7 @@ mod tests {
             fill(&mut b);
             let mut expected = Vec::new();
             a.finish_into(&mut expected).unwrap();
-            let in_place = b.finish_and(|bytes| bytes.to_vec()).unwrap();
+            let in_place = b.finish_and(&mut Vec::new(), |bytes| bytes.to_vec()).unwrap();
             assert_eq!(in_place, expected, "{compression:?}");
             crate::batch::Batch::new(Bytes::from(in_place)).unwrap().verify().unwrap();
             assert!(b.is_empty() && b.size_bytes() == HEADER_LEN, "the builder is empty again");
