@@ -78,7 +78,8 @@ pub struct ConsumerSettings {
     pub topics: Vec<String>,
     /// `auto.offset.reset`.
     pub auto_offset_reset: OffsetReset,
-    /// `max.poll.records` (approximate: whole batches are returned).
+    /// `max.poll.records`: at most this many records per poll (a batch that alone holds more is
+    /// a poll of its own: batches are not split).
     pub max_poll_records: usize,
     /// `session.timeout.ms`.
     pub session_timeout: Duration,

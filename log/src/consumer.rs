@@ -37,8 +37,8 @@ pub struct ConsumerConfig {
     /// `isolation.level=read_committed`: read only committed transactional records (up to the last
     /// stable offset, aborted transactions skipped). Kafka's default, and ours, is read_uncommitted.
     pub read_committed: bool,
-    /// `max.poll.records`: stop adding partitions to a poll once this many records are in it
-    /// (whole batches are returned, so a poll may hold a few more).
+    /// `max.poll.records`: at most this many records per poll, cut between batches (the next poll
+    /// starts there). A batch is never split: one that alone holds more is a poll of its own.
     pub max_poll_records: Option<usize>,
 }
 
@@ -80,19 +80,27 @@ pub struct PartitionRecords {
     pub from_offset: u64,
     /// The raw batches.
     pub data: FetchData,
+    /// Records from here on are left for the next poll (`max.poll.records`).
+    until: Option<u64>,
     check_crcs: bool,
     read_committed: bool,
 }
 
 impl PartitionRecords {
     pub(crate) fn new(tp: TopicPartition, from_offset: u64, data: FetchData, read_committed: bool) -> Self {
-        PartitionRecords { tp, from_offset, data, check_crcs: true, read_committed }
+        PartitionRecords { tp, from_offset, data, until: None, check_crcs: true, read_committed }
+    }
+
+    /// The offset the records end before, when a poll's record limit cut them short.
+    pub fn until_offset(&self) -> Option<u64> {
+        self.until
     }
 
     /// The records at or after `from_offset`, skipping control batches.
     /// A corrupt batch is an error naming the segment file, the partition, the offset and the byte.
     pub fn records(&self) -> impl Iterator<Item = Result<ConsumedRecord>> + '_ {
         let from = self.from_offset;
+        let until = self.until.unwrap_or(u64::MAX);
         let check = self.check_crcs;
         let mut iter = BatchIter::new(self.data.batches.clone());
         std::iter::from_fn(move || {
@@ -137,6 +145,8 @@ impl PartitionRecords {
             }
         })
         .filter(move |r| r.as_ref().map_or(true, |r| r.offset >= from))
+        // Offsets rise: the records past a cut are not decoded at all.
+        .take_while(move |r| r.as_ref().map_or(true, |r| r.offset < until))
     }
 
     /// The records of [`records`](Self::records), collected into one vector allocated once.
@@ -164,7 +174,8 @@ impl PartitionRecords {
                 n = n.saturating_add(usize::try_from(h.record_count).unwrap_or(0));
             }
         }
-        n.min(self.data.batches.len() / MIN_RECORD_BYTES)
+        let cut = self.until.map_or(usize::MAX, |u| usize::try_from(u - self.from_offset).unwrap_or(usize::MAX));
+        n.min(self.data.batches.len() / MIN_RECORD_BYTES).min(cut)
     }
 
     /// The offset after the last batch returned: the consumer's next position.
@@ -174,9 +185,43 @@ impl PartitionRecords {
             next = next.max(b.header().next_offset());
         }
         let end = if self.read_committed { self.data.last_stable_offset } else { self.data.high_watermark };
-        next.min(end).max(self.from_offset)
+        next.min(end).min(self.until.unwrap_or(u64::MAX)).max(self.from_offset)
+    }
+
+    /// Cuts these records to at most `max`, counted from the batch headers (so never more: offsets
+    /// a compaction removed count too), between batches: a batch is never split, so none is
+    /// decoded twice and nothing fetched is held back between polls. A first batch that alone
+    /// holds more is taken whole when `whole_first` (the poll has no records yet), else left out.
+    /// Returns how many records are taken (at most, as above).
+    fn limit(&mut self, max: usize, whole_first: bool) -> usize {
+        let from = self.from_offset;
+        let mut count = 0usize;
+        let mut kept = 0usize;
+        for b in BatchIter::new(self.data.batches.clone()) {
+            let Ok(b) = b else { break };
+            let h = b.header();
+            let skipped = h.is_control()
+                || (h.is_transactional()
+                    && self.data.aborted.iter().any(|a| a.covers(h.producer_id, h.base_offset as u64)));
+            let start = (h.base_offset as u64).max(from);
+            let here =
+                if skipped { 0 } else { usize::try_from(h.next_offset().saturating_sub(start)).unwrap_or(usize::MAX) };
+            if count.saturating_add(here) > max && !(count == 0 && whole_first) {
+                // Before this batch.
+                self.data.batches = self.data.batches.slice(..kept);
+                self.until = Some(start);
+                return count;
+            }
+            count += here;
+            kept += b.bytes().len();
+        }
+        count
     }
 }
+
+/// What a fetch sized from the records a poll may still take reads beyond them: about one batch
+/// (the producer's default `batch.size`), so that the cut rarely falls short of the limit.
+const FETCH_SLACK_BYTES: usize = 16 * 1024;
 
 /// Called around rebalances.
 pub trait RebalanceListener: Send {
@@ -213,6 +258,12 @@ impl RevokeCommits<'_> {
 struct PartState {
     partition: Arc<Partition>,
     position: u64,
+    /// Bytes per record of the last fetch (0: none yet), to size the next one to the records a
+    /// poll may still take rather than read a megabyte to return a few records of it.
+    bytes_per_record: usize,
+    /// Records in the first batch of the last fetch: a poll with fewer places left skips the
+    /// partition rather than read a batch it would cut.
+    batch_records: usize,
 }
 
 impl PartState {
@@ -350,7 +401,7 @@ impl Consumer {
             Some(o) => o,
             None => self.reset_position(&tp, &partition)?,
         };
-        self.positions.insert(tp, PartState { partition, position });
+        self.positions.insert(tp, PartState { partition, position, bytes_per_record: 0, batch_records: 0 });
         Ok(())
     }
 
@@ -457,7 +508,8 @@ impl Consumer {
     fn fetch_available(&mut self) -> Result<Vec<PartitionRecords>> {
         let mut out = Vec::new();
         let mut budget = self.config.fetch_max_bytes;
-        let mut records_left = self.config.max_poll_records.unwrap_or(usize::MAX);
+        let max_records = self.config.max_poll_records.unwrap_or(usize::MAX);
+        let mut records_left = max_records;
         let n = self.positions.len();
         if n == 0 {
             return Ok(out);
@@ -490,7 +542,17 @@ impl Consumer {
             if end <= s.position {
                 continue;
             }
-            let max = self.config.max_partition_fetch_bytes.min(budget);
+            let taken = records_left < max_records;
+            if taken && s.batch_records > records_left {
+                // Its next batch would not fit: left whole for the next poll.
+                continue;
+            }
+            let mut max = self.config.max_partition_fetch_bytes.min(budget);
+            if records_left < usize::MAX && s.bytes_per_record > 0 {
+                // Enough for the records the poll may still take, an eighth more, and a batch.
+                let want = records_left.saturating_mul(s.bytes_per_record);
+                max = max.min(want.saturating_add(want / 8).saturating_add(FETCH_SLACK_BYTES));
+            }
             let data = match s.partition.read_isolated(s.position, max, read_committed) {
                 Ok(d) => d,
                 Err(LogError::OffsetOutOfRange { log_start, log_end, .. }) if reset != OffsetReset::None => {
@@ -505,17 +567,33 @@ impl Consumer {
             if data.batches.is_empty() {
                 continue;
             }
-            budget = budget.saturating_sub(data.batches.len());
-            let count: usize =
-                BatchIter::new(data.batches.clone()).flatten().map(|b| b.header().record_count.max(0) as usize).sum();
-            records_left = records_left.saturating_sub(count);
-            let recs = PartitionRecords {
+            let (bytes, records): (usize, usize) = BatchIter::new(data.batches.clone())
+                .flatten()
+                .map(|b| (b.bytes().len(), b.header().record_count.max(0) as usize))
+                .fold((0, 0), |(b, r), (bb, rr)| (b + bb, r + rr));
+            if records > 0 {
+                s.bytes_per_record = (bytes / records).max(1);
+            }
+            s.batch_records = BatchIter::new(data.batches.clone())
+                .next()
+                .and_then(|b| b.ok())
+                .map_or(0, |b| b.header().record_count.max(0) as usize);
+            let mut recs = PartitionRecords {
                 tp: tp.clone(),
                 from_offset: s.position,
                 data,
+                until: None,
                 check_crcs: self.config.check_crcs,
                 read_committed,
             };
+            if records_left < usize::MAX {
+                records_left = records_left.saturating_sub(recs.limit(records_left, !taken));
+                if recs.data.batches.is_empty() {
+                    // Its first batch does not fit what is left of this poll.
+                    continue;
+                }
+            }
+            budget = budget.saturating_sub(recs.data.batches.len());
             s.position = recs.next_offset();
             out.push(recs);
         }
@@ -625,6 +703,33 @@ mod tests {
         for (c, i) in collected.iter().zip(&iterated) {
             assert_eq!((c.offset, &c.key, &c.value), (i.offset, &i.key, &i.value));
         }
+    }
+
+    /// Batches that fit are returned whole, and the cut falls before the first that does not; a
+    /// first batch larger than the limit is taken whole, or left out of a poll that has records.
+    #[test]
+    fn a_limit_cuts_between_batches() {
+        let mut bytes = BytesMut::new();
+        for base in [0i64, 100, 200] {
+            let mut b = BytesMut::from(&batch(100)[..]);
+            b[0..8].copy_from_slice(&base.to_be_bytes());
+            bytes.extend_from_slice(&b);
+        }
+        let bytes = bytes.freeze();
+        let third = bytes.len() / 3;
+        let cut = |from: u64, max: usize, whole_first: bool| {
+            let mut recs = PartitionRecords::new(TopicPartition::new("t", 0), from, fetched(bytes.clone()), false);
+            let n = recs.limit(max, whole_first);
+            let got: Vec<u64> = recs.collect_records().expect("valid").iter().map(|r| r.offset).collect();
+            (n, recs.next_offset(), recs.data.batches.len() / third, got)
+        };
+        // 70 of the first batch, and the second does not fit.
+        assert_eq!(cut(30, 150, true), (70, 100, 1, (30..100).collect()));
+        // A first batch larger than the limit: whole, or not at all.
+        assert_eq!(cut(30, 50, true), (70, 100, 1, (30..100).collect()));
+        assert_eq!(cut(30, 50, false), (0, 30, 0, vec![]));
+        // Everything fits.
+        assert_eq!(cut(30, 270, true), (270, 300, 3, (30..300).collect()));
     }
 
     /// A header claiming two billion records sizes nothing by its claim: the allocation is capped

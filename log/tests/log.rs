@@ -210,6 +210,50 @@ fn offsets_for_times_and_fetch_ranges() {
     assert!(log.read("t", 0, 100, 100).unwrap().batches.is_empty());
 }
 
+/// `max.poll.records` bounds every poll, across batches and partitions; a batch larger than the
+/// limit is a poll of its own. What a poll holds back comes in the next: no record lost, none twice.
+#[test]
+fn a_poll_holds_at_most_max_poll_records_and_the_next_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("t", 2, TopicConfig::default()).unwrap();
+    for _ in 0..10 {
+        log.append("t", 0, &mut one_batch(100, 0)).unwrap();
+    }
+    log.append("t", 1, &mut one_batch(1000, 0)).unwrap();
+    let mut c = log
+        .consumer(ConsumerConfig {
+            topics: vec!["t".into()],
+            auto_offset_reset: OffsetReset::Earliest,
+            max_poll_records: Some(250),
+            ..Default::default()
+        })
+        .unwrap();
+    let (mut seen, mut sizes) = (Vec::new(), Vec::new());
+    loop {
+        let polled = c.poll(Duration::from_millis(20)).unwrap();
+        if polled.is_empty() {
+            break;
+        }
+        let mut n = 0;
+        for part in &polled {
+            for r in part.records() {
+                seen.push((part.tp.partition, r.unwrap().offset));
+                n += 1;
+            }
+            assert_eq!(c.position(&part.tp), Some(part.next_offset()), "the position follows what was returned");
+        }
+        sizes.push((polled.len(), n));
+    }
+    // Partition 0 comes in polls of two batches (200); partition 1's batch in a poll of its own.
+    let mut sorted = sizes.clone();
+    sorted.sort();
+    assert_eq!(sorted, [vec![(1, 200); 5], vec![(1, 1000)]].concat(), "{sizes:?}");
+    let expected: Vec<(u32, u64)> = (0..2).flat_map(|p| (0..1000).map(move |o| (p, o))).collect();
+    seen.sort();
+    assert_eq!(seen, expected, "every record once");
+}
+
 #[test]
 fn a_caught_up_consumer_waits_for_new_data() {
     let dir = tempfile::tempdir().unwrap();
