@@ -81,7 +81,7 @@ pub(crate) fn committed_records(log: &Log, topic: &str) -> Result<u64> {
     Ok(n)
 }
 
-/// Peak resident memory of this process since it started or since [`reset_peak_rss`], in MB.
+/// Peak resident memory of this process since it started, in MB.
 pub(crate) fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -89,12 +89,6 @@ pub(crate) fn peak_rss_mb() -> f64 {
             s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// Starts a new peak for [`peak_rss_mb`] at the current resident memory, so that a bench with
-/// phases (count, then restore) can report each one's peak; false where Linux does not allow it.
-pub(crate) fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 fn log_bench(b: LogBench) -> Result<()> {

@@ -36,7 +36,14 @@ pub struct CountBench {
     /// Extra app configuration, as key=value (for example statestore.cache.max.bytes=0).
     #[arg(long = "config", value_name = "KEY=VALUE")]
     config: Vec<String>,
+    /// Only the restore, of a count left in `--dir` (how the bench runs its restore phase: in a
+    /// process of its own, as an instance restarting would).
+    #[arg(long, hide = true)]
+    restore_only: bool,
 }
+
+/// The line a `--restore-only` child prints its peak on, for the parent to read.
+const RESTORE_PEAK: &str = "restore peak memory:";
 
 fn topology(stores: usize) -> Result<garam::core::topology::Topology> {
     let b = StreamBuilder::new();
@@ -52,7 +59,22 @@ fn topology(stores: usize) -> Result<garam::core::topology::Topology> {
     Ok(b.build()?)
 }
 
+fn app_config(b: &CountBench, state: &str) -> Result<AppConfig> {
+    let mut config = AppConfig::new("bench-count");
+    config.num_threads = b.threads;
+    config.set("processing.guarantee", &b.guarantee)?;
+    config.state_dir = Some(b.dir.join(state));
+    for kv in &b.config {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--config expects key=value, got '{kv}'"))?;
+        config.set(k, v)?;
+    }
+    Ok(config)
+}
+
 pub fn run(b: CountBench) -> Result<()> {
+    if b.restore_only {
+        return restore(&b);
+    }
     let _ = std::fs::remove_dir_all(&b.dir);
     let log = Log::open(&b.dir)?;
     log.create_topic("count-in", b.partitions, TopicConfig::default())?;
@@ -72,14 +94,7 @@ pub fn run(b: CountBench) -> Result<()> {
     drop(p);
     log.flush()?;
 
-    let mut config = AppConfig::new("bench-count");
-    config.num_threads = b.threads;
-    config.set("processing.guarantee", &b.guarantee)?;
-    config.state_dir = Some(b.dir.join("state-a"));
-    for kv in &b.config {
-        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--config expects key=value, got '{kv}'"))?;
-        config.set(k, v)?;
-    }
+    let config = app_config(&b, "state-a")?;
     let mut app = App::new(topology(b.stores)?, config.clone(), Arc::new(log.clone()))?;
     let start = Instant::now();
     app.start()?;
@@ -106,14 +121,45 @@ pub fn run(b: CountBench) -> Result<()> {
         m.commit_latency_avg_us
     );
     drop(app);
-    // The count's peak (with the fill before it), then the restore's on its own: a process runs
-    // one of them at a time, and the restore's figure still carries what the allocators hold back
-    // from the count.
+    // The count's peak (with the fill before it); the restore runs in a process of its own, as an
+    // instance restarting would, so that its peak is its own and not what the allocators here
+    // hold back from the count.
     let count_peak = crate::bench::peak_rss_mb();
-    let phases = crate::bench::reset_peak_rss();
+    log.close()?;
+    drop(log);
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .arg("--restore-only")
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let out = String::from_utf8_lossy(&child.stdout);
+    if !child.status.success() {
+        anyhow::bail!("the restore phase failed ({}): {out}", child.status);
+    }
+    let mut restore_peak = 0.0;
+    for line in out.lines() {
+        match line.strip_prefix(RESTORE_PEAK) {
+            Some(mb) => restore_peak = mb.trim().trim_end_matches("MB").trim().parse().unwrap_or(0.0),
+            None => println!("{line}"),
+        }
+    }
+    println!(
+        "peak memory: {:.0} MB (counting {count_peak:.0} MB, restoring {restore_peak:.0} MB in a new process; state.memory.max.bytes = {} MiB, of which store caches {} MiB)",
+        count_peak.max(restore_peak),
+        config.state_memory_max_bytes >> 20,
+        config.cache_bytes() >> 20
+    );
+    if !b.keep {
+        std::fs::remove_dir_all(&b.dir)?;
+    }
+    Ok(())
+}
 
-    // Restore: an empty state directory rebuilds every store from its changelog.
-    config.state_dir = Some(b.dir.join("state-b"));
+/// The restore phase: an empty state directory rebuilds every store from the changelogs the
+/// count left in `--dir`.
+fn restore(b: &CountBench) -> Result<()> {
+    let log = Log::open(&b.dir)?;
+    let config = app_config(b, "state-b")?;
     let mut app = App::new(topology(b.stores)?, config.clone(), Arc::new(log.clone()))?;
     let restored = Arc::new(AtomicU64::new(0));
     // Restore time: from the first progress report to the last store's completion.
@@ -141,20 +187,8 @@ pub fn run(b: CountBench) -> Result<()> {
         "restore: {n} changelog records in {secs:.2} s = {:.0} records/s (from start to the last store restored; {total:.2} s until idle and closed)",
         n as f64 / secs
     );
-    let restore_peak = crate::bench::peak_rss_mb();
-    let by_phase =
-        if phases { format!("counting {count_peak:.0} MB, restoring {restore_peak:.0} MB; ") } else { String::new() };
-    println!(
-        "peak memory: {:.0} MB ({by_phase}state.memory.max.bytes = {} MiB, of which store caches {} MiB)",
-        count_peak.max(restore_peak),
-        config.state_memory_max_bytes >> 20,
-        config.cache_bytes() >> 20
-    );
+    println!("{RESTORE_PEAK} {:.0} MB", crate::bench::peak_rss_mb());
     drop(app);
     log.close()?;
-    drop(log);
-    if !b.keep {
-        std::fs::remove_dir_all(&b.dir)?;
-    }
     Ok(())
 }
