@@ -508,7 +508,8 @@ impl Consumer {
     fn fetch_available(&mut self) -> Result<Vec<PartitionRecords>> {
         let mut out = Vec::new();
         let mut budget = self.config.fetch_max_bytes;
-        let max_records = self.config.max_poll_records.unwrap_or(usize::MAX);
+        // Kafka refuses a max.poll.records below 1; a poll of none would never move.
+        let max_records = self.config.max_poll_records.unwrap_or(usize::MAX).max(1);
         let mut records_left = max_records;
         let n = self.positions.len();
         if n == 0 {

@@ -254,6 +254,25 @@ fn a_poll_holds_at_most_max_poll_records_and_the_next_resumes_where_it_stopped()
     assert_eq!(seen, expected, "every record once");
 }
 
+/// A `max.poll.records` of 0 is taken as 1 (Kafka refuses it): polls still move.
+#[test]
+fn a_max_poll_records_of_zero_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("t", 1, TopicConfig::default()).unwrap();
+    log.append("t", 0, &mut one_batch(5, 0)).unwrap();
+    let mut c = log
+        .consumer(ConsumerConfig {
+            topics: vec!["t".into()],
+            auto_offset_reset: OffsetReset::Earliest,
+            max_poll_records: Some(0),
+            ..Default::default()
+        })
+        .unwrap();
+    let polled = c.poll(Duration::from_millis(20)).unwrap();
+    assert_eq!(polled.iter().map(|p| p.records().count()).sum::<usize>(), 5, "one whole batch");
+}
+
 #[test]
 fn a_caught_up_consumer_waits_for_new_data() {
     let dir = tempfile::tempdir().unwrap();
