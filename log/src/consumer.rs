@@ -80,7 +80,8 @@ pub struct PartitionRecords {
     pub from_offset: u64,
     /// The raw batches.
     pub data: FetchData,
-    /// Records from here on are left for the next poll (`max.poll.records`).
+    /// Records from here on are left for the next poll (`max.poll.records`): the offset of the
+    /// first batch a poll's record limit left out.
     until: Option<u64>,
     check_crcs: bool,
     read_committed: bool,
@@ -89,11 +90,6 @@ pub struct PartitionRecords {
 impl PartitionRecords {
     pub(crate) fn new(tp: TopicPartition, from_offset: u64, data: FetchData, read_committed: bool) -> Self {
         PartitionRecords { tp, from_offset, data, until: None, check_crcs: true, read_committed }
-    }
-
-    /// The offset the records end before, when a poll's record limit cut them short.
-    pub fn until_offset(&self) -> Option<u64> {
-        self.until
     }
 
     /// The records at or after `from_offset`, skipping control batches.
@@ -174,7 +170,9 @@ impl PartitionRecords {
                 n = n.saturating_add(usize::try_from(h.record_count).unwrap_or(0));
             }
         }
-        let cut = self.until.map_or(usize::MAX, |u| usize::try_from(u - self.from_offset).unwrap_or(usize::MAX));
+        let cut = self
+            .until
+            .map_or(usize::MAX, |u| usize::try_from(u.saturating_sub(self.from_offset)).unwrap_or(usize::MAX));
         n.min(self.data.batches.len() / MIN_RECORD_BYTES).min(cut)
     }
 
