@@ -186,15 +186,15 @@ impl PartitionRecords {
         next.min(end).min(self.until.unwrap_or(u64::MAX)).max(self.from_offset)
     }
 
-    /// Cuts these records to at most `max`, counted from the batch headers (so never more: offsets
-    /// a compaction removed count too), between batches: a batch is never split, so none is
+    /// Cuts these records to at most `max`, counted from the batch headers (never fewer than are
+    /// there, so never more than `max`), between batches: a batch is never split, so none is
     /// decoded twice and nothing fetched is held back between polls. A first batch that alone
     /// holds more is taken whole when `whole_first` (the poll has no records yet), else left out.
-    /// Returns how many records are taken (at most, as above).
-    fn limit(&mut self, max: usize, whole_first: bool) -> usize {
+    /// Returns how many records are taken (at most, as above) and how many the batch after them
+    /// holds: the one left out, else the last taken (a guess at the next one's size).
+    fn limit(&mut self, max: usize, whole_first: bool) -> (usize, usize) {
         let from = self.from_offset;
-        let mut count = 0usize;
-        let mut kept = 0usize;
+        let (mut count, mut kept, mut last) = (0usize, 0usize, 0usize);
         for b in BatchIter::new(self.data.batches.clone()) {
             let Ok(b) = b else { break };
             let h = b.header();
@@ -202,18 +202,27 @@ impl PartitionRecords {
                 || (h.is_transactional()
                     && self.data.aborted.iter().any(|a| a.covers(h.producer_id, h.base_offset as u64)));
             let start = (h.base_offset as u64).max(from);
-            let here =
-                if skipped { 0 } else { usize::try_from(h.next_offset().saturating_sub(start)).unwrap_or(usize::MAX) };
+            // The offsets at or after `from`, or the batch's record count where a compaction left
+            // fewer records than offsets.
+            let in_batch = usize::try_from(h.record_count.max(0)).unwrap_or(usize::MAX);
+            let here = if skipped {
+                0
+            } else {
+                usize::try_from(h.next_offset().saturating_sub(start)).unwrap_or(usize::MAX).min(in_batch)
+            };
             if count.saturating_add(here) > max && !(count == 0 && whole_first) {
                 // Before this batch.
                 self.data.batches = self.data.batches.slice(..kept);
                 self.until = Some(start);
-                return count;
+                return (count, here);
             }
             count += here;
             kept += b.bytes().len();
+            if here > 0 {
+                last = here;
+            }
         }
-        count
+        (count, last)
     }
 }
 
@@ -259,8 +268,9 @@ struct PartState {
     /// Bytes per record of the last fetch (0: none yet), to size the next one to the records a
     /// poll may still take rather than read a megabyte to return a few records of it.
     bytes_per_record: usize,
-    /// Records in the first batch of the last fetch: a poll with fewer places left skips the
-    /// partition rather than read a batch it would cut.
+    /// Records in the batch after the last poll's (the one a cut left out, or a guess from the
+    /// last one taken; 0: unknown): a poll with fewer places left skips the partition rather than
+    /// read a batch it would leave out.
     batch_records: usize,
 }
 
@@ -372,6 +382,7 @@ impl Consumer {
             .get_mut(tp)
             .ok_or_else(|| LogError::InvalidArgument(format!("{tp} is not assigned to this consumer")))?;
         s.position = offset;
+        s.batch_records = 0;
         Ok(())
     }
 
@@ -566,17 +577,13 @@ impl Consumer {
             if data.batches.is_empty() {
                 continue;
             }
-            let (bytes, records): (usize, usize) = BatchIter::new(data.batches.clone())
+            let (bytes, records) = BatchIter::new(data.batches.clone())
                 .flatten()
-                .map(|b| (b.bytes().len(), b.header().record_count.max(0) as usize))
-                .fold((0, 0), |(b, r), (bb, rr)| (b + bb, r + rr));
+                .map(|b| (b.bytes().len(), usize::try_from(b.header().record_count.max(0)).unwrap_or(0)))
+                .fold((0usize, 0usize), |(b, r), (bb, rr)| (b.saturating_add(bb), r.saturating_add(rr)));
             if records > 0 {
                 s.bytes_per_record = (bytes / records).max(1);
             }
-            s.batch_records = BatchIter::new(data.batches.clone())
-                .next()
-                .and_then(|b| b.ok())
-                .map_or(0, |b| b.header().record_count.max(0) as usize);
             let mut recs = PartitionRecords {
                 tp: tp.clone(),
                 from_offset: s.position,
@@ -586,7 +593,9 @@ impl Consumer {
                 read_committed,
             };
             if records_left < usize::MAX {
-                records_left = records_left.saturating_sub(recs.limit(records_left, !taken));
+                let (taken_here, next_batch) = recs.limit(records_left, !taken);
+                records_left = records_left.saturating_sub(taken_here);
+                s.batch_records = next_batch;
                 if recs.data.batches.is_empty() {
                     // Its first batch does not fit what is left of this poll.
                     continue;
@@ -718,7 +727,7 @@ mod tests {
         let third = bytes.len() / 3;
         let cut = |from: u64, max: usize, whole_first: bool| {
             let mut recs = PartitionRecords::new(TopicPartition::new("t", 0), from, fetched(bytes.clone()), false);
-            let n = recs.limit(max, whole_first);
+            let (n, _) = recs.limit(max, whole_first);
             let got: Vec<u64> = recs.collect_records().expect("valid").iter().map(|r| r.offset).collect();
             (n, recs.next_offset(), recs.data.batches.len() / third, got)
         };
@@ -729,6 +738,26 @@ mod tests {
         assert_eq!(cut(30, 50, false), (0, 30, 0, vec![]));
         // Everything fits.
         assert_eq!(cut(30, 270, true), (270, 300, 3, (30..300).collect()));
+    }
+
+    /// A compacted batch (10 records left over 1000 offsets) counts as its 10 records, not as
+    /// 1000 offsets: it does not fill a poll on its own.
+    #[test]
+    fn a_compacted_batch_counts_its_records_not_its_offsets() {
+        let mut sparse = BatchBuilder::new(Compression::None);
+        for i in 0..10 {
+            sparse.push_with_offset_delta(i * 111, 0, Some(&b"k"[..]), Some(&b"v"[..]), &[]);
+        }
+        let mut out = Vec::new();
+        sparse.finish_with_last_delta(&mut out, 999).expect("a valid batch");
+        let mut bytes = BytesMut::from(&out[..]);
+        let mut dense = BytesMut::from(&batch(100)[..]);
+        dense[0..8].copy_from_slice(&1000i64.to_be_bytes());
+        bytes.extend_from_slice(&dense);
+        let mut recs = PartitionRecords::new(TopicPartition::new("t", 0), 0, fetched(bytes.freeze()), false);
+        assert_eq!(recs.limit(50, true), (10, 100), "the sparse batch's 10, and the dense one left out");
+        assert_eq!(recs.collect_records().expect("valid").len(), 10);
+        assert_eq!(recs.next_offset(), 1000);
     }
 
     /// A header claiming two billion records sizes nothing by its claim: the allocation is capped
