@@ -577,13 +577,6 @@ impl Consumer {
             if data.batches.is_empty() {
                 continue;
             }
-            let (bytes, records) = BatchIter::new(data.batches.clone())
-                .flatten()
-                .map(|b| (b.bytes().len(), usize::try_from(b.header().record_count.max(0)).unwrap_or(0)))
-                .fold((0usize, 0usize), |(b, r), (bb, rr)| (b.saturating_add(bb), r.saturating_add(rr)));
-            if records > 0 {
-                s.bytes_per_record = (bytes / records).max(1);
-            }
             let mut recs = PartitionRecords {
                 tp: tp.clone(),
                 from_offset: s.position,
@@ -593,6 +586,14 @@ impl Consumer {
                 read_committed,
             };
             if records_left < usize::MAX {
+                // What sizes this partition's next fetch: only a poll with a limit needs it.
+                let (bytes, records) = BatchIter::new(recs.data.batches.clone())
+                    .flatten()
+                    .map(|b| (b.bytes().len(), usize::try_from(b.header().record_count.max(0)).unwrap_or(0)))
+                    .fold((0usize, 0usize), |(b, r), (bb, rr)| (b.saturating_add(bb), r.saturating_add(rr)));
+                if records > 0 {
+                    s.bytes_per_record = (bytes / records).max(1);
+                }
                 let (taken_here, next_batch) = recs.limit(records_left, !taken);
                 records_left = records_left.saturating_sub(taken_here);
                 s.batch_records = next_batch;

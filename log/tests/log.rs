@@ -22,14 +22,20 @@ fn cfg(pairs: &[(&str, &str)]) -> TopicConfig {
     c
 }
 
+/// A consumer of every partition of `topic` from its first offset, polls of at most
+/// `max_poll_records`.
+fn from_the_start(log: &Log, topic: &str, max_poll_records: Option<usize>) -> garam_log::consumer::Consumer {
+    log.consumer(ConsumerConfig {
+        topics: vec![topic.into()],
+        auto_offset_reset: OffsetReset::Earliest,
+        max_poll_records,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 fn read_all(log: &Log, topic: &str) -> Vec<(u32, u64, Option<Vec<u8>>, Option<Vec<u8>>)> {
-    let mut c = log
-        .consumer(ConsumerConfig {
-            topics: vec![topic.into()],
-            auto_offset_reset: OffsetReset::Earliest,
-            ..Default::default()
-        })
-        .unwrap();
+    let mut c = from_the_start(log, topic, None);
     let mut out = Vec::new();
     loop {
         let polled = c.poll(Duration::from_millis(20)).unwrap();
@@ -221,14 +227,7 @@ fn a_poll_holds_at_most_max_poll_records_and_the_next_resumes_where_it_stopped()
         log.append("t", 0, &mut one_batch(100, 0)).unwrap();
     }
     log.append("t", 1, &mut one_batch(1000, 0)).unwrap();
-    let mut c = log
-        .consumer(ConsumerConfig {
-            topics: vec!["t".into()],
-            auto_offset_reset: OffsetReset::Earliest,
-            max_poll_records: Some(250),
-            ..Default::default()
-        })
-        .unwrap();
+    let mut c = from_the_start(&log, "t", Some(250));
     let (mut seen, mut sizes) = (Vec::new(), Vec::new());
     loop {
         let polled = c.poll(Duration::from_millis(20)).unwrap();
@@ -261,14 +260,7 @@ fn a_max_poll_records_of_zero_still_reads() {
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     log.create_topic("t", 1, TopicConfig::default()).unwrap();
     log.append("t", 0, &mut one_batch(5, 0)).unwrap();
-    let mut c = log
-        .consumer(ConsumerConfig {
-            topics: vec!["t".into()],
-            auto_offset_reset: OffsetReset::Earliest,
-            max_poll_records: Some(0),
-            ..Default::default()
-        })
-        .unwrap();
+    let mut c = from_the_start(&log, "t", Some(0));
     let polled = c.poll(Duration::from_millis(20)).unwrap();
     assert_eq!(polled.iter().map(|p| p.records().count()).sum::<usize>(), 5, "one whole batch");
 }
