@@ -60,6 +60,27 @@ struct TopicState {
     since_refresh: u32,
 }
 
+/// Finishes `builder` as `partition`'s next batch from the producer `ids` (id, epoch,
+/// transactional) at `next_sequence`, and appends it.
+fn append_batch(
+    builder: &mut BatchBuilder,
+    partition: &Partition,
+    next_sequence: &mut i32,
+    (pid, epoch, transactional): (i64, i16, bool),
+    compressed: &mut Vec<u8>,
+) -> Result<AppendInfo> {
+    let count = builder.len() as i32;
+    if pid >= 0 {
+        builder.producer(pid, epoch, *next_sequence);
+    }
+    builder.transactional(transactional);
+    let info = builder.finish_and(compressed, |batch| partition.append_built(batch))??;
+    if pid >= 0 {
+        *next_sequence = next_sequence.wrapping_add(count) & i32::MAX;
+    }
+    Ok(info)
+}
+
 /// Sends between metadata refreshes: new partitions and config changes are seen this soon.
 const REFRESH_EVERY: u32 = 4096;
 /// The buffer a partition's batch builder keeps between commits (its starting size).
@@ -87,11 +108,29 @@ pub struct Producer {
     /// by `send_reporting`; their flags in [`PartitionBatch`] say so without a search.
     touched: Vec<(usize, u32)>,
     reported: Vec<(usize, u32)>,
-    /// Runs before the next append, once: a transactional producer's wait for its previous
-    /// transaction's commit, still completing in the background. Records of the next transaction
-    /// may queue meanwhile, but none may reach a partition ahead of the previous one's markers.
-    before_append: Option<Box<dyn FnOnce() + Send>>,
+    /// Closed while a transactional producer's previous commit completes in the background:
+    /// the next transaction's records may queue meanwhile, but none may reach a partition ahead
+    /// of the previous one's markers.
+    gate: Option<Arc<dyn AppendGate>>,
+    /// Full batches held back by the gate, oldest first, with the bytes they hold: appended in
+    /// order once it opens. Up to [`HELD_MAX_BYTES`], a batch that fills while a commit's fsyncs
+    /// run is held rather than waited for, so processing does not stall on the commit.
+    held: Vec<(usize, u32, BatchBuilder)>,
+    held_bytes: usize,
 }
+
+/// What a [`Producer`]'s appends wait for (a transaction's commit in flight).
+pub(crate) trait AppendGate: Send + Sync {
+    /// True once appends may go ahead; never blocks.
+    fn is_open(&self) -> bool;
+    /// Blocks until appends may go ahead.
+    fn wait(&self);
+}
+
+/// The most a producer holds back while its gate is closed: enough for what a worker produces
+/// while a commit's fsyncs run (a few milliseconds), bounded so that a slow disk makes
+/// processing wait rather than memory grow.
+const HELD_MAX_BYTES: usize = 4 << 20;
 
 impl Producer {
     pub(crate) fn new(log: Log, config: ProducerConfig) -> Result<Producer> {
@@ -111,7 +150,9 @@ impl Producer {
             transactional,
             touched: Default::default(),
             reported: Default::default(),
-            before_append: None,
+            gate: None,
+            held: Vec::new(),
+            held_bytes: 0,
         }
     }
 
@@ -137,9 +178,10 @@ impl Producer {
             .collect()
     }
 
-    /// Sets what must run before the next append (see the field); replaces any earlier one.
-    pub(crate) fn set_before_append(&mut self, wait: Option<Box<dyn FnOnce() + Send>>) {
-        self.before_append = wait;
+    /// Closes the gate appends wait for (see the field) until `gate` opens; `None` opens it.
+    /// Batches held meanwhile are appended, in order, by the next append or flush.
+    pub(crate) fn set_gate(&mut self, gate: Option<Arc<dyn AppendGate>>) {
+        self.gate = gate;
     }
 
     /// Fails when a partition appended to since [`Self::take_touched`] was deleted with its topic.
@@ -153,6 +195,8 @@ impl Producer {
 
     /// Drops every queued record (an aborted transaction's).
     pub(crate) fn discard(&mut self) {
+        self.held.clear();
+        self.held_bytes = 0;
         for st in &mut self.topics {
             for b in &mut st.batches {
                 b.builder.reset();
@@ -209,6 +253,11 @@ impl Producer {
         let st = &mut self.topics[t];
         self.topic_index.remove(st.topic.name());
         let mut lost = None;
+        if let Some(&(_, p, _)) = self.held.iter().find(|(held, _, _)| *held == t) {
+            lost = Some(st.batches[p as usize].partition.deleted_error());
+            self.held.retain(|(held, _, _)| *held != t);
+            self.held_bytes = self.held.iter().map(|(_, _, b)| b.size_bytes()).sum();
+        }
         for b in &mut st.batches {
             if !b.builder.is_empty() {
                 b.builder.reset();
@@ -336,34 +385,72 @@ impl Producer {
         Ok(false)
     }
 
+    /// Appends partition `p` of topic slot `t`'s batch; `None` when it was empty, or held back
+    /// by the gate (see [`Self::held`]).
     fn append_partition(&mut self, t: usize, p: u32) -> Result<Option<AppendInfo>> {
-        let (pid, epoch) = (self.producer_id, self.epoch);
         if self.topics[t].batches[p as usize].builder.is_empty() {
             return Ok(None);
         }
-        if let Some(wait) = self.before_append.take() {
-            wait();
+        if self.transactional {
+            let pb = &mut self.topics[t].batches[p as usize];
+            if !pb.touched {
+                pb.touched = true;
+                self.touched.push((t, p));
+            }
+        }
+        if !self.open_gate(false)? {
+            let size = self.topics[t].batches[p as usize].builder.size_bytes();
+            if self.held_bytes + size <= HELD_MAX_BYTES {
+                let full = self.topics[t].batches[p as usize].builder.take_filled();
+                self.held.push((t, p, full));
+                self.held_bytes += size;
+                return Ok(None);
+            }
+            self.open_gate(true)?;
         }
         let pb = &mut self.topics[t].batches[p as usize];
-        let count = pb.builder.len() as i32;
-        if pid >= 0 {
-            pb.builder.producer(pid, epoch, pb.next_sequence);
+        let ids = (self.producer_id, self.epoch, self.transactional);
+        append_batch(&mut pb.builder, &pb.partition, &mut pb.next_sequence, ids, &mut self.compressed).map(Some)
+    }
+
+    /// True when the gate is open (after waiting for it, with `wait`); the batches it held are
+    /// then appended, oldest first.
+    fn open_gate(&mut self, wait: bool) -> Result<bool> {
+        if let Some(gate) = &self.gate {
+            if wait {
+                gate.wait();
+            } else if !gate.is_open() {
+                return Ok(false);
+            }
+            self.gate = None;
         }
-        pb.builder.transactional(self.transactional);
-        if self.transactional && !pb.touched {
-            pb.touched = true;
-            self.touched.push((t, p));
+        if !self.held.is_empty() {
+            let mut held = std::mem::take(&mut self.held);
+            self.held_bytes = 0;
+            let mut appended = Ok(());
+            let mut rest = held.drain(..);
+            let ids = (self.producer_id, self.epoch, self.transactional);
+            for (t, p, mut builder) in rest.by_ref() {
+                let pb = &mut self.topics[t].batches[p as usize];
+                if let Err(e) =
+                    append_batch(&mut builder, &pb.partition, &mut pb.next_sequence, ids, &mut self.compressed)
+                {
+                    appended = Err(e);
+                    break;
+                }
+            }
+            // A failed append leaves the batches after it held, in order, as a failed append
+            // leaves a partition's batch queued.
+            self.held = rest.collect();
+            self.held_bytes = self.held.iter().map(|(_, _, b)| b.size_bytes()).sum();
+            appended?;
         }
-        let partition = &pb.partition;
-        let info = pb.builder.finish_and(&mut self.compressed, |batch| partition.append_built(batch))??;
-        if pid >= 0 {
-            pb.next_sequence = pb.next_sequence.wrapping_add(count) & i32::MAX;
-        }
-        Ok(Some(info))
+        Ok(true)
     }
 
     /// Appends every queued record.
     pub fn flush(&mut self) -> Result<()> {
+        self.open_gate(true)?;
         for t in 0..self.topics.len() {
             for p in 0..self.topics[t].batches.len() as u32 {
                 if self.topics[t].batches[p as usize].builder.is_empty() {
@@ -387,5 +474,118 @@ impl Producer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::batch::BatchIter;
+    use crate::TopicConfig;
+
+    /// A gate the test opens by hand; `wait` opens it too, and counts.
+    #[derive(Default)]
+    struct TestGate {
+        open: AtomicBool,
+        waits: AtomicUsize,
+    }
+
+    impl AppendGate for TestGate {
+        fn is_open(&self) -> bool {
+            self.open.load(Ordering::SeqCst)
+        }
+
+        fn wait(&self) {
+            self.waits.fetch_add(1, Ordering::SeqCst);
+            self.open.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn setup(batch_size: usize) -> (tempfile::TempDir, Log, Producer, Arc<TestGate>) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        log.create_topic("t", 1, TopicConfig::default()).unwrap();
+        let mut producer = log.producer(ProducerConfig { batch_size, ..Default::default() }).unwrap();
+        let gate = Arc::new(TestGate::default());
+        producer.set_gate(Some(gate.clone()));
+        (dir, log, producer, gate)
+    }
+
+    /// Sends records numbered `range`, each value its number and then `pad` bytes.
+    fn send(p: &mut Producer, range: std::ops::Range<u32>, pad: usize) {
+        for i in range {
+            let mut value = i.to_be_bytes().to_vec();
+            value.resize(4 + pad, 0);
+            p.send_to("t", Some(0), Record::new(None::<Vec<u8>>, Some(value))).unwrap();
+        }
+    }
+
+    /// The numbers of the records in the partition, in offset order.
+    fn numbers(log: &Log) -> Vec<u32> {
+        let p = log.partition("t", 0).unwrap();
+        let mut out = Vec::new();
+        let mut next = 0;
+        while next < p.high_watermark() {
+            for batch in BatchIter::new(p.read(next, 1 << 20).unwrap().batches) {
+                for r in batch.unwrap().records().unwrap() {
+                    let r = r.unwrap();
+                    if r.offset >= next {
+                        out.push(u32::from_be_bytes(r.value.unwrap()[..4].try_into().unwrap()));
+                        next = r.offset + 1;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn batches_filled_while_the_gate_is_closed_are_held_then_appended_in_order() {
+        let (_dir, log, mut p, gate) = setup(1024);
+        send(&mut p, 0..500, 0);
+        assert!(numbers(&log).is_empty(), "nothing reaches the partition while the gate is closed");
+        assert!(p.held.len() >= 5, "{} batches held", p.held.len());
+        gate.open.store(true, Ordering::SeqCst);
+        send(&mut p, 500..600, 0); // the next full batch finds the gate open
+        assert!(p.held.is_empty());
+        p.flush().unwrap();
+        assert_eq!(numbers(&log), (0..600).collect::<Vec<_>>());
+        assert_eq!(gate.waits.load(Ordering::SeqCst), 0, "never blocked");
+    }
+
+    #[test]
+    fn a_flush_waits_for_the_gate() {
+        let (_dir, log, mut p, gate) = setup(1024);
+        send(&mut p, 0..300, 0);
+        p.flush().unwrap();
+        assert_eq!(gate.waits.load(Ordering::SeqCst), 1);
+        assert_eq!(numbers(&log), (0..300).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_producer_holding_its_limit_waits_for_the_gate() {
+        let (_dir, log, mut p, gate) = setup(64 * 1024);
+        let n = (2 * HELD_MAX_BYTES / 1024) as u32;
+        send(&mut p, 0..n, 1020);
+        assert_eq!(gate.waits.load(Ordering::SeqCst), 1, "held up to the limit, then waited");
+        assert!(p.held_bytes <= HELD_MAX_BYTES);
+        p.flush().unwrap();
+        assert_eq!(numbers(&log), (0..n).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_discard_drops_what_was_held_and_later_batches_keep_their_sequence() {
+        let (_dir, log, mut p, gate) = setup(1024);
+        send(&mut p, 0..300, 0);
+        assert!(!p.held.is_empty());
+        p.discard();
+        gate.open.store(true, Ordering::SeqCst);
+        // Held batches took no sequence numbers: the idempotent producer's next batch is in
+        // sequence, not refused as out of order.
+        send(&mut p, 300..400, 0);
+        p.flush().unwrap();
+        assert_eq!(numbers(&log), (300..400).collect::<Vec<_>>());
     }
 }

@@ -624,10 +624,7 @@ impl TransactionalProducer {
         self.partitions.clear();
         let flight = Arc::new(InFlight::new(outcome));
         self.committer.submit(job);
-        let wait = flight.clone();
-        self.producer.set_before_append(Some(Box::new(move || {
-            wait.wait();
-        })));
+        self.producer.set_gate(Some(flight.clone()));
         self.in_flight = Some(flight);
         Ok(())
     }
@@ -648,7 +645,7 @@ impl TransactionalProducer {
     /// Takes the outcome of the commit in flight, if any.
     fn settle(&mut self) -> Result<()> {
         let Some(flight) = self.in_flight.take() else { return Ok(()) };
-        self.producer.set_before_append(None);
+        self.producer.set_gate(None);
         let outcome = flight.take();
         // Partitions first written while the commit was in flight join the transaction now: the
         // coordinator forgets the committed transaction's partitions when it completes.
@@ -809,6 +806,30 @@ enum Flight {
     Running(mpsc::Receiver<CommitOutcome>),
     Done(CommitOutcome),
     Taken,
+}
+
+impl crate::producer::AppendGate for InFlight {
+    fn is_open(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Flight::Running(outcome) = &*state else { return true };
+        match outcome.try_recv() {
+            Ok(outcome) => {
+                *state = Flight::Done(outcome);
+                true
+            }
+            Err(mpsc::TryRecvError::Empty) => false,
+            // The committer thread is gone: `wait` records the failure.
+            Err(mpsc::TryRecvError::Disconnected) => {
+                drop(state);
+                self.wait();
+                true
+            }
+        }
+    }
+
+    fn wait(&self) {
+        InFlight::wait(self)
+    }
 }
 
 impl InFlight {

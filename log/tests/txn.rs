@@ -467,7 +467,7 @@ fn a_transaction_whose_topic_is_deleted_under_it_fails_to_commit() {
 }
 
 #[test]
-fn the_next_transaction_waits_behind_a_commit_in_flight_and_never_joins_it() {
+fn the_next_transaction_queues_behind_a_commit_in_flight_and_never_joins_it() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     log.create_topic("in", 1, TopicConfig::default()).unwrap();
@@ -486,23 +486,33 @@ fn the_next_transaction_waits_behind_a_commit_in_flight_and_never_joins_it() {
     assert!(p.commit_in_flight());
     p.begin_transaction().unwrap();
     send(&mut p, "out", 0, "c");
-    // The send waited for the commit: its markers lie below the next transaction's record.
+    // The send did not wait for the commit: c is held until the commit's markers are written
+    // (or, had the commit finished already, appended above them) — never below.
     let part = log.partition("out", 0).unwrap();
-    assert_eq!(part.high_watermark(), 4, "a, b, the COMMIT marker, then c");
+    let written = read(&log, "out", false);
+    assert!(
+        written == ["a", "b"] || (written == ["a", "b", "c"] && part.high_watermark() == 4),
+        "c below the COMMIT marker: {written:?}, high watermark {}",
+        part.high_watermark()
+    );
     assert_eq!(read(&log, "out", true), vec!["a", "b"]);
     p.await_commit().unwrap();
     assert!(!p.commit_in_flight());
     assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 2);
-    // c belongs to the next transaction alone: aborting it leaves the committed ones.
-    p.abort_transaction().unwrap();
-    assert_eq!(read(&log, "out", true), vec!["a", "b"]);
-    assert_eq!(read(&log, "out", false), vec!["a", "b", "c"]);
-    assert!(part.open_transactions().is_empty());
+    p.commit_transaction(Some(&g), &[(tp.clone(), 3)]).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["a", "b", "c"]);
+    assert_eq!(part.high_watermark(), 5, "a, b, COMMIT, c, COMMIT");
+    // d belongs to the next transaction alone: aborting it leaves the committed ones.
     p.begin_transaction().unwrap();
     send(&mut p, "out", 0, "d");
-    p.commit_transaction(Some(&g), &[(tp.clone(), 3)]).unwrap();
-    assert_eq!(read(&log, "out", true), vec!["a", "b", "d"]);
-    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 3);
+    p.abort_transaction().unwrap();
+    assert_eq!(read(&log, "out", true), vec!["a", "b", "c"]);
+    assert!(part.open_transactions().is_empty());
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 0, "e");
+    p.commit_transaction(Some(&g), &[(tp.clone(), 4)]).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["a", "b", "c", "e"]);
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 4);
 }
 
 #[test]

@@ -257,6 +257,13 @@ impl BatchBuilder {
         b
     }
 
+    /// Takes the records pushed so far as a builder of their own, leaving this one empty with a
+    /// small new buffer (a producer holding a full batch back while it fills the next).
+    pub(crate) fn take_filled(&mut self) -> BatchBuilder {
+        let empty = BatchBuilder::with_capacity(self.compression, 16 * 1024);
+        std::mem::replace(self, empty)
+    }
+
     /// Empties the builder, keeping its buffer, codec and producer id/epoch.
     pub fn reset(&mut self) {
         self.buf.truncate(HEADER_LEN);
