@@ -32,7 +32,8 @@ struct PartitionBatch {
     partition: Arc<Partition>,
     builder: BatchBuilder,
     next_sequence: i32,
-    /// Appended to since [`Producer::take_touched`] (a transaction's partition).
+    /// Appended to (or a batch held for it) since [`Producer::take_touched`] (a transaction's
+    /// partition).
     touched: bool,
     /// Reported by [`Producer::send_reporting`] since [`Producer::take_touched`].
     reported: bool,
@@ -104,7 +105,7 @@ pub struct Producer {
     compressed: Vec<u8>,
     /// Writes transactional batches (a transactional producer's).
     transactional: bool,
-    /// Partitions (topic index, partition) appended to since `take_touched`, and those reported
+    /// Partitions (topic index, partition) appended to or held for since `take_touched`, and those reported
     /// by `send_reporting`; their flags in [`PartitionBatch`] say so without a search.
     touched: Vec<(usize, u32)>,
     reported: Vec<(usize, u32)>,
@@ -112,7 +113,7 @@ pub struct Producer {
     /// the next transaction's records may queue meanwhile, but none may reach a partition ahead
     /// of the previous one's markers.
     gate: Option<Arc<dyn AppendGate>>,
-    /// Full batches held back by the gate, oldest first, with the bytes they hold: appended in
+    /// Full batches held back by the gate, oldest first, and their buffers' bytes: appended in
     /// order once it opens. Up to [`HELD_MAX_BYTES`], a batch that fills while a commit's fsyncs
     /// run is held rather than waited for, so processing does not stall on the commit.
     held: Vec<(usize, u32, BatchBuilder)>,
@@ -184,7 +185,8 @@ impl Producer {
         self.gate = gate;
     }
 
-    /// Fails when a partition appended to since [`Self::take_touched`] was deleted with its topic.
+    /// Fails when a partition appended to (or held for) since [`Self::take_touched`] was deleted
+    /// with its topic.
     pub(crate) fn check_touched_live(&self) -> Result<()> {
         match self.touched.iter().map(|&(t, p)| &self.topics[t].batches[p as usize].partition).find(|p| p.is_deleted())
         {
@@ -256,7 +258,7 @@ impl Producer {
         if let Some(&(_, p, _)) = self.held.iter().find(|(held, _, _)| *held == t) {
             lost = Some(st.batches[p as usize].partition.deleted_error());
             self.held.retain(|(held, _, _)| *held != t);
-            self.held_bytes = self.held.iter().map(|(_, _, b)| b.size_bytes()).sum();
+            self.held_bytes = self.held.iter().map(|(_, _, b)| b.capacity_bytes()).sum();
         }
         for b in &mut st.batches {
             if !b.builder.is_empty() {
@@ -345,7 +347,7 @@ impl Producer {
     }
 
     /// Queues a record for partition `p` of topic slot `t` (from [`Self::partition_slot`]);
-    /// true when that filled the batch, which was then appended.
+    /// true when that filled the batch, which was then appended (or held, see [`Self::held`]).
     pub(crate) fn push_at(
         &mut self,
         t: usize,
@@ -399,9 +401,10 @@ impl Producer {
             }
         }
         if !self.open_gate(false)? {
-            let size = self.topics[t].batches[p as usize].builder.size_bytes();
+            // A held batch costs its buffer, which may be well over what it holds.
+            let size = self.topics[t].batches[p as usize].builder.capacity_bytes();
             if self.held_bytes + size <= HELD_MAX_BYTES {
-                let full = self.topics[t].batches[p as usize].builder.take_filled();
+                let full = self.topics[t].batches[p as usize].builder.take_filled(IDLE_BUILDER_BYTES);
                 self.held.push((t, p, full));
                 self.held_bytes += size;
                 return Ok(None);
@@ -439,10 +442,11 @@ impl Producer {
                     break;
                 }
             }
-            // A failed append leaves the batches after it held, in order, as a failed append
-            // leaves a partition's batch queued.
+            // A failed append drops its batch with the error, as any failed append does; the
+            // batches after it stay held, in order. The error reaches the send or flush that
+            // found the gate open, whatever partition it was for.
             self.held = rest.collect();
-            self.held_bytes = self.held.iter().map(|(_, _, b)| b.size_bytes()).sum();
+            self.held_bytes = self.held.iter().map(|(_, _, b)| b.capacity_bytes()).sum();
             appended?;
         }
         Ok(true)
@@ -587,5 +591,31 @@ mod tests {
         send(&mut p, 300..400, 0);
         p.flush().unwrap();
         assert_eq!(numbers(&log), (300..400).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn held_batches_count_their_buffers_against_the_limit() {
+        // batch_size 1: every record is a batch of its own in a 16 KiB buffer.
+        let (_dir, log, mut p, gate) = setup(1);
+        send(&mut p, 0..1000, 0);
+        assert!(p.held.len() <= HELD_MAX_BYTES / IDLE_BUILDER_BYTES, "{} batches held", p.held.len());
+        assert_eq!(gate.waits.load(Ordering::SeqCst), 1);
+        p.flush().unwrap();
+        assert_eq!(numbers(&log), (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn batches_held_for_a_deleted_topic_are_lost_with_its_error() {
+        let (_dir, log, mut p, _gate) = setup(1024);
+        send(&mut p, 0..300, 0);
+        assert!(!p.held.is_empty());
+        log.delete_topic("t").unwrap();
+        log.create_topic("t", 1, TopicConfig::default()).unwrap();
+        let lost = p.send_to("t", Some(0), Record::new(None::<Vec<u8>>, Some(7u32.to_be_bytes().to_vec())));
+        assert!(lost.is_err(), "the records queued for the deleted topic are reported lost");
+        assert!(p.held.is_empty() && p.held_bytes == 0);
+        send(&mut p, 7..8, 0);
+        p.flush().unwrap();
+        assert_eq!(numbers(&log), vec![7], "only what was sent to the new topic");
     }
 }

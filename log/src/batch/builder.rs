@@ -258,10 +258,16 @@ impl BatchBuilder {
     }
 
     /// Takes the records pushed so far as a builder of their own, leaving this one empty with a
-    /// small new buffer (a producer holding a full batch back while it fills the next).
-    pub(crate) fn take_filled(&mut self) -> BatchBuilder {
-        let empty = BatchBuilder::with_capacity(self.compression, 16 * 1024);
+    /// new buffer of `capacity` bytes (a producer holding a full batch back while it fills the
+    /// next).
+    pub(crate) fn take_filled(&mut self, capacity: usize) -> BatchBuilder {
+        let empty = BatchBuilder::with_capacity(self.compression, capacity);
         std::mem::replace(self, empty)
+    }
+
+    /// Bytes the builder's buffer holds room for.
+    pub(crate) fn capacity_bytes(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Empties the builder, keeping its buffer, codec and producer id/epoch.
