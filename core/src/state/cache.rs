@@ -244,11 +244,15 @@ impl Entry {
 pub(crate) struct StoreCache {
     entries: HashTable<Entry>,
     /// One bit per bucket of `entries`, set for every bucket holding an entry the changelog
-    /// lacks (and perhaps for some that no longer do: a bit is a hint, the entry says). A
-    /// commit reads only the slots these bits name — with a third of the cache dirty, about a
-    /// third of the table's cache lines — where a scan of the table would read every one.
-    /// Rebuilt whenever the table moves its entries (it grows, shrinks or rehashes).
+    /// lacks (and perhaps for some that no longer do: a bit is a hint, the entry says), while
+    /// `marked`. A commit that finds few dirty entries reads only the slots these bits name,
+    /// where a scan of the table reads every one.
     marks: Vec<u64>,
+    /// The marks name every dirty entry. Cleared when the table moves its entries (it grows,
+    /// shrinks or rehashes) with some dirty: the next commit scans instead, and marks afresh.
+    /// Rebuilding the marks at every move would tax a cache that keeps growing, or is evicted and
+    /// refilled, for commits that scan anyway.
+    marked: bool,
     hasher: foldhash::fast::RandomState,
     bytes: usize,
     /// Entries not in the changelog.
@@ -264,6 +268,7 @@ impl StoreCache {
         StoreCache {
             entries: HashTable::new(),
             marks: Vec::new(),
+            marked: false,
             hasher: foldhash::fast::RandomState::default(),
             bytes: 0,
             dirty: 0,
@@ -297,10 +302,10 @@ impl StoreCache {
         let dirty = entry.written == Written::Nowhere;
         if self.entries.len() == self.entries.capacity() {
             // The insert would grow or rehash the table, moving entries to other buckets: do it
-            // here, and mark their new buckets.
+            // here, where it can be seen.
             let hasher = &self.hasher;
             self.entries.reserve(1, |e| hasher.hash_one(e.key()));
-            self.remark();
+            self.moved();
         }
         let hasher = &self.hasher;
         let index = self.entries.insert_unique(hash, entry, |e| hasher.hash_one(e.key())).bucket_index();
@@ -312,21 +317,26 @@ impl StoreCache {
     /// Marks bucket `index` as holding a dirty entry.
     #[inline]
     fn mark(&mut self, index: usize) {
-        self.marks[index / 64] |= 1 << (index % 64);
+        if self.marked {
+            self.marks[index / 64] |= 1 << (index % 64);
+        }
     }
 
-    /// Rebuilds the marks from the entries, after the table moved them.
-    fn remark(&mut self) {
+    /// After the table moved its entries: the marks no longer say where the dirty ones are.
+    fn moved(&mut self) {
+        if self.dirty == 0 {
+            self.reset_marks();
+        } else {
+            self.marked = false;
+        }
+    }
+
+    /// No entry is dirty: every mark cleared, one per bucket.
+    fn reset_marks(&mut self) {
+        debug_assert_eq!(self.dirty, 0, "resetting the marks of dirty entries");
         self.marks.clear();
         self.marks.resize(self.entries.num_buckets().div_ceil(64), 0);
-        if self.dirty == 0 {
-            return;
-        }
-        for index in self.entries.iter_buckets() {
-            if self.entries.get_bucket(index).is_some_and(|e| e.written == Written::Nowhere) {
-                self.marks[index / 64] |= 1 << (index % 64);
-            }
-        }
+        self.marked = true;
     }
 
     fn charge(&mut self, n: usize) {
@@ -425,7 +435,7 @@ impl StoreCache {
         if self.dirty == 0 {
             return Ok(());
         }
-        if self.dirty * 5 < self.entries.len() {
+        if self.marked && self.dirty * 5 < self.entries.len() {
             self.log_marked(&mut send)?;
             if self.dirty == 0 {
                 return Ok(());
@@ -435,8 +445,7 @@ impl StoreCache {
             tracing::error!(unmarked = self.dirty, "store cache: dirty entries had no mark; logging them by a scan");
         }
         self.log_scanned(&mut send)?;
-        // Every entry is logged: what the marks say is stale.
-        self.marks.fill(0);
+        self.reset_marks();
         Ok(())
     }
 
@@ -593,7 +602,7 @@ impl StoreCache {
         self.forget_bytes(freed);
         self.dirty = 0;
         self.unpersisted = 0;
-        self.marks.fill(0);
+        self.reset_marks();
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         (all, dirty)
     }
@@ -627,18 +636,18 @@ impl StoreCache {
         if self.entries.len() * 16 < self.entries.capacity() * 7 {
             let hasher = &self.hasher;
             self.entries.shrink_to(self.entries.len(), |e| hasher.hash_one(e.key()));
-            self.remark();
+            self.moved();
         }
     }
 
     /// Forgets everything (after a flush).
     pub(crate) fn clear(&mut self) {
         self.entries.clear();
-        self.marks.fill(0);
         self.budget.sub(self.bytes);
         self.bytes = 0;
         self.dirty = 0;
         self.unpersisted = 0;
+        self.reset_marks();
     }
 
     /// Forgets one key (the backend changed under the cache, as during a restore).
@@ -855,8 +864,8 @@ mod tests {
     proptest::proptest! {
         /// Against a model of what the changelog lacks: every commit logs exactly the keys
         /// written since the last, with their latest values, however the table grew, shrank,
-        /// evicted or failed a send in between (the marks that find dirty entries move with
-        /// them).
+        /// evicted or failed a send in between (the marks that find dirty entries, and their
+        /// giving way to a scan once the table moved them).
         #[test]
         fn a_commit_logs_exactly_what_changed_since_the_last(ops in proptest::collection::vec(op(), 1..400)) {
             let mut c = StoreCache::new(CacheBudget::new(1 << 30));
@@ -939,7 +948,7 @@ mod tests {
                     c.write(&key(i), Some(&[1; 9]), false);
                 }
                 c.log_scanned(&mut |_, _| Ok(())).unwrap();
-                c.marks.fill(0);
+                c.reset_marks();
                 let (mut took, mut logged, mut x) = (std::time::Duration::ZERO, 0, 0x9e37_79b9_7f4a_7c15_u64);
                 for _ in 0..10 {
                     for _ in 0..(n as f64 * fraction) as u64 {
@@ -952,7 +961,7 @@ mod tests {
                     let start = std::time::Instant::now();
                     if scan {
                         c.log_scanned(&mut |_, _| Ok(())).unwrap();
-                        c.marks.fill(0);
+                        c.reset_marks();
                     } else {
                         c.log_marked(&mut |_, _| Ok(())).unwrap();
                     }
