@@ -113,11 +113,10 @@ pub struct Producer {
     /// the next transaction's records may queue meanwhile, but none may reach a partition ahead
     /// of the previous one's markers.
     gate: Option<Arc<dyn AppendGate>>,
-    /// Full batches held back by the gate, oldest first, and their buffers' bytes: appended in
-    /// order once it opens. Up to [`HELD_MAX_BYTES`], a batch that fills while a commit's fsyncs
-    /// run is held rather than waited for, so processing does not stall on the commit.
+    /// Full batches held back by the gate, oldest first: appended in order once it opens. Up to
+    /// [`HELD_MAX_BYTES`] of buffers, a batch that fills while a commit's fsyncs run is held
+    /// rather than waited for, so processing does not stall on the commit.
     held: Vec<(usize, u32, BatchBuilder)>,
-    held_bytes: usize,
 }
 
 /// What a [`Producer`]'s appends wait for (a transaction's commit in flight).
@@ -153,7 +152,6 @@ impl Producer {
             reported: Default::default(),
             gate: None,
             held: Vec::new(),
-            held_bytes: 0,
         }
     }
 
@@ -198,7 +196,6 @@ impl Producer {
     /// Drops every queued record (an aborted transaction's).
     pub(crate) fn discard(&mut self) {
         self.held.clear();
-        self.held_bytes = 0;
         for st in &mut self.topics {
             for b in &mut st.batches {
                 b.builder.reset();
@@ -258,7 +255,6 @@ impl Producer {
         if let Some(&(_, p, _)) = self.held.iter().find(|(held, _, _)| *held == t) {
             lost = Some(st.batches[p as usize].partition.deleted_error());
             self.held.retain(|(held, _, _)| *held != t);
-            self.held_bytes = self.held.iter().map(|(_, _, b)| b.capacity_bytes()).sum();
         }
         for b in &mut st.batches {
             if !b.builder.is_empty() {
@@ -403,10 +399,9 @@ impl Producer {
         if !self.open_gate(false)? {
             // A held batch costs its buffer, which may be well over what it holds.
             let size = self.topics[t].batches[p as usize].builder.capacity_bytes();
-            if self.held_bytes + size <= HELD_MAX_BYTES {
+            if self.held_bytes() + size <= HELD_MAX_BYTES {
                 let full = self.topics[t].batches[p as usize].builder.take_filled(IDLE_BUILDER_BYTES);
                 self.held.push((t, p, full));
-                self.held_bytes += size;
                 return Ok(None);
             }
             self.open_gate(true)?;
@@ -414,6 +409,11 @@ impl Producer {
         let pb = &mut self.topics[t].batches[p as usize];
         let ids = (self.producer_id, self.epoch, self.transactional);
         append_batch(&mut pb.builder, &pb.partition, &mut pb.next_sequence, ids, &mut self.compressed).map(Some)
+    }
+
+    /// The bytes of the held batches' buffers.
+    fn held_bytes(&self) -> usize {
+        self.held.iter().map(|(_, _, b)| b.capacity_bytes()).sum()
     }
 
     /// True when the gate is open (after waiting for it, with `wait`); the batches it held are
@@ -429,7 +429,6 @@ impl Producer {
         }
         if !self.held.is_empty() {
             let mut held = std::mem::take(&mut self.held);
-            self.held_bytes = 0;
             let mut appended = Ok(());
             let mut rest = held.drain(..);
             let ids = (self.producer_id, self.epoch, self.transactional);
@@ -446,7 +445,6 @@ impl Producer {
             // batches after it stay held, in order. The error reaches the send or flush that
             // found the gate open, whatever partition it was for.
             self.held = rest.collect();
-            self.held_bytes = self.held.iter().map(|(_, _, b)| b.capacity_bytes()).sum();
             appended?;
         }
         Ok(true)
@@ -574,7 +572,7 @@ mod tests {
         let n = (2 * HELD_MAX_BYTES / 1024) as u32;
         send(&mut p, 0..n, 1020);
         assert_eq!(gate.waits.load(Ordering::SeqCst), 1, "held up to the limit, then waited");
-        assert!(p.held_bytes <= HELD_MAX_BYTES);
+        assert!(p.held_bytes() <= HELD_MAX_BYTES);
         p.flush().unwrap();
         assert_eq!(numbers(&log), (0..n).collect::<Vec<_>>());
     }
@@ -613,7 +611,7 @@ mod tests {
         log.create_topic("t", 1, TopicConfig::default()).unwrap();
         let lost = p.send_to("t", Some(0), Record::new(None::<Vec<u8>>, Some(7u32.to_be_bytes().to_vec())));
         assert!(lost.is_err(), "the records queued for the deleted topic are reported lost");
-        assert!(p.held.is_empty() && p.held_bytes == 0);
+        assert!(p.held.is_empty() && p.held_bytes() == 0);
         send(&mut p, 7..8, 0);
         p.flush().unwrap();
         assert_eq!(numbers(&log), vec![7], "only what was sent to the new topic");
