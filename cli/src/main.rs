@@ -24,6 +24,29 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (`libmimalloc-sys` exports no constant
+/// for it; a test checks that this index holds the option's default).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+extern "C" {
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// Has mimalloc return freed pages to the system 100 ms after they empty, not 1 s (mimalloc 3's
+/// default), unless `MIMALLOC_PURGE_DELAY` says otherwise.
+///
+/// Per-batch buffers and store caches that evict and regrow free tens of megabytes a second, and
+/// the second's delay kept them resident: with 64 tasks × 3 stores the count peaked at 336–339 MB
+/// with it, ~300 MB at 0 ms, ~320 MB at 100 ms. Each purged page that is used again costs a page
+/// fault: the 8-task count took 110 K faults at 1 s, 172 K at 100 ms, 385 K at 10 ms (a visible
+/// ~5 % of its speed), and a fifth of its speed at 0 ms.
+fn purge_freed_memory_promptly() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: setting an option is thread-safe; this one only times when memory is purged.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 100) };
+    }
+}
+
 /// Garam: stream processing on an embedded, durable, partitioned log.
 #[derive(Parser)]
 #[command(name = "garam", version, about)]
@@ -74,6 +97,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    purge_freed_memory_promptly();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("GARAM_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -103,4 +127,22 @@ fn main() -> ExitCode {
 /// Opens the log at `dir`.
 pub(crate) fn open_log(dir: &std::path::Path) -> anyhow::Result<garam_log::Log> {
     Ok(garam_log::Log::open(dir)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern "C" {
+        fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+    }
+
+    #[test]
+    fn the_purge_delay_index_names_mimallocs_purge_delay() {
+        // 1000 ms is mimalloc 3's default purge delay; its neighbours default to 1 and 0. A
+        // mimalloc whose options moved would fail here rather than set some other option.
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, 1000);
+        }
+    }
 }
