@@ -83,10 +83,20 @@ pub(crate) fn committed_records(log: &Log, topic: &str) -> Result<u64> {
 
 /// Peak resident memory of this process since it started, in MB.
 pub(crate) fn peak_rss_mb() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// Resident memory of this process now, in MB (as [`peak_rss_mb`]).
+pub(crate) fn rss_mb() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// A field of `/proc/self/status` given in kB, in MiB (0 where there is none).
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }

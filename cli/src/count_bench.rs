@@ -40,6 +40,49 @@ pub struct CountBench {
     /// process of its own, as an instance restarting would).
     #[arg(long, hide = true)]
     restore_only: bool,
+    /// Print RSS and RocksDB's memory every second while counting (to stderr).
+    #[arg(long)]
+    memory_timeline: bool,
+}
+
+/// The process's resident memory and RocksDB's own count of its memory, at one moment.
+#[derive(Default)]
+struct MemorySample {
+    at: Duration,
+    /// MiB, as [`crate::bench::rss_mb`] counts.
+    rss_mb: f64,
+    rocks: Option<garam_state::RocksMemory>,
+}
+
+impl MemorySample {
+    /// Now, timed from `start`.
+    fn now(start: Instant) -> Self {
+        MemorySample {
+            at: start.elapsed(),
+            rss_mb: crate::bench::rss_mb(),
+            rocks: garam_state::RocksDbSupplier::memory(),
+        }
+    }
+}
+
+impl std::fmt::Display for MemorySample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const MIB: f64 = 1048576.0;
+        write!(f, "{:.1} s: RSS {:.0} MiB", self.at.as_secs_f64(), self.rss_mb)?;
+        if let Some(r) = self.rocks {
+            write!(
+                f,
+                "; RocksDB memtables {:.0} MiB (limit {:.0}; active {:.0} MiB, {} immutable), block cache {:.0} MiB with them (capacity {:.0})",
+                r.memtables as f64 / MIB,
+                r.memtable_limit as f64 / MIB,
+                r.active_memtables as f64 / MIB,
+                r.immutable_memtables,
+                r.block_cache as f64 / MIB,
+                r.block_cache_capacity as f64 / MIB
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// The line a `--restore-only` child prints its peak on, for the parent to read.
@@ -99,9 +142,23 @@ pub fn run(b: CountBench) -> Result<()> {
     let start = Instant::now();
     app.start()?;
     let mut progress = crate::progress::Progress::new("count", Some(b.records));
+    let mut at_peak = MemorySample::default();
+    let mut last_sample = Instant::now();
+    let mut printed_second = u64::MAX;
     while app.metrics().records_in < b.records && !app.is_shutting_down() {
         progress.update(app.metrics().records_in);
         std::thread::sleep(Duration::from_millis(5));
+        if last_sample.elapsed() >= Duration::from_millis(50) {
+            let now = MemorySample::now(start);
+            if b.memory_timeline && now.at.as_secs() != printed_second {
+                printed_second = now.at.as_secs();
+                eprintln!("{now}");
+            }
+            last_sample = Instant::now();
+            if now.rss_mb >= at_peak.rss_mb {
+                at_peak = now;
+            }
+        }
     }
     let secs = start.elapsed().as_secs_f64();
     app.close()?;
@@ -121,6 +178,9 @@ pub fn run(b: CountBench) -> Result<()> {
         m.commit_latency_avg_us
     );
     drop(app);
+    // Where the count's memory stood when it peaked (sampled every 50 ms), RocksDB's part as
+    // RocksDB counts it.
+    println!("count's peak: {at_peak}");
     // The count's peak (with the fill before it); the restore runs in a process of its own, as an
     // instance restarting would, so that its peak is its own and not what the allocators here
     // hold back from the count.

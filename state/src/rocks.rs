@@ -36,6 +36,10 @@ struct Shared {
 
 /// At most one relief per this many microseconds: a flush takes a while to free its memtable.
 const RELIEF_INTERVAL_US: u64 = 5_000;
+/// At most this many memtables flushed by one relief: enough to bring 192 stores' small
+/// memtables back under budget within a few reliefs, few enough that one writer does not stop
+/// for long scheduling them.
+const MAX_FLUSHES_PER_RELIEF: usize = 16;
 
 /// What an open RocksDB instance holds outside the block cache and the memtables' arenas, which
 /// the budget counts anyway: its first memtable, manifest and WAL writers, statistics, table and
@@ -54,16 +58,19 @@ impl Shared {
         self.capacity.store(capacity, Ordering::Relaxed);
     }
 
-    /// Flushes the largest active memtable of all open stores when the memtables exceed their
-    /// budget.
+    /// Flushes the largest active memtables of all open stores when the memtables exceed their
+    /// budget, until the active ones are back to three quarters of it.
     ///
     /// RocksDB's write-buffer manager counts the memtables of every instance, but when they are
     /// over its limit it flushes the memtable of the instance being written to, and only that
     /// one. A store that was written to and then went quiet keeps its memtable until it closes:
     /// a restore fills each store's memtable in turn and moves on, and with 192 stores (64 tasks
-    /// × 3) at a 32 MiB budget the memtables reached 65 MB against an 8 MiB limit. Stalling
-    /// writers instead (`allow_stall`) hung the 64 × 3 count: stalled writers were the ones
-    /// that would have triggered flushes.
+    /// × 3) at a 32 MiB budget the memtables reached 65 MB against an 8 MiB limit. A store
+    /// cache writes its store in batches, when its budget runs out: RocksDB then flushes the
+    /// previous batch and keeps the new one, so every store holds its last batch — with 192
+    /// stores, 93 MiB of memtables against a 64 MiB limit, no one memtable over half a MiB.
+    /// Stalling writers instead (`allow_stall`) hung the 64 × 3 count: stalled writers were the
+    /// ones that would have triggered flushes.
     fn relieve_memtables(&self) {
         let limit = self.write_buffers.get_buffer_size();
         if self.write_buffers.get_usage() <= limit {
@@ -78,19 +85,31 @@ impl Shared {
         }
         // Another thread relieving, or a store closing: next time.
         let Ok(open) = self.open.try_lock() else { return };
-        let largest = open
+        let mut active: Vec<(usize, Arc<DB>)> = open
             .iter()
             .filter_map(Weak::upgrade)
-            .map(|db| (db.property_int_value("rocksdb.cur-size-active-mem-table").ok().flatten().unwrap_or(0), db))
-            .max_by_key(|(size, _)| *size);
-        // Flushing a memtable much smaller than the budget frees little and costs a table file.
-        if let Some((size, db)) = largest.filter(|(size, _)| *size as usize >= limit / 16) {
+            .map(|db| {
+                let size = db.property_int_value("rocksdb.cur-size-active-mem-table").ok().flatten().unwrap_or(0);
+                (usize::try_from(size).unwrap_or(usize::MAX), db)
+            })
+            .collect();
+        // What flushes already under way hold is freed when they finish: count the active
+        // memtables only, or each relief would flush again what the last one did.
+        let mutable: usize = active.iter().map(|(size, _)| size).sum();
+        let mut to_free = mutable.saturating_sub(limit / 4 * 3);
+        active.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        // A memtable much smaller than the budget frees little and costs a table file.
+        for (size, db) in active.iter().take(MAX_FLUSHES_PER_RELIEF).take_while(|(size, _)| *size >= limit / 512) {
+            if to_free == 0 {
+                break;
+            }
             let mut flush = FlushOptions::default();
             flush.set_wait(false);
             match db.flush_opt(&flush) {
-                Ok(()) => tracing::trace!(bytes = size, "flushing the largest memtable: memtables over budget"),
+                Ok(()) => tracing::trace!(bytes = size, "flushing a memtable: memtables over budget"),
                 Err(e) => tracing::warn!(error = %e, "rocksdb: flushing a memtable over budget failed"),
             }
+            to_free = to_free.saturating_sub(*size);
         }
     }
 }
@@ -110,16 +129,31 @@ pub struct RocksMemory {
     pub block_cache: usize,
     /// The block cache's capacity: RocksDB's share less what the open instances hold outside it.
     pub block_cache_capacity: usize,
+    /// The active memtables' bytes, summed over the open stores.
+    pub active_memtables: usize,
+    /// Immutable memtables waiting for or in a flush, over the open stores.
+    pub immutable_memtables: usize,
 }
 
 impl RocksDbSupplier {
-    /// What the process's RocksDB stores hold now (`None` before the first one opens).
+    /// What the process's RocksDB stores hold now (`None` before the first one opens). Asks
+    /// every open store for its memtables: for a bench or a metrics report, not a hot path.
     pub fn memory() -> Option<RocksMemory> {
-        SHARED.get().map(|s| RocksMemory {
-            memtables: s.write_buffers.get_usage(),
-            memtable_limit: s.write_buffers.get_buffer_size(),
-            block_cache: s.cache.get_usage(),
-            block_cache_capacity: s.capacity.load(Ordering::Relaxed),
+        SHARED.get().map(|s| {
+            let (mut active_memtables, mut immutable_memtables) = (0, 0);
+            for db in s.open.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(Weak::upgrade) {
+                let int = |p: &str| db.property_int_value(p).ok().flatten().unwrap_or(0) as usize;
+                active_memtables += int("rocksdb.cur-size-active-mem-table");
+                immutable_memtables += int("rocksdb.num-immutable-mem-table");
+            }
+            RocksMemory {
+                active_memtables,
+                immutable_memtables,
+                memtables: s.write_buffers.get_usage(),
+                memtable_limit: s.write_buffers.get_buffer_size(),
+                block_cache: s.cache.get_usage(),
+                block_cache_capacity: s.capacity.load(Ordering::Relaxed),
+            }
         })
     }
 }
