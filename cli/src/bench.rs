@@ -81,13 +81,13 @@ pub(crate) fn committed_records(log: &Log, topic: &str) -> Result<u64> {
     Ok(n)
 }
 
-/// Peak resident memory of this process since it started, in MB.
-pub(crate) fn peak_rss_mb() -> f64 {
+/// Peak resident memory of this process since it started, in MiB (`VmHWM`).
+pub(crate) fn peak_rss_mib() -> f64 {
     status_mib("VmHWM:")
 }
 
-/// Resident memory of this process now, in MB (as [`peak_rss_mb`]).
-pub(crate) fn rss_mb() -> f64 {
+/// Resident memory of this process now, in MiB (`VmRSS`).
+pub(crate) fn rss_mib() -> f64 {
     status_mib("VmRSS:")
 }
 
@@ -208,7 +208,7 @@ fn log_bench(b: LogBench) -> Result<()> {
         bytes as f64 / 1e6,
         start.elapsed().as_secs_f64()
     );
-    println!("peak memory: {:.0} MB", peak_rss_mb());
+    println!("peak memory: {:.0} MiB", peak_rss_mib());
     log.close()?;
     drop(log);
     if !b.keep {

@@ -153,7 +153,7 @@ pub fn run(b: ClicksBench) -> Result<()> {
         None => throughput(&b, &log, &mut app, events)?,
         Some(rate) => latency(&b, &log, &mut app, rate)?,
     }
-    println!("peak memory: {:.0} MB", crate::bench::peak_rss_mb());
+    println!("peak memory: {:.0} MiB", crate::bench::peak_rss_mib());
     log.close()?;
     drop(log);
     if !b.keep {

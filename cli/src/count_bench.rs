@@ -49,8 +49,8 @@ pub struct CountBench {
 #[derive(Default)]
 struct MemorySample {
     at: Duration,
-    /// MiB, as [`crate::bench::rss_mb`] counts.
-    rss_mb: f64,
+    /// MiB, as [`crate::bench::rss_mib`] counts.
+    rss_mib: f64,
     rocks: Option<garam_state::RocksMemory>,
 }
 
@@ -59,7 +59,7 @@ impl MemorySample {
     fn now(start: Instant) -> Self {
         MemorySample {
             at: start.elapsed(),
-            rss_mb: crate::bench::rss_mb(),
+            rss_mib: crate::bench::rss_mib(),
             rocks: garam_state::RocksDbSupplier::memory(),
         }
     }
@@ -68,7 +68,7 @@ impl MemorySample {
 impl std::fmt::Display for MemorySample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         const MIB: f64 = 1048576.0;
-        write!(f, "{:.1} s: RSS {:.0} MiB", self.at.as_secs_f64(), self.rss_mb)?;
+        write!(f, "{:.1} s: RSS {:.0} MiB", self.at.as_secs_f64(), self.rss_mib)?;
         if let Some(r) = self.rocks {
             write!(
                 f,
@@ -155,7 +155,7 @@ pub fn run(b: CountBench) -> Result<()> {
                 eprintln!("{now}");
             }
             last_sample = Instant::now();
-            if now.rss_mb >= at_peak.rss_mb {
+            if now.rss_mib >= at_peak.rss_mib {
                 at_peak = now;
             }
         }
@@ -184,7 +184,7 @@ pub fn run(b: CountBench) -> Result<()> {
     // The count's peak (with the fill before it); the restore runs in a process of its own, as an
     // instance restarting would, so that its peak is its own and not what the allocators here
     // hold back from the count.
-    let count_peak = crate::bench::peak_rss_mb();
+    let count_peak = crate::bench::peak_rss_mib();
     log.close()?;
     drop(log);
     let child = std::process::Command::new(std::env::current_exe()?)
@@ -199,12 +199,12 @@ pub fn run(b: CountBench) -> Result<()> {
     let mut restore_peak = 0.0;
     for line in out.lines() {
         match line.strip_prefix(RESTORE_PEAK) {
-            Some(mb) => restore_peak = mb.trim().trim_end_matches("MB").trim().parse().unwrap_or(0.0),
+            Some(mb) => restore_peak = mb.trim().trim_end_matches("MiB").trim().parse().unwrap_or(0.0),
             None => println!("{line}"),
         }
     }
     println!(
-        "peak memory: {:.0} MB (counting {count_peak:.0} MB, restoring {restore_peak:.0} MB in a new process; state.memory.max.bytes = {} MiB, of which store caches {} MiB)",
+        "peak memory: {:.0} MiB (counting {count_peak:.0} MiB, restoring {restore_peak:.0} MiB in a new process; state.memory.max.bytes = {} MiB, of which store caches {} MiB)",
         count_peak.max(restore_peak),
         config.state_memory_max_bytes >> 20,
         config.cache_bytes() >> 20
@@ -247,7 +247,7 @@ fn restore(b: &CountBench) -> Result<()> {
         "restore: {n} changelog records in {secs:.2} s = {:.0} records/s (from start to the last store restored; {total:.2} s until idle and closed)",
         n as f64 / secs
     );
-    println!("{RESTORE_PEAK} {:.0} MB", crate::bench::peak_rss_mb());
+    println!("{RESTORE_PEAK} {:.0} MiB", crate::bench::peak_rss_mib());
     drop(app);
     log.close()?;
     Ok(())

@@ -122,7 +122,7 @@ pub fn run(b: PipelineBench) -> Result<()> {
         m.records_out,
         total_s
     );
-    println!("peak memory: {:.0} MB", crate::bench::peak_rss_mb());
+    println!("peak memory: {:.0} MiB", crate::bench::peak_rss_mib());
     drop(app);
     log.close()?;
     drop(log);

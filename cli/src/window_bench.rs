@@ -184,7 +184,7 @@ pub fn run(b: WindowBench) -> Result<()> {
             m.late_records
         );
     }
-    println!("peak memory: {:.0} MB", crate::bench::peak_rss_mb());
+    println!("peak memory: {:.0} MiB", crate::bench::peak_rss_mib());
     log.close()?;
     drop(log);
     if !b.keep {

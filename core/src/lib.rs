@@ -5,6 +5,7 @@
 //! | [`record`] | [`Record`] to produce, [`ConsumedRecord`] as read, [`StreamRecord`] as operators see it |
 //! | [`serdes`] | the [`Serde`](serdes::Serde) trait; JSON, bincode, string, bytes, integers, unit, option |
 //! | [`partitioner`] | Kafka's default partitioner (murmur2), so a key lands where it would on Kafka |
+//! | [`batch_pool`] | batch vectors kept for reuse on the thread that emptied them |
 //! | [`processor`] | the Processor API and the batch plumbing operators are built on |
 //! | [`state`] | the store trait, store handles with changelogs, store specs |
 //! | [`topology`] | the dataflow graph, sub-topologies, `describe()` and DOT |
@@ -22,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod batch_pool;
 pub mod error;
 pub mod partitioner;
 pub mod processor;

@@ -195,7 +195,7 @@ pub struct Fanout<K, V> {
     children: Vec<DownstreamRef<K, V>>,
 }
 
-impl<K: Clone, V: Clone> Fanout<K, V> {
+impl<K: Clone + 'static, V: Clone + 'static> Fanout<K, V> {
     /// Fans out to `children`.
     pub fn new(children: Vec<DownstreamRef<K, V>>) -> Self {
         Fanout { children }
@@ -211,7 +211,9 @@ impl<K: Clone, V: Clone> Fanout<K, V> {
             1 => self.children[0].borrow_mut().push(batch, ctx),
             n => {
                 for c in &self.children[..n - 1] {
-                    c.borrow_mut().push(batch.clone(), ctx)?;
+                    let mut copy = crate::batch_pool::with_capacity(batch.len());
+                    copy.extend_from_slice(&batch);
+                    c.borrow_mut().push(copy, ctx)?;
                 }
                 self.children[n - 1].borrow_mut().push(batch, ctx)
             }

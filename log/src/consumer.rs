@@ -149,9 +149,11 @@ impl PartitionRecords {
     ///
     /// Collecting the iterator grew the vector by doubling — a 10 000-record poll reallocated
     /// and copied 1 MB a dozen times over — and those freed blocks of every size are what an
-    /// allocator holds on to: this was half of the page faults of a count.
+    /// allocator holds on to: this was half of the page faults of a count. The vector comes from
+    /// the thread's [`batch_pool`](garam_core::batch_pool), where the source that empties it puts
+    /// it back.
     pub fn collect_records(&self) -> Result<Vec<ConsumedRecord>> {
-        let mut out = Vec::with_capacity(self.record_count_hint());
+        let mut out = garam_core::batch_pool::with_capacity(self.record_count_hint());
         for r in self.records() {
             out.push(r?);
         }

@@ -38,8 +38,8 @@ struct KeyedUpdate<K, V, VA> {
 const WARM_AHEAD: usize = 32;
 
 impl<K: Data, V: Data, VA: Data> Downstream<K, V> for KeyedUpdate<K, V, VA> {
-    fn push(&mut self, batch: Batch<K, V>, ctx: &mut TaskContext<'_>) -> Result<()> {
-        let mut out = Vec::with_capacity(batch.len());
+    fn push(&mut self, mut batch: Batch<K, V>, ctx: &mut TaskContext<'_>) -> Result<()> {
+        let mut out = garam_core::batch_pool::with_capacity(batch.len());
         let mut store = self.store.borrow_mut();
         let name = store.name().to_string();
         let bad = |what: &str, e: garam_core::serdes::SerdeError| {
@@ -48,7 +48,7 @@ impl<K: Data, V: Data, VA: Data> Downstream<K, V> for KeyedUpdate<K, V, VA> {
         // Keys are serialized a group of WARM_AHEAD at a time, so each group can be looked up
         // ahead together; the buffers hold one group, not the batch (192 stores' operators each
         // keeping a batch's worth of keys cost 200 MB).
-        let mut records = batch.into_iter();
+        let mut records = batch.drain(..);
         loop {
             let ahead = &records.as_slice()[..records.len().min(WARM_AHEAD)];
             if ahead.is_empty() {
@@ -88,6 +88,8 @@ impl<K: Data, V: Data, VA: Data> Downstream<K, V> for KeyedUpdate<K, V, VA> {
                 });
             }
         }
+        drop(records);
+        garam_core::batch_pool::recycle(batch);
         drop(store);
         self.next.push(out, ctx)
     }

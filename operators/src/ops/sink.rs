@@ -74,6 +74,7 @@ impl<K: Data, V: Data> Downstream<K, V> for Sink<K, V> {
             ctx.collector.send(topic, partition, key, value, r.timestamp, &r.headers)?;
             ctx.counters.records_out += 1;
         }
+        garam_core::batch_pool::recycle(batch);
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use garam_core::backend::TopicPartition;
+use garam_core::batch_pool;
 use garam_core::processor::{Fanout, RawSource, TaskContext};
 use garam_core::record::{ConsumedRecord, StreamRecord};
 use garam_core::serdes::{deserialize_opt, SharedSerde};
@@ -20,9 +21,14 @@ struct Source<K, V> {
 }
 
 impl<K: Data, V: Data> RawSource for Source<K, V> {
-    fn push_raw(&mut self, tp: &TopicPartition, records: Vec<ConsumedRecord>, ctx: &mut TaskContext<'_>) -> Result<()> {
-        let mut batch = Vec::with_capacity(records.len());
-        for r in records {
+    fn push_raw(
+        &mut self,
+        tp: &TopicPartition,
+        mut records: Vec<ConsumedRecord>,
+        ctx: &mut TaskContext<'_>,
+    ) -> Result<()> {
+        let mut batch = batch_pool::with_capacity(records.len());
+        for r in records.drain(..) {
             let key = match deserialize_opt(&*self.key, r.key.as_deref()) {
                 Ok(k) => k,
                 Err(e) => {
@@ -43,6 +49,7 @@ impl<K: Data, V: Data> RawSource for Source<K, V> {
             };
             batch.push(StreamRecord { key, value, timestamp, headers: r.headers });
         }
+        batch_pool::recycle(records);
         // Operators see the stream time of the records before them (a processor tracks it per
         // record); the task's stream time moves once the batch is through.
         let max = batch.iter().map(|r| r.timestamp).max();

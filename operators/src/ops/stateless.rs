@@ -3,6 +3,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use garam_core::batch_pool;
 use garam_core::processor::{Batch, Downstream, Fanout, TaskContext};
 use garam_core::record::StreamRecord;
 use garam_core::topology::builder::Factory;
@@ -36,16 +37,15 @@ struct Map<KIn, VIn, K, V, F> {
     _in: PhantomData<fn(KIn, VIn)>,
 }
 
-impl<KIn, VIn, K: Data, V: Data, F: Fn(KIn, VIn) -> (K, V)> Downstream<KIn, VIn> for Map<KIn, VIn, K, V, F> {
+impl<KIn: 'static, VIn: 'static, K: Data, V: Data, F: Fn(KIn, VIn) -> (K, V)> Downstream<KIn, VIn>
+    for Map<KIn, VIn, K, V, F>
+{
     fn push(&mut self, batch: Batch<KIn, VIn>, ctx: &mut TaskContext<'_>) -> Result<()> {
         let f = &self.f;
-        let out = batch
-            .into_iter()
-            .map(|r| {
-                let (key, value) = f(r.key, r.value);
-                StreamRecord { key, value, timestamp: r.timestamp, headers: r.headers }
-            })
-            .collect();
+        let out = batch_pool::map(batch, |r| {
+            let (key, value) = f(r.key, r.value);
+            StreamRecord { key, value, timestamp: r.timestamp, headers: r.headers }
+        });
         self.next.push(out, ctx)
     }
 }
@@ -63,16 +63,13 @@ struct MapValues<VIn, K, V, F> {
     _in: PhantomData<fn(VIn)>,
 }
 
-impl<VIn, K: Data, V: Data, F: Fn(&K, VIn) -> V> Downstream<K, VIn> for MapValues<VIn, K, V, F> {
+impl<VIn: 'static, K: Data, V: Data, F: Fn(&K, VIn) -> V> Downstream<K, VIn> for MapValues<VIn, K, V, F> {
     fn push(&mut self, batch: Batch<K, VIn>, ctx: &mut TaskContext<'_>) -> Result<()> {
         let f = &self.f;
-        let out = batch
-            .into_iter()
-            .map(|r| {
-                let value = f(&r.key, r.value);
-                StreamRecord { key: r.key, value, timestamp: r.timestamp, headers: r.headers }
-            })
-            .collect();
+        let out = batch_pool::map(batch, |r| {
+            let value = f(&r.key, r.value);
+            StreamRecord { key: r.key, value, timestamp: r.timestamp, headers: r.headers }
+        });
         self.next.push(out, ctx)
     }
 }
@@ -88,18 +85,19 @@ struct FlatMap<KIn, VIn, K, V, F> {
     _in: PhantomData<fn(KIn, VIn)>,
 }
 
-impl<KIn, VIn, K: Data, V: Data, I, F> Downstream<KIn, VIn> for FlatMap<KIn, VIn, K, V, F>
+impl<KIn: 'static, VIn: 'static, K: Data, V: Data, I, F> Downstream<KIn, VIn> for FlatMap<KIn, VIn, K, V, F>
 where
     F: Fn(KIn, VIn) -> I,
     I: IntoIterator<Item = (K, V)>,
 {
-    fn push(&mut self, batch: Batch<KIn, VIn>, ctx: &mut TaskContext<'_>) -> Result<()> {
-        let mut out = Vec::with_capacity(batch.len());
-        for r in batch {
+    fn push(&mut self, mut batch: Batch<KIn, VIn>, ctx: &mut TaskContext<'_>) -> Result<()> {
+        let mut out = batch_pool::with_capacity(batch.len());
+        for r in batch.drain(..) {
             for (key, value) in (self.f)(r.key, r.value) {
                 out.push(StreamRecord { key, value, timestamp: r.timestamp, headers: r.headers.clone() });
             }
         }
+        batch_pool::recycle(batch);
         self.next.push(out, ctx)
     }
 }
@@ -120,15 +118,23 @@ struct FlatMapValues<VIn, K, V, F> {
     _in: PhantomData<fn(VIn)>,
 }
 
-impl<VIn, K: Data, V: Data, I, F> Downstream<K, VIn> for FlatMapValues<VIn, K, V, F>
+impl<VIn: 'static, K: Data, V: Data, I, F> Downstream<K, VIn> for FlatMapValues<VIn, K, V, F>
 where
     F: Fn(VIn) -> I,
     I: IntoIterator<Item = V>,
 {
-    fn push(&mut self, batch: Batch<K, VIn>, ctx: &mut TaskContext<'_>) -> Result<()> {
-        let mut out = Vec::with_capacity(batch.len());
-        for r in batch {
-            for value in (self.f)(r.value) {
+    fn push(&mut self, mut batch: Batch<K, VIn>, ctx: &mut TaskContext<'_>) -> Result<()> {
+        let mut out = batch_pool::with_capacity(batch.len());
+        for r in batch.drain(..) {
+            let mut values = (self.f)(r.value).into_iter();
+            let Some(first) = values.next() else { continue };
+            let Some(second) = values.next() else {
+                // One value per record (a table's changes as a stream): the key moves, not
+                // cloned — a `String` key cloned per record was an allocation per record.
+                out.push(StreamRecord { key: r.key, value: first, timestamp: r.timestamp, headers: r.headers });
+                continue;
+            };
+            for value in [first, second].into_iter().chain(values) {
                 out.push(StreamRecord {
                     key: r.key.clone(),
                     value,
@@ -137,6 +143,7 @@ where
                 });
             }
         }
+        batch_pool::recycle(batch);
         self.next.push(out, ctx)
     }
 }
