@@ -40,6 +40,9 @@ const RELIEF_INTERVAL_US: u64 = 5_000;
 /// memtables back under budget within a few reliefs, few enough that one writer does not stop
 /// for long scheduling them.
 const MAX_FLUSHES_PER_RELIEF: usize = 16;
+/// Level-0 files from which a relief leaves a store alone: RocksDB slows writes at 20 (its
+/// default `level0_slowdown_writes_trigger`, which stores keep).
+const LEVEL0_BUSY: usize = 16;
 
 /// What an open RocksDB instance holds outside the block cache and the memtables' arenas, which
 /// the budget counts anyway: its first memtable, manifest and WAL writers, statistics, table and
@@ -76,6 +79,8 @@ impl Shared {
         if self.write_buffers.get_usage() <= limit {
             return;
         }
+        // Another thread relieving, or a store opening or closing: next time.
+        let Ok(open) = self.open.try_lock() else { return };
         let now = self.started.elapsed().as_micros() as u64;
         let last = self.last_relief.load(Ordering::Relaxed);
         if now.saturating_sub(last) < RELIEF_INTERVAL_US
@@ -83,25 +88,30 @@ impl Shared {
         {
             return;
         }
-        // Another thread relieving, or a store closing: next time.
-        let Ok(open) = self.open.try_lock() else { return };
         let mut active: Vec<(usize, Arc<DB>)> = open
             .iter()
             .filter_map(Weak::upgrade)
-            .map(|db| {
-                let size = db.property_int_value("rocksdb.cur-size-active-mem-table").ok().flatten().unwrap_or(0);
-                (usize::try_from(size).unwrap_or(usize::MAX), db)
-            })
+            .map(|db| (int_property(&db, "rocksdb.cur-size-active-mem-table"), db))
             .collect();
         // What flushes already under way hold is freed when they finish: count the active
         // memtables only, or each relief would flush again what the last one did.
-        let mutable: usize = active.iter().map(|(size, _)| size).sum();
+        let mutable = active.iter().fold(0usize, |sum, (size, _)| sum.saturating_add(*size));
         let mut to_free = mutable.saturating_sub(limit / 4 * 3);
         active.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let mut flushed = 0;
         // A memtable much smaller than the budget frees little and costs a table file.
-        for (size, db) in active.iter().take(MAX_FLUSHES_PER_RELIEF).take_while(|(size, _)| *size >= limit / 512) {
-            if to_free == 0 {
+        for (size, db) in active.iter().take_while(|(size, _)| *size >= limit / 512) {
+            if to_free == 0 || flushed == MAX_FLUSHES_PER_RELIEF {
                 break;
+            }
+            // A flush that would stall the store's writes — a memtable still being flushed (two
+            // unflushed, its maximum), or level 0 near its slowdown trigger — makes `flush_opt`
+            // wait for the stall to clear, even without waiting for the flush, and here on a
+            // writer's thread, holding `open`. RocksDB's own trigger skips such stores too.
+            if int_property(db, "rocksdb.num-immutable-mem-table") > 0
+                || int_property(db, "rocksdb.num-files-at-level0") >= LEVEL0_BUSY
+            {
+                continue;
             }
             let mut flush = FlushOptions::default();
             flush.set_wait(false);
@@ -109,9 +119,15 @@ impl Shared {
                 Ok(()) => tracing::trace!(bytes = size, "flushing a memtable: memtables over budget"),
                 Err(e) => tracing::warn!(error = %e, "rocksdb: flushing a memtable over budget failed"),
             }
+            flushed += 1;
             to_free = to_free.saturating_sub(*size);
         }
     }
+}
+
+/// An integer property of a store's database (0 when RocksDB has none to give).
+fn int_property(db: &DB, name: &str) -> usize {
+    db.property_int_value(name).ok().flatten().map_or(0, |v| usize::try_from(v).unwrap_or(usize::MAX))
 }
 
 // RocksDB's cache and write-buffer manager are thread-safe C++ objects.
@@ -142,9 +158,8 @@ impl RocksDbSupplier {
         SHARED.get().map(|s| {
             let (mut active_memtables, mut immutable_memtables) = (0, 0);
             for db in s.open.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(Weak::upgrade) {
-                let int = |p: &str| db.property_int_value(p).ok().flatten().unwrap_or(0) as usize;
-                active_memtables += int("rocksdb.cur-size-active-mem-table");
-                immutable_memtables += int("rocksdb.num-immutable-mem-table");
+                active_memtables += int_property(&db, "rocksdb.cur-size-active-mem-table");
+                immutable_memtables += int_property(&db, "rocksdb.num-immutable-mem-table");
             }
             RocksMemory {
                 active_memtables,

@@ -285,9 +285,11 @@ impl TaskStores {
             r.restored += batch.len() as u64;
             self.restored += batch.len() as u64;
             store.borrow_mut().restore_batch(batch)?;
+            let next_offset = fetched.next_offset;
+            crate::batch_pool::recycle(fetched.records);
             // No progress means the changelog ends early (truncated): what exists is restored.
-            let done = fetched.next_offset >= r.end || fetched.next_offset <= r.offset;
-            r.offset = fetched.next_offset.min(r.end).max(r.offset);
+            let done = next_offset >= r.end || next_offset <= r.offset;
+            r.offset = next_offset.min(r.end).max(r.offset);
             self.applied.insert(r.store.clone(), r.offset);
             let progress = |done| RestoreProgress {
                 store: r.store.clone(),

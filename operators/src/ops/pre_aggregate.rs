@@ -30,9 +30,9 @@ struct PreAggregate<K, V, K2, V2, VA> {
 }
 
 impl<K: Data, V: Data, K2: Data + Hash + Eq, V2, VA: Data> Downstream<K, V> for PreAggregate<K, V, K2, V2, VA> {
-    fn push(&mut self, batch: Batch<K, V>, ctx: &mut TaskContext<'_>) -> Result<()> {
+    fn push(&mut self, mut batch: Batch<K, V>, ctx: &mut TaskContext<'_>) -> Result<()> {
         let spec = &self.spec;
-        for r in batch {
+        for r in batch.drain(..) {
             let window = r.timestamp - r.timestamp.rem_euclid(spec.size_ms);
             let (key, part) = (spec.split)(r.key, r.value);
             let entry = self.partials.entry((key, window)).or_insert((None, r.timestamp));
@@ -40,11 +40,13 @@ impl<K: Data, V: Data, K2: Data + Hash + Eq, V2, VA: Data> Downstream<K, V> for 
             entry.0 = Some((spec.fold)(current, part));
             entry.1 = entry.1.max(r.timestamp);
         }
-        let out = self
-            .partials
-            .drain()
-            .filter_map(|((key, _), (value, timestamp))| Some(StreamRecord::new(key, value?, timestamp)))
-            .collect();
+        garam_core::batch_pool::recycle(batch);
+        let mut out = garam_core::batch_pool::with_capacity(self.partials.len());
+        out.extend(
+            self.partials
+                .drain()
+                .filter_map(|((key, _), (value, timestamp))| Some(StreamRecord::new(key, value?, timestamp))),
+        );
         self.next.push(out, ctx)
     }
 }

@@ -21,13 +21,14 @@ struct Split<K, V> {
 }
 
 impl<K: Data, V: Data> Downstream<K, V> for Split<K, V> {
-    fn push(&mut self, batch: Batch<K, V>, ctx: &mut TaskContext<'_>) -> Result<()> {
+    fn push(&mut self, mut batch: Batch<K, V>, ctx: &mut TaskContext<'_>) -> Result<()> {
         let mut parts: Vec<Batch<K, V>> = (0..self.outs.len()).map(|_| Vec::new()).collect();
-        for r in batch {
+        for r in batch.drain(..) {
             if let Some(i) = self.preds.iter().position(|p| p.as_ref().is_none_or(|p| p(&r.key, &r.value))) {
                 parts[i].push(r);
             }
         }
+        garam_core::batch_pool::recycle(batch);
         for (part, out) in parts.into_iter().zip(&self.outs) {
             if !part.is_empty() {
                 out.borrow_mut().push(part, ctx)?;

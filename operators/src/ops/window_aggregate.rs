@@ -101,16 +101,16 @@ impl<K: Data, V: Data, VA: Data> WindowAggregate<K, V, VA> {
 }
 
 impl<K: Data, V: Data, VA: Data> Downstream<K, V> for WindowAggregate<K, V, VA> {
-    fn push(&mut self, batch: Batch<K, V>, ctx: &mut TaskContext<'_>) -> Result<()> {
+    fn push(&mut self, mut batch: Batch<K, V>, ctx: &mut TaskContext<'_>) -> Result<()> {
         let spec = self.spec.clone();
         let on_update = spec.emit == EmitStrategy::OnWindowUpdate;
-        let mut out = Vec::with_capacity(if on_update { batch.len() } else { 0 });
+        let mut out = garam_core::batch_pool::with_capacity(if on_update { batch.len() } else { 0 });
         let store = self.store.clone();
         let mut store = store.borrow_mut();
         let bad =
             |what: &str, e: SerdeError| StreamsError::Topology(format!("store {}: cannot {what}: {e}", spec.store));
         let mut windows = std::mem::take(&mut self.windows);
-        for r in batch {
+        for r in batch.drain(..) {
             spec.windows.windows_into(r.timestamp, &mut windows);
             windows.retain(|w| !self.is_closed(w));
             if windows.is_empty() {
@@ -148,6 +148,7 @@ impl<K: Data, V: Data, VA: Data> Downstream<K, V> for WindowAggregate<K, V, VA> 
             }
         }
         self.windows = windows;
+        garam_core::batch_pool::recycle(batch);
         drop(store);
         self.next.push(out, ctx)
     }
