@@ -72,7 +72,7 @@ impl std::fmt::Display for MemorySample {
         if let Some(r) = self.rocks {
             write!(
                 f,
-                "; RocksDB memtables {:.0} MiB (limit {:.0}; active {:.0} MiB, {} immutable), block cache {:.0} MiB with them (capacity {:.0})",
+                "; RocksDB memtables {:.0} MiB (limit {:.0} MiB; active {:.0} MiB, {} immutable), block cache {:.0} MiB with them (capacity {:.0} MiB)",
                 r.memtables as f64 / MIB,
                 r.memtable_limit as f64 / MIB,
                 r.active_memtables as f64 / MIB,
@@ -161,6 +161,11 @@ pub fn run(b: CountBench) -> Result<()> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    // A count shorter than the sampling period still reports where it stood.
+    let last = MemorySample::now(start);
+    if last.rss_mib >= at_peak.rss_mib {
+        at_peak = last;
+    }
     app.close()?;
     progress.finish();
     let m = app.metrics();
@@ -199,7 +204,7 @@ pub fn run(b: CountBench) -> Result<()> {
     let mut restore_peak = 0.0;
     for line in out.lines() {
         match line.strip_prefix(RESTORE_PEAK) {
-            Some(mb) => restore_peak = mb.trim().trim_end_matches("MiB").trim().parse().unwrap_or(0.0),
+            Some(mib) => restore_peak = mib.trim().trim_end_matches("MiB").trim().parse().unwrap_or(0.0),
             None => println!("{line}"),
         }
     }
