@@ -8,8 +8,8 @@
 //! keeping its own output buffer would, across operators and tasks. A poll collects every
 //! partition's records before any is processed, so the pool holds up to 64 vectors.
 //!
-//! The pool is bounded (64 vectors, 8 MiB per thread); a vector it has no room for goes back to the
-//! allocator as before.
+//! The pool is bounded (64 vectors, 8 MiB per thread): when full it lets go of the vectors kept
+//! longest, and a vector over 2 MiB goes back to the allocator as before.
 //!
 //! ```
 //! use garam_core::batch_pool;
@@ -89,20 +89,17 @@ pub fn recycle<T: 'static>(mut v: Vec<T>) {
     if bytes == 0 || bytes > MAX_VEC_BYTES {
         return;
     }
-    // Let go of outside the pool's borrow (they are empty, but a drop is still a free).
-    let evicted = POOL.try_with(move |pool| {
+    // The vectors let go of are empty: dropping them only frees their memory, and runs no code
+    // that could come back to the pool while it is borrowed.
+    let _ = POOL.try_with(move |pool| {
         let mut pool = pool.borrow_mut();
-        let mut evicted = Vec::new();
         while !pool.vecs.is_empty() && (pool.vecs.len() >= MAX_VECS || pool.bytes + bytes > MAX_BYTES) {
-            let (_, old, v) = pool.vecs.remove(0);
+            let (_, old, _) = pool.vecs.remove(0);
             pool.bytes -= old;
-            evicted.push(v);
         }
         pool.bytes += bytes;
         pool.vecs.push((TypeId::of::<T>(), bytes, Box::new(v)));
-        evicted
     });
-    drop(evicted);
 }
 
 /// `input` mapped by `f` into a vector from the pool, `input`'s vector going back to it.
