@@ -51,16 +51,22 @@ struct MemorySample {
     at: Duration,
     /// MiB, as [`crate::bench::rss_mib`] counts.
     rss_mib: f64,
+    /// Of it, anonymous memory (the heaps; the rest is the binary's code and other file pages).
+    anon_mib: f64,
     rocks: Option<garam_state::RocksMemory>,
+    /// Bytes the store caches hold, as charged to their budget.
+    store_caches: u64,
 }
 
 impl MemorySample {
-    /// Now, timed from `start`.
-    fn now(start: Instant) -> Self {
+    /// Now, timed from `start`, with the store caches' bytes from `app`'s metrics.
+    fn now(start: Instant, app: &App) -> Self {
         MemorySample {
             at: start.elapsed(),
             rss_mib: crate::bench::rss_mib(),
+            anon_mib: crate::bench::anon_rss_mib(),
             rocks: garam_state::RocksDbSupplier::memory(),
+            store_caches: app.metrics().store_cache_bytes,
         }
     }
 }
@@ -68,7 +74,14 @@ impl MemorySample {
 impl std::fmt::Display for MemorySample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         const MIB: f64 = 1048576.0;
-        write!(f, "{:.1} s: RSS {:.0} MiB", self.at.as_secs_f64(), self.rss_mib)?;
+        write!(
+            f,
+            "{:.1} s: RSS {:.0} MiB ({:.0} MiB anonymous); store caches {:.0} MiB",
+            self.at.as_secs_f64(),
+            self.rss_mib,
+            self.anon_mib,
+            self.store_caches as f64 / MIB
+        )?;
         if let Some(r) = self.rocks {
             write!(
                 f,
@@ -140,6 +153,7 @@ pub fn run(b: CountBench) -> Result<()> {
     let config = app_config(&b, "state-a")?;
     let mut app = App::new(topology(b.stores)?, config.clone(), Arc::new(log.clone()))?;
     let start = Instant::now();
+    let cpu_at_start = crate::bench::cpu_seconds();
     app.start()?;
     let mut progress = crate::progress::Progress::new("count", Some(b.records));
     let mut at_peak = MemorySample::default();
@@ -149,7 +163,7 @@ pub fn run(b: CountBench) -> Result<()> {
         progress.update(app.metrics().records_in);
         std::thread::sleep(Duration::from_millis(5));
         if last_sample.elapsed() >= Duration::from_millis(50) {
-            let now = MemorySample::now(start);
+            let now = MemorySample::now(start, &app);
             if b.memory_timeline && now.at.as_secs() != printed_second {
                 printed_second = now.at.as_secs();
                 eprintln!("{now}");
@@ -161,8 +175,9 @@ pub fn run(b: CountBench) -> Result<()> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = crate::bench::cpu_seconds() - cpu_at_start;
     // A count shorter than the sampling period still reports where it stood.
-    let last = MemorySample::now(start);
+    let last = MemorySample::now(start, &app);
     if last.rss_mib >= at_peak.rss_mib {
         at_peak = last;
     }
@@ -170,7 +185,7 @@ pub fn run(b: CountBench) -> Result<()> {
     progress.finish();
     let m = app.metrics();
     println!(
-        "count: {} records, {} keys, {} partitions × {} store(s), {} thread(s), {}: {:.2} s = {:.0} records/s (RocksDB + changelog; {} commits, avg {:.0} µs)",
+        "count: {} records, {} keys, {} partitions × {} store(s), {} thread(s), {}: {:.2} s = {:.0} records/s (RocksDB + changelog; {} commits, avg {:.0} µs); CPU {:.2} s = {:.0} records per CPU-second",
         m.records_in,
         b.keys,
         b.partitions,
@@ -180,7 +195,9 @@ pub fn run(b: CountBench) -> Result<()> {
         secs,
         m.records_in as f64 / secs,
         m.commits,
-        m.commit_latency_avg_us
+        m.commit_latency_avg_us,
+        cpu,
+        m.records_in as f64 / cpu.max(1e-9)
     );
     drop(app);
     // Where the count's memory stood when it peaked (sampled every 50 ms), RocksDB's part as

@@ -268,3 +268,50 @@ fn a_rebalance_flushes_store_caches_before_committing() {
     assert_eq!(counts.len(), 50);
     assert!(counts.values().all(|n| *n == 80), "{counts:?}");
 }
+
+/// The store caches' bytes are reported while an app runs: what the 50 keys' entries are
+/// charged, within the budget; nothing with caching off, nor once the app has closed.
+#[test]
+fn store_cache_bytes_are_reported() {
+    for cache_max in [None, Some("0")] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        log.create_topic("in", 2, TopicConfig::default()).unwrap();
+        log.create_topic("out", 2, TopicConfig::default()).unwrap();
+        let mut c = AppConfig::new("cache-bytes");
+        c.num_threads = 2;
+        c.state_dir = Some(dir.path().join("state"));
+        if let Some(max) = cache_max {
+            c.set("statestore.cache.max.bytes", max).unwrap();
+        }
+        let budget = c.cache_bytes();
+        let mut app = App::new(topology(false), c, Arc::new(log.clone())).unwrap();
+        app.start().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // Input once both threads hold their task: a task that moves restores into its store,
+        // not its cache.
+        while app.metrics().tasks.values().filter(|t| t.len() == 1).count() < 2 {
+            assert!(std::time::Instant::now() < deadline, "timed out: {:?}", app.metrics());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        produce(&log, 0, 1000);
+        let reported = loop {
+            let m = app.metrics();
+            // Reports come every 100 ms; a few after the input is read.
+            if m.records_in == 1000 && (cache_max.is_some() || m.store_cache_bytes > 0) {
+                std::thread::sleep(Duration::from_millis(250));
+                break app.metrics().store_cache_bytes;
+            }
+            assert!(std::time::Instant::now() < deadline, "timed out: {m:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if cache_max.is_some() {
+            assert_eq!(reported, 0, "caching is off");
+        } else {
+            // 50 keys of 2–3 bytes with 9-byte values: each at least its slot's 76-byte charge.
+            assert!((50 * 76..=budget).contains(&reported), "{reported} bytes for 50 keys, budget {budget}");
+        }
+        app.close().unwrap();
+        assert_eq!(app.metrics().store_cache_bytes, 0, "a closed app's workers hold no cache");
+    }
+}

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub(crate) tasks: Mutex<BTreeMap<String, Vec<String>>>,
     /// Member → tasks restoring (inputs paused).
     pub(crate) restoring: Mutex<BTreeMap<String, usize>>,
+    /// Member → bytes its store caches hold.
+    pub(crate) store_cache_bytes: Mutex<BTreeMap<String, u64>>,
 }
 
 /// A point-in-time copy of the metrics.
@@ -80,6 +82,9 @@ pub struct MetricsSnapshot {
     pub standby_restored: u64,
     /// Changelog records the standbys have yet to apply.
     pub standby_lag: u64,
+    /// Bytes the store caches of every worker thread hold, as charged against
+    /// `statestore.cache.max.bytes` (refreshed every 100 ms).
+    pub store_cache_bytes: u64,
     /// Lag per partition (`topic-partition` → records behind).
     pub lag: BTreeMap<String, u64>,
     /// Tasks per member.
@@ -131,6 +136,7 @@ impl Metrics {
             standby_tasks: get(&self.standby_tasks),
             standby_restored: get(&self.standby_restored),
             standby_lag: get(&self.standby_lag),
+            store_cache_bytes: self.store_cache_bytes.lock().unwrap_or_else(|e| e.into_inner()).values().sum(),
             lag,
             tasks: self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }

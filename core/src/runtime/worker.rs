@@ -584,6 +584,7 @@ pub(crate) fn run(
     shared.metrics.lag.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     shared.metrics.restoring.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     shared.metrics.watermarks.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
+    shared.metrics.store_cache_bytes.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     tracing::info!(member = %member, "worker stopped");
     result.and(commit).and(close)
 }
@@ -694,6 +695,15 @@ fn run_loop(
         }
         if last_report.elapsed() >= std::time::Duration::from_millis(100) {
             caught_up = report(shared, consumer, tasks, member);
+            if let Some(cache) = cache {
+                let bytes = cache.used() as u64;
+                shared
+                    .metrics
+                    .store_cache_bytes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(member.to_string(), bytes);
+            }
             last_report = Instant::now();
         }
     }
