@@ -86,14 +86,9 @@ pub(crate) fn peak_rss_mib() -> f64 {
     status_mib("VmHWM:")
 }
 
-/// Resident memory of this process now, in MiB (`VmRSS`).
-pub(crate) fn rss_mib() -> f64 {
-    status_mib("VmRSS:")
-}
-
-/// CPU time this process has used since it started, user and system, in seconds. On a shared
-/// machine whose CPUs are taken away now and then, records per CPU-second vary far less between
-/// runs than records per second do.
+/// CPU time this process has used since it started, user and system, in seconds. Records per
+/// CPU-second leave out the time a shared machine gives to other processes; they still vary
+/// between runs (~10 % on the 2-core machine of BENCHMARKS.md), if less.
 pub(crate) fn cpu_seconds() -> f64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: `getrusage` fills the struct it is given; on failure we read the zeroes.
@@ -105,19 +100,25 @@ pub(crate) fn cpu_seconds() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-/// Anonymous resident memory of this process now, in MiB (`RssAnon`): the heaps, without the
-/// binary's code and other file pages, which the kernel can drop and read back.
-pub(crate) fn anon_rss_mib() -> f64 {
-    status_mib("RssAnon:")
+/// Resident memory of this process now and its anonymous part, in MiB (`VmRSS`, `RssAnon`),
+/// from one reading: the anonymous part is the heaps, without the binary's code and other file
+/// pages, which the kernel can drop and read back.
+pub(crate) fn rss_and_anon_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    (status_field_mib(&status, "VmRSS:"), status_field_mib(&status, "RssAnon:"))
 }
 
 /// A field of `/proc/self/status` given in kB, in MiB (0 where there is none).
 fn status_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
+    status_field_mib(&std::fs::read_to_string("/proc/self/status").unwrap_or_default(), field)
+}
+
+/// A field of the text of `/proc/self/status` given in kB, in MiB (0 where there is none).
+fn status_field_mib(status: &str, field: &str) -> f64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
 

@@ -61,10 +61,11 @@ struct MemorySample {
 impl MemorySample {
     /// Now, timed from `start`, with the store caches' bytes from `app`'s metrics.
     fn now(start: Instant, app: &App) -> Self {
+        let (rss_mib, anon_mib) = crate::bench::rss_and_anon_mib();
         MemorySample {
             at: start.elapsed(),
-            rss_mib: crate::bench::rss_mib(),
-            anon_mib: crate::bench::anon_rss_mib(),
+            rss_mib,
+            anon_mib,
             rocks: garam_state::RocksDbSupplier::memory(),
             store_caches: app.metrics().store_cache_bytes,
         }

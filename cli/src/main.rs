@@ -99,8 +99,8 @@ enum Command {
 fn main() -> ExitCode {
     purge_freed_memory_promptly();
     // RocksDB is the only user of glibc's malloc here (Rust allocates through mimalloc), so one
-    // arena costs no contention and saves the holes of one per thread: ~10 MiB of the 64 × 3
-    // count's peak. Before any thread starts.
+    // arena costs little contention (no change in throughput) and saves the holes of one per
+    // thread: ~10 MiB of the 64 × 3 count's peak (BENCHMARKS.md). Before any thread starts.
     garam_state::limit_malloc_arenas(1);
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("GARAM_LOG").unwrap_or_else(|_| "warn".into()))

@@ -12,33 +12,48 @@
 //! `garam` binary's go through mimalloc — and a bottleneck when every worker thread allocates
 //! through glibc. So this is a call for `main` to make, not something a store does on its own.
 
-/// Holds glibc's malloc to at most `max` arenas for the rest of the process (glibc's
+/// Holds glibc's malloc to at most `max` arenas (at least 1) for the rest of the process (glibc's
 /// `M_ARENA_MAX`), unless the environment chose already (`MALLOC_ARENA_MAX`, or
 /// `glibc.malloc.arena_max` in `GLIBC_TUNABLES`). Call it first thing in `main`: threads that
-/// allocated before keep the arenas they have. Returns whether it set the limit; off glibc it
-/// does nothing.
+/// allocated before keep the arenas they have. Returns whether it set the limit; on anything
+/// but Linux with glibc it does nothing.
 ///
 /// ```
-/// // A program whose Rust allocations go through another allocator:
-/// let limited = garam_state::limit_malloc_arenas(1);
-/// assert_eq!(limited, cfg!(target_env = "gnu") && std::env::var_os("MALLOC_ARENA_MAX").is_none());
+/// // First thing in the `main` of a program whose Rust allocations go through another
+/// // allocator (mimalloc, say):
+/// garam_state::limit_malloc_arenas(1);
 /// ```
 pub fn limit_malloc_arenas(max: u32) -> bool {
-    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() || tunables.contains("arena_max") {
+    if environment_chose() {
         return false;
     }
     set_arena_max(max)
 }
 
-#[cfg(target_env = "gnu")]
+/// True when the environment sets glibc's arena limit itself.
+fn environment_chose() -> bool {
+    let tunables = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
+    std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || tunables.as_encoded_bytes().windows(b"arena_max".len()).any(|w| w == b"arena_max")
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn set_arena_max(max: u32) -> bool {
     let max = std::ffi::c_int::try_from(max.max(1)).unwrap_or(std::ffi::c_int::MAX);
     // SAFETY: `mallopt` only sets a tuning parameter of glibc's allocator; it returns 1 on success.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, max) == 1 }
 }
 
-#[cfg(not(target_env = "gnu"))]
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn set_arena_max(_max: u32) -> bool {
     false
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glibc_takes_the_limit_unless_the_environment_set_one() {
+        let expected = cfg!(all(target_os = "linux", target_env = "gnu")) && !super::environment_chose();
+        assert_eq!(super::limit_malloc_arenas(1), expected);
+    }
 }

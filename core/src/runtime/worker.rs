@@ -613,7 +613,7 @@ fn run_loop(
         if end_of_input && !end_seen {
             // Which inputs are read to the end decides which ones end: ask now, not 100 ms ago.
             end_seen = true;
-            caught_up = report(shared, consumer, &tasks.borrow(), member);
+            caught_up = report(shared, consumer, &tasks.borrow(), cache, member);
         }
         // While stores restore, poll without waiting: the poll keeps the member in its group.
         let timeout = if paused.is_empty() { shared.config.poll_timeout } else { std::time::Duration::ZERO };
@@ -694,16 +694,7 @@ fn run_loop(
             seen_request = requested;
         }
         if last_report.elapsed() >= std::time::Duration::from_millis(100) {
-            caught_up = report(shared, consumer, tasks, member);
-            if let Some(cache) = cache {
-                let bytes = cache.used() as u64;
-                shared
-                    .metrics
-                    .store_cache_bytes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(member.to_string(), bytes);
-            }
+            caught_up = report(shared, consumer, tasks, cache, member);
             last_report = Instant::now();
         }
     }
@@ -844,13 +835,19 @@ fn record_commit(shared: &Shared, started: Instant, partitions: usize) {
     tracing::debug!(partitions, us, "committed");
 }
 
-/// Publishes lag, tasks and watermarks; returns the partitions read to the end.
+/// Publishes lag, tasks, watermarks and the store caches' bytes; returns the partitions read to
+/// the end.
 fn report(
     shared: &Shared,
     consumer: &dyn BackendConsumer,
     tasks: &BTreeMap<TaskId, Task>,
+    cache: Option<&Rc<crate::state::CacheBudget>>,
     member: &str,
 ) -> BTreeSet<TopicPartition> {
+    if let Some(cache) = cache {
+        let bytes = cache.used() as u64;
+        shared.metrics.store_cache_bytes.lock().unwrap_or_else(|e| e.into_inner()).insert(member.to_string(), bytes);
+    }
     let lag: BTreeMap<TopicPartition, u64> = consumer.lag().into_iter().collect();
     let caught_up = lag.iter().filter(|(_, l)| **l == 0).map(|(tp, _)| tp.clone()).collect();
     let watermarks = tasks.iter().map(|(id, t)| (id.to_string(), t.watermark())).collect();
