@@ -49,7 +49,7 @@ pub struct CountBench {
 #[derive(Default)]
 struct MemorySample {
     at: Duration,
-    /// MiB, as [`crate::bench::rss_mib`] counts.
+    /// Resident memory, MiB (`VmRSS`).
     rss_mib: f64,
     /// Of it, anonymous memory (the heaps; the rest is the binary's code and other file pages).
     anon_mib: f64,
