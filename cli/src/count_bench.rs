@@ -16,30 +16,37 @@ use rand::{Rng, SeedableRng};
 #[derive(Args)]
 pub struct CountBench {
     #[arg(long, default_value_t = 10_000_000)]
-    records: u64,
+    pub(crate) records: u64,
     #[arg(long, default_value_t = 1_000_000)]
-    keys: u64,
-    /// at-least-once or exactly-once.
+    pub(crate) keys: u64,
+    /// at-least-once, exactly-once, or both: alternating counts under each for `--rounds` rounds,
+    /// then what exactly-once costs.
     #[arg(long, default_value = "exactly-once")]
-    guarantee: String,
+    pub(crate) guarantee: String,
+    /// Rounds of `--guarantee both`.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) rounds: usize,
     #[arg(long, default_value_t = 2)]
-    threads: usize,
+    pub(crate) threads: usize,
     #[arg(long, default_value_t = 8)]
-    partitions: u32,
+    pub(crate) partitions: u32,
     /// Count stores per task (each counts the same input; the memory test uses 64 partitions × 3).
     #[arg(long, default_value_t = 1)]
-    stores: usize,
+    pub(crate) stores: usize,
     #[arg(long, default_value = "./garam-bench-count")]
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     #[arg(long)]
     keep: bool,
     /// Extra app configuration, as key=value (for example statestore.cache.max.bytes=0).
     #[arg(long = "config", value_name = "KEY=VALUE")]
-    config: Vec<String>,
+    pub(crate) config: Vec<String>,
     /// Only the restore, of a count left in `--dir` (how the bench runs its restore phase: in a
     /// process of its own, as an instance restarting would).
     #[arg(long, hide = true)]
     restore_only: bool,
+    /// Only the count, without the restore (how `--guarantee both` runs each of its counts).
+    #[arg(long, hide = true)]
+    pub(crate) count_only: bool,
     /// Print RSS and RocksDB's memory every second while counting (to stderr).
     #[arg(long)]
     memory_timeline: bool,
@@ -132,6 +139,9 @@ pub fn run(b: CountBench) -> Result<()> {
     if b.restore_only {
         return restore(&b);
     }
+    if b.guarantee == "both" {
+        return crate::count_compare::run(&b);
+    }
     let _ = std::fs::remove_dir_all(&b.dir);
     let log = Log::open(&b.dir)?;
     log.create_topic("count-in", b.partitions, TopicConfig::default())?;
@@ -204,6 +214,14 @@ pub fn run(b: CountBench) -> Result<()> {
     // Where the count's memory stood when it peaked (sampled every 50 ms), RocksDB's part as
     // RocksDB counts it.
     println!("count's peak: {at_peak}");
+    if b.count_only {
+        log.close()?;
+        drop(log);
+        if !b.keep {
+            std::fs::remove_dir_all(&b.dir)?;
+        }
+        return Ok(());
+    }
     // The count's peak (with the fill before it); the restore runs in a process of its own, as an
     // instance restarting would, so that its peak is its own and not what the allocators here
     // hold back from the count.

@@ -5,6 +5,7 @@ mod bench;
 mod clicks_bench;
 mod consume;
 mod count_bench;
+mod count_compare;
 mod demo;
 mod gen;
 mod groups;

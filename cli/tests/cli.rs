@@ -345,3 +345,21 @@ fn bench_clicks_reads_events_and_ads_from_files() {
     assert!((300..=400).contains(&results), "{line}");
     assert!(out.contains("peak memory"), "{out}");
 }
+
+#[test]
+fn bench_count_compares_the_guarantees_in_alternating_rounds() {
+    let d = tempfile::tempdir().unwrap();
+    let bench_dir = d.path().join("bench");
+    let args = ["bench", "count", "--records", "3000", "--keys", "100", "--partitions", "2", "--threads", "1"];
+    let rest = ["--guarantee", "both", "--rounds", "2", "--dir", bench_dir.to_str().unwrap()];
+    let out = ok(&garam(d.path(), &[&args[..], &rest[..]].concat(), None));
+    let counts: Vec<&str> = out.lines().filter(|l| l.starts_with("round ")).collect();
+    assert_eq!(counts.len(), 4, "{out}");
+    for (line, guarantee) in counts.iter().zip(["exactly-once", "at-least-once", "exactly-once", "at-least-once"]) {
+        assert!(line.contains(&format!("{guarantee}: ")) && line.contains("count: 3000 records"), "{line}");
+    }
+    let summary = out.lines().last().unwrap();
+    assert!(summary.starts_with("exactly-once against at-least-once, 2 alternating round(s)"), "{out}");
+    assert!(summary.contains("exactly-once costs"), "{summary}");
+    assert!(!bench_dir.exists(), "the counts clean up after themselves");
+}
