@@ -36,7 +36,7 @@ pub struct CountBench {
     #[arg(long, default_value = "./garam-bench-count")]
     pub(crate) dir: PathBuf,
     #[arg(long)]
-    keep: bool,
+    pub(crate) keep: bool,
     /// Extra app configuration, as key=value (for example statestore.cache.max.bytes=0).
     #[arg(long = "config", value_name = "KEY=VALUE")]
     pub(crate) config: Vec<String>,
@@ -49,7 +49,7 @@ pub struct CountBench {
     pub(crate) count_only: bool,
     /// Print RSS and RocksDB's memory every second while counting (to stderr).
     #[arg(long)]
-    memory_timeline: bool,
+    pub(crate) memory_timeline: bool,
 }
 
 /// The process's resident memory and RocksDB's own count of its memory, at one moment.
@@ -136,11 +136,14 @@ fn app_config(b: &CountBench, state: &str) -> Result<AppConfig> {
 }
 
 pub fn run(b: CountBench) -> Result<()> {
+    if b.guarantee == "both" {
+        if b.restore_only || b.count_only {
+            anyhow::bail!("--guarantee both runs counts of its own; it takes neither --restore-only nor --count-only");
+        }
+        return crate::count_compare::run(&b);
+    }
     if b.restore_only {
         return restore(&b);
-    }
-    if b.guarantee == "both" {
-        return crate::count_compare::run(&b);
     }
     let _ = std::fs::remove_dir_all(&b.dir);
     let log = Log::open(&b.dir)?;

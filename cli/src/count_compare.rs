@@ -12,7 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::count_bench::CountBench;
 
-/// Exactly-once first in every round: any drift within a round then tells against it.
+/// The two counts of a round; odd rounds run them in this order, even rounds the other way round,
+/// so that a machine speeding up or slowing down within the rounds favours neither.
 const GUARANTEES: [&str; 2] = ["exactly-once", "at-least-once"];
 
 /// One count's speed, as its `count:` line gives it.
@@ -60,9 +61,10 @@ pub fn run(b: &CountBench) -> Result<()> {
     let mut rounds = Vec::with_capacity(b.rounds);
     for round in 1..=b.rounds {
         let mut pair = [CountRate::default(); 2];
-        for (rate, guarantee) in pair.iter_mut().zip(GUARANTEES) {
-            let line = count_in_child(b, guarantee)?;
-            *rate = CountRate::parse(&line).ok_or_else(|| anyhow!("no rates in the count's line: {line}"))?;
+        let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let line = count_in_child(b, GUARANTEES[i])?;
+            pair[i] = CountRate::parse(&line).ok_or_else(|| anyhow!("no rates in the count's line: {line}"))?;
             println!("round {round}/{}: {line}", b.rounds);
         }
         rounds.push(pair);
@@ -82,6 +84,12 @@ fn count_in_child(b: &CountBench, guarantee: &str) -> Result<String> {
     cmd.args(&args).arg(&b.dir);
     for c in &b.config {
         cmd.arg("--config").arg(c);
+    }
+    if b.keep {
+        cmd.arg("--keep");
+    }
+    if b.memory_timeline {
+        cmd.arg("--memory-timeline");
     }
     let out = cmd.stderr(Stdio::inherit()).output().context("starting a count")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -112,6 +120,7 @@ impl Summary {
     fn of(rounds: &[[CountRate; 2]]) -> Summary {
         let column = |f: &dyn Fn(&[CountRate; 2]) -> f64| -> Vec<f64> { rounds.iter().map(f).collect() };
         let mut costs = column(&|r| 1.0 - r[0].wall / r[1].wall);
+        // Sorts `costs` too: the smallest and largest are then at the ends.
         let cost = median(&mut costs);
         Summary {
             rounds: rounds.len(),

@@ -355,7 +355,8 @@ fn bench_count_compares_the_guarantees_in_alternating_rounds() {
     let out = ok(&garam(d.path(), &[&args[..], &rest[..]].concat(), None));
     let counts: Vec<&str> = out.lines().filter(|l| l.starts_with("round ")).collect();
     assert_eq!(counts.len(), 4, "{out}");
-    for (line, guarantee) in counts.iter().zip(["exactly-once", "at-least-once", "exactly-once", "at-least-once"]) {
+    // The order turns round every other round.
+    for (line, guarantee) in counts.iter().zip(["exactly-once", "at-least-once", "at-least-once", "exactly-once"]) {
         assert!(line.contains(&format!("{guarantee}: ")) && line.contains("count: 3000 records"), "{line}");
     }
     let summary = out.lines().last().unwrap();
