@@ -75,13 +75,11 @@ pub fn run(b: &CountBench) -> Result<()> {
 
 /// Runs one count, without the restore, in a process of its own; returns its `count:` line.
 fn count_in_child(b: &CountBench, guarantee: &str) -> Result<String> {
-    let mut args: Vec<String> = vec!["bench".into(), "count".into()];
-    args.extend(["--records".into(), b.records.to_string(), "--keys".into(), b.keys.to_string()]);
-    args.extend(["--guarantee".into(), guarantee.into(), "--threads".into(), b.threads.to_string()]);
-    args.extend(["--partitions".into(), b.partitions.to_string(), "--stores".into(), b.stores.to_string()]);
-    args.extend(["--count-only".into(), "--dir".into()]);
     let mut cmd = Command::new(std::env::current_exe().context("locating the garam binary")?);
-    cmd.args(&args).arg(&b.dir);
+    cmd.args(["bench", "count", "--count-only", "--guarantee", guarantee]);
+    cmd.arg("--records").arg(b.records.to_string()).arg("--keys").arg(b.keys.to_string());
+    cmd.arg("--threads").arg(b.threads.to_string()).arg("--partitions").arg(b.partitions.to_string());
+    cmd.arg("--stores").arg(b.stores.to_string()).arg("--dir").arg(&b.dir);
     for c in &b.config {
         cmd.arg("--config").arg(c);
     }
@@ -118,22 +116,22 @@ struct Summary {
 
 impl Summary {
     fn of(rounds: &[[CountRate; 2]]) -> Summary {
-        let column = |f: &dyn Fn(&[CountRate; 2]) -> f64| -> Vec<f64> { rounds.iter().map(f).collect() };
-        let mut costs = column(&|r| 1.0 - r[0].wall / r[1].wall);
+        let column = |f: fn(&[CountRate; 2]) -> f64| -> Vec<f64> { rounds.iter().map(f).collect() };
+        let mut costs = column(|r| 1.0 - r[0].wall / r[1].wall);
         // Sorts `costs` too: the smallest and largest are then at the ends.
         let cost = median(&mut costs);
         Summary {
             rounds: rounds.len(),
             exactly_once: CountRate {
-                wall: median(&mut column(&|r| r[0].wall)),
-                cpu: median(&mut column(&|r| r[0].cpu)),
+                wall: median(&mut column(|r| r[0].wall)),
+                cpu: median(&mut column(|r| r[0].cpu)),
             },
             at_least_once: CountRate {
-                wall: median(&mut column(&|r| r[1].wall)),
-                cpu: median(&mut column(&|r| r[1].cpu)),
+                wall: median(&mut column(|r| r[1].wall)),
+                cpu: median(&mut column(|r| r[1].cpu)),
             },
             cost: (cost, costs[0], costs[costs.len() - 1]),
-            cpu_cost: median(&mut column(&|r| 1.0 - r[0].cpu / r[1].cpu)),
+            cpu_cost: median(&mut column(|r| 1.0 - r[0].cpu / r[1].cpu)),
         }
     }
 }
