@@ -2,14 +2,22 @@
 //! the store ends with the true counts; under exactly-once the committed output holds, per key,
 //! strictly increasing counts ending at the true count with no duplicate; under at-least-once the
 //! counts may exceed the truth but never fall short.
+//!
+//! Before each run the test tops the input up to a backlog of twice the most any run has got
+//! through, so that the kills land while the example is counting on a fast machine as on a slow
+//! one (with the input written once up front, a run drained it before the first kill and the
+//! other 19 killed an idle app). It checks afterwards that they did. The store is read twice: from
+//! its changelog, and from RocksDB itself through interactive queries.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use garam::core::backend::TopicPartition;
 use garam::log::consumer::{ConsumerConfig, OffsetReset};
 use garam::log::{Log, TopicConfig};
+use garam::prelude::*;
 use rand::{Rng, SeedableRng};
 
 const KEYS: u64 = 300;
@@ -63,32 +71,103 @@ fn read(log: &Log, topic: &str, read_committed: bool) -> Vec<(String, Vec<u8>)> 
     out
 }
 
+/// Appends `n` records of random keys to `events`, counting them in `truth`.
+fn produce(dir: &Path, n: u64, rng: &mut rand::rngs::SmallRng, truth: &mut BTreeMap<String, u64>) {
+    let log = Log::open(dir).unwrap();
+    let mut p = log.producer(Default::default()).unwrap();
+    for i in 0..n {
+        let k = format!("key-{}", rng.gen_range(0..KEYS));
+        *truth.entry(k.clone()).or_default() += 1;
+        p.send("events", garam::core::Record::new(Some(k), Some(format!("{{\"n\":{i}}}")))).unwrap();
+    }
+    p.flush().unwrap();
+    drop(p);
+    log.close().unwrap();
+}
+
+/// The example's committed input offsets, summed over the partitions of `events`.
+fn committed(dir: &Path) -> u64 {
+    let log = Log::open(dir).unwrap();
+    let done = (0..4)
+        .filter_map(|p| log.groups().committed("key-counts", &TopicPartition::new("events", p)))
+        .map(|c| c.offset)
+        .sum();
+    log.close().unwrap();
+    done
+}
+
+/// The example's store as the example left it, read with interactive queries by an app of the
+/// same topology and application id, run in this process on the same directory.
+fn store_counts(dir: &Path, guarantee: &str) -> BTreeMap<String, u64> {
+    let b = StreamBuilder::new();
+    b.stream::<String, bytes::Bytes>("events", Consumed::with(StringSerde, BytesSerde))
+        .group_by_key()
+        .count(Materialized::named("key-counts").with(StringSerde, U64Serde))
+        .to_stream()
+        .to("counts", Produced::with(StringSerde, U64Serde));
+    let mut config = AppConfig::new("key-counts");
+    config.set("processing.guarantee", guarantee).unwrap();
+    let mut app = App::new(b.build().unwrap(), config, garam::embedded(dir).unwrap()).unwrap();
+    app.start().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let counts = loop {
+        match app.store::<String, u64>("key-counts").and_then(|s| s.all()) {
+            Ok(all) if all.len() as u64 == KEYS => break all.into_iter().collect(),
+            // Restoring, or tasks not assigned yet.
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            other => panic!("the store never answered for every key: {:?}", other.map(|a| a.len())),
+        }
+    };
+    app.close().unwrap();
+    counts
+}
+
+/// The tests of this file run one at a time. A child between its fork and its exec holds a copy of
+/// every descriptor its parent had open, the lock of a log the other test just opened among them:
+/// that log stays locked for the moment, and the test (or its own child) opening it next fails.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(guarantee: &str) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let total = 60_000u64;
     let mut truth: BTreeMap<String, u64> = BTreeMap::new();
     {
         let log = Log::open(dir.path()).unwrap();
         log.create_topic("events", 4, TopicConfig::default()).unwrap();
         log.create_topic("counts", 4, TopicConfig::default()).unwrap();
-        let mut p = log.producer(Default::default()).unwrap();
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
-        for i in 0..total {
-            let k = format!("key-{}", rng.gen_range(0..KEYS));
-            *truth.entry(k.clone()).or_default() += 1;
-            p.send("events", garam::core::Record::new(Some(k), Some(format!("{{\"n\":{i}}}")))).unwrap();
-        }
-        p.flush().unwrap();
-        drop(p);
         log.close().unwrap();
     }
+    let mut input_rng = rand::rngs::SmallRng::seed_from_u64(3);
     let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
+    // Kills come 50–500 ms after a start; the input is topped up before each start to twice what
+    // the fastest run so far would count in 500 ms.
+    const MAX_RUN_MS: u64 = 500;
+    let (mut end, mut done, mut per_ms) = (0u64, 0u64, 0u64);
+    let (mut mid_stream, mut advanced) = (0, 0);
     for _ in 0..20 {
+        let want = done + (2 * per_ms * MAX_RUN_MS).max(20_000);
+        if end < want {
+            produce(dir.path(), want - end, &mut input_rng, &mut truth);
+            end = want;
+        }
+        let ms = rng.gen_range(50..MAX_RUN_MS);
         let mut child = spawn(dir.path(), guarantee, false);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(100..600)));
+        std::thread::sleep(Duration::from_millis(ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        let now = committed(dir.path());
+        mid_stream += usize::from(now < end);
+        if now > done {
+            advanced += 1;
+            per_ms = per_ms.max((now - done).div_ceil(ms));
+        }
+        done = now;
     }
+    eprintln!("{guarantee}: {mid_stream} mid-stream, {advanced} advanced, input {end}, per ms {per_ms}");
+    // Nearly every kill must land with input left, and runs must get somewhere: else the kills
+    // hit an idle app, or one that never got going, and prove little.
+    assert!(mid_stream >= 17, "only {mid_stream} of 20 kills landed with input left");
+    assert!(advanced >= 5, "only {advanced} of 20 runs committed progress before their kill");
     assert!(spawn(dir.path(), guarantee, true).wait().unwrap().success());
 
     let log = Log::open(dir.path()).unwrap();
@@ -106,6 +185,10 @@ fn run(guarantee: &str) {
         assert_eq!(json["key"], k.as_str());
         outputs.entry(k).or_default().push(json["count"].as_u64().unwrap());
     }
+    log.close().unwrap();
+    drop(log);
+    // The store itself (RocksDB, as the example left it) holds what its changelog holds.
+    assert_eq!(store_counts(dir.path(), guarantee), store, "the store and its changelog disagree");
     for (k, n) in &truth {
         let got = store.get(k).copied().unwrap_or(0);
         let outs = outputs.get(k).cloned().unwrap_or_default();
