@@ -57,6 +57,8 @@ struct Inner {
     global_topics: BTreeMap<String, Vec<String>>,
     /// Stores live here, removed when the driver is dropped.
     state_dir: std::path::PathBuf,
+    /// What every store of this driver opens with: one memory bound for all of them.
+    store_context: crate::state::StoreContext,
 }
 
 impl Drop for Inner {
@@ -129,7 +131,7 @@ impl Inner {
                 id,
                 &ChangelogReader { written: &self.written },
                 false,
-                &self.config.store_context(),
+                &self.store_context,
                 self.cache.as_ref(),
             )?;
             stores.restore_all(&ChangelogReader { written: &self.written }, None)?;
@@ -206,6 +208,7 @@ impl TopologyTestDriver {
         // The driver's clock stands still unless advanced: send every watermark change at once.
         config.watermark.publish_interval_ms = 0;
         let app = config.application_id.clone();
+        let store_context = config.store_context();
         let topic_to_sub = topology.topic_to_subtopology(&app);
         let internal = topology.internal_topics().iter().map(|t| t.full_name(&app)).collect();
         let globals = crate::runtime::global_stores(&topology);
@@ -235,6 +238,7 @@ impl TopologyTestDriver {
                     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     std::env::temp_dir().join(format!("garam-test-driver-{}-{n}", std::process::id()))
                 },
+                store_context,
             })),
         })
     }

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | [`memory`] | [`InMemorySupplier`]: an ordered map, rebuilt from the changelog on every start |
 //! | [`malloc_arenas`] | [`limit_malloc_arenas`]: glibc's malloc, which RocksDB allocates from, held to few arenas (called from `main`) |
-//! | `rocks` | [`RocksDbSupplier`]: the one module that uses `rocksdb`; one block cache and write-buffer manager bound every store of the process together |
+//! | `rocks` | [`RocksDbSupplier`]: the one module that uses `rocksdb`; one block cache and write-buffer manager bound every store of an app together |
 //!
 //! The runtime wraps each store in a `StoreHandle` (versioned values, changelog records) and opens
 //! it under `state.dir/<application.id>/<task>/<store>`.

@@ -1,12 +1,14 @@
 //! The RocksDB store — the only module that touches `rocksdb`.
 //!
-//! Every store of the process shares one LRU block cache and one write-buffer manager charged to
-//! that cache, sized by `state.memory.max.bytes`: with many tasks and stores, RocksDB's memory stays
-//! bounded instead of growing with each instance (a classic Kafka Streams complaint).
+//! Every store of an app shares one LRU block cache and one write-buffer manager charged to that
+//! cache, sized by the app's `state.memory.max.bytes`: with many tasks and stores, RocksDB's memory
+//! stays bounded instead of growing with each instance (a classic Kafka Streams complaint). They
+//! live in the app's [`SharedResources`](garam_core::state::SharedResources), so two apps in one
+//! process each get the bound they configure.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use garam_core::state::{KeyValueStore, ReadableStore, StoreContext, StoreSupplier};
@@ -134,7 +136,7 @@ fn int_property(db: &DB, name: &str) -> usize {
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
-/// The memory of the process's RocksDB stores, as RocksDB counts it.
+/// The memory of RocksDB stores, as RocksDB counts it: an app's, or the whole process's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RocksMemory {
     /// The memtables of all stores, active and being flushed.
@@ -152,24 +154,44 @@ pub struct RocksMemory {
 }
 
 impl RocksDbSupplier {
-    /// What the process's RocksDB stores hold now (`None` before the first one opens). Asks
-    /// every open store for its memtables: for a bench or a metrics report, not a hot path.
+    /// What the RocksDB stores of every app in the process hold now, summed (`None` before the
+    /// first one opens). Asks every open store for its memtables: for a bench or a metrics
+    /// report, not a hot path.
     pub fn memory() -> Option<RocksMemory> {
-        SHARED.get().map(|s| {
-            let (mut active_memtables, mut immutable_memtables) = (0, 0);
-            for db in s.open.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(Weak::upgrade) {
-                active_memtables += int_property(&db, "rocksdb.cur-size-active-mem-table");
-                immutable_memtables += int_property(&db, "rocksdb.num-immutable-mem-table");
-            }
-            RocksMemory {
-                active_memtables,
-                immutable_memtables,
-                memtables: s.write_buffers.get_usage(),
-                memtable_limit: s.write_buffers.get_buffer_size(),
-                block_cache: s.cache.get_usage(),
-                block_cache_capacity: s.capacity.load(Ordering::Relaxed),
-            }
+        let pools: Vec<Arc<Shared>> =
+            POOLS.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(Weak::upgrade).collect();
+        pools.iter().map(|s| s.memory()).reduce(|a, b| RocksMemory {
+            memtables: a.memtables + b.memtables,
+            memtable_limit: a.memtable_limit + b.memtable_limit,
+            block_cache: a.block_cache + b.block_cache,
+            block_cache_capacity: a.block_cache_capacity + b.block_cache_capacity,
+            active_memtables: a.active_memtables + b.active_memtables,
+            immutable_memtables: a.immutable_memtables + b.immutable_memtables,
         })
+    }
+
+    /// What the RocksDB stores opened with `ctx` (one app's) hold now; `None` before the first
+    /// one opens.
+    pub fn memory_of(ctx: &StoreContext) -> Option<RocksMemory> {
+        ctx.shared.get::<Shared>().map(|s| s.memory())
+    }
+}
+
+impl Shared {
+    fn memory(&self) -> RocksMemory {
+        let (mut active_memtables, mut immutable_memtables) = (0, 0);
+        for db in self.open.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(Weak::upgrade) {
+            active_memtables += int_property(&db, "rocksdb.cur-size-active-mem-table");
+            immutable_memtables += int_property(&db, "rocksdb.num-immutable-mem-table");
+        }
+        RocksMemory {
+            active_memtables,
+            immutable_memtables,
+            memtables: self.write_buffers.get_usage(),
+            memtable_limit: self.write_buffers.get_buffer_size(),
+            block_cache: self.cache.get_usage(),
+            block_cache_capacity: self.capacity.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -182,12 +204,15 @@ impl RocksDbSupplier {
 /// still plenty for two worker threads and RocksDB's background threads.
 const SHARD_BITS: std::ffi::c_int = 4;
 
-/// The block cache and write-buffer manager of every store of the process, made by the first
-/// store opened, with its budget.
-static SHARED: OnceLock<Shared> = OnceLock::new();
+/// Every app's block cache and write-buffer manager while one of its stores is open, for
+/// [`RocksDbSupplier::memory`].
+static POOLS: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
-fn shared(budget: u64) -> &'static Shared {
-    SHARED.get_or_init(|| {
+/// The block cache and write-buffer manager of the stores opened with `ctx` (one app's), made by
+/// the first of them with the app's budget.
+fn shared(ctx: &StoreContext) -> Arc<Shared> {
+    let budget = ctx.memory_max_bytes;
+    ctx.shared.get_or_insert_with(|| {
         let mut opts = rocksdb::LruCacheOptions::default();
         opts.set_capacity(budget as usize);
         opts.set_num_shard_bits(SHARD_BITS);
@@ -195,7 +220,7 @@ fn shared(budget: u64) -> &'static Shared {
         // Memtables are charged to the cache: block cache + write buffers stay under the budget.
         let write_buffers =
             WriteBufferManager::new_write_buffer_manager_with_cache((budget / 2) as usize, false, cache.clone());
-        tracing::info!(bytes = budget, "RocksDB memory bound for all stores");
+        tracing::info!(bytes = budget, "RocksDB memory bound for all stores of the app");
         Shared {
             cache,
             budget: budget as usize,
@@ -215,7 +240,7 @@ fn err(e: rocksdb::Error) -> StreamsError {
 struct RocksStore {
     db: Arc<DB>,
     write: WriteOptions,
-    shared: &'static Shared,
+    shared: Arc<Shared>,
 }
 
 impl Drop for RocksStore {
@@ -273,7 +298,7 @@ fn tracing_logger(dir: &Path) -> rocksdb::InfoLogger {
 
 impl StoreSupplier for RocksDbSupplier {
     fn open(&self, dir: &Path, ctx: &StoreContext) -> Result<Box<dyn KeyValueStore>> {
-        let s = shared(ctx.memory_max_bytes);
+        let s = shared(ctx);
         let mut block = BlockBasedOptions::default();
         block.set_block_cache(&s.cache);
         block.set_cache_index_and_filter_blocks(true);
@@ -316,6 +341,11 @@ impl StoreSupplier for RocksDbSupplier {
         write.disable_wal(true);
         let db = Arc::new(db);
         let mut open = s.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.is_empty() {
+            let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+            pools.retain(|p| p.strong_count() > 0 && p.as_ptr() != Arc::as_ptr(&s));
+            pools.push(Arc::downgrade(&s));
+        }
         open.push(Arc::downgrade(&db));
         s.charge_instances(open.len());
         drop(open);

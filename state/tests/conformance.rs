@@ -9,7 +9,7 @@ use garam_core::state::{
 use garam_state::{InMemorySupplier, RocksDbSupplier};
 use proptest::prelude::*;
 
-const CTX: StoreContext = StoreContext { memory_max_bytes: 64 << 20 };
+static CTX: std::sync::LazyLock<StoreContext> = std::sync::LazyLock::new(|| StoreContext::new(64 << 20));
 
 fn suppliers() -> Vec<(&'static str, Box<dyn StoreSupplier>)> {
     vec![("memory", Box::new(InMemorySupplier)), ("rocksdb", Box::new(RocksDbSupplier))]

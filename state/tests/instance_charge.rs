@@ -1,15 +1,15 @@
 //! Open RocksDB instances are charged to the shared block cache: with many stores open, RocksDB
-//! as a whole stays inside its share (its own test binary: the budget is the process's, fixed
-//! by the first store opened).
+//! as a whole stays inside its share. The share is an app's: stores opened with another context
+//! have a cache of their own.
 
 use garam_core::state::{KeyValueStore, StoreContext, StoreSupplier};
 use garam_state::RocksDbSupplier;
 
 /// RocksDB's share: 16 MiB.
-const CTX: StoreContext = StoreContext { memory_max_bytes: 16 << 20 };
+static CTX: std::sync::LazyLock<StoreContext> = std::sync::LazyLock::new(|| StoreContext::new(16 << 20));
 
 fn capacity() -> usize {
-    RocksDbSupplier::memory().unwrap().block_cache_capacity
+    RocksDbSupplier::memory_of(&CTX).unwrap().block_cache_capacity
 }
 
 #[test]
@@ -35,4 +35,23 @@ fn each_open_store_shrinks_the_block_cache_until_half_the_share_is_left() {
     assert_eq!(capacity(), (16 << 20) - 8 * per_store);
     drop(first);
     assert_eq!(capacity(), 16 << 20);
+}
+
+#[test]
+fn each_app_gets_the_bound_it_configures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (small, large) = (StoreContext::new(16 << 20), StoreContext::new(64 << 20));
+    let open = |name: &str, ctx: &StoreContext| RocksDbSupplier.open(&dir.path().join(name), ctx).unwrap();
+    let _a = open("a", &small);
+    // Clones of a context are the same app.
+    let _b = [open("b1", &large), open("b2", &large.clone())];
+    let (small, large) = (RocksDbSupplier::memory_of(&small).unwrap(), RocksDbSupplier::memory_of(&large).unwrap());
+    assert_eq!(small.memtable_limit, 8 << 20, "half of the small app's share");
+    assert_eq!(large.memtable_limit, 32 << 20, "half of the large app's share, not the first app's");
+    let charged = |m: garam_state::RocksMemory, budget: usize| budget - m.block_cache_capacity;
+    let one = charged(small, 16 << 20);
+    assert!(one > 0, "an open store is charged to its app's cache");
+    assert_eq!(charged(large, 64 << 20), 2 * one, "the large app's cache is charged for its own two stores");
+    let all = RocksDbSupplier::memory().unwrap();
+    assert!(all.memtable_limit >= (40 << 20), "the process's figures add the apps up: {all:?}");
 }

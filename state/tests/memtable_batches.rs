@@ -1,6 +1,5 @@
 //! The memtables of many RocksDB stores stay inside their shared budget when each store is
-//! written in batches in turn, as store caches write their stores when their budget runs out
-//! (its own test binary: the budget is the process's, fixed by the first store opened).
+//! written in batches in turn, as store caches write their stores when their budget runs out.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +7,7 @@ use garam_core::state::{KeyValueStore, StoreContext, StoreSupplier};
 use garam_state::RocksDbSupplier;
 
 /// RocksDB's share: 8 MiB, so memtables get 4 MiB.
-const CTX: StoreContext = StoreContext { memory_max_bytes: 8 << 20 };
+static CTX: std::sync::LazyLock<StoreContext> = std::sync::LazyLock::new(|| StoreContext::new(8 << 20));
 
 fn batch(store: usize, round: u32) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     (0..1000u32).map(|k| (format!("{store:02}-{round:02}-{k:04}").into_bytes(), Some(vec![store as u8; 64]))).collect()
@@ -19,7 +18,7 @@ fn stores_written_in_batches_keep_their_memtables_inside_the_budget() {
     let dir = tempfile::tempdir().unwrap();
     let mut stores: Vec<Box<dyn KeyValueStore>> =
         (0..64).map(|i| RocksDbSupplier.open(&dir.path().join(format!("s{i}")), &CTX).unwrap()).collect();
-    let limit = RocksDbSupplier::memory().unwrap().memtable_limit;
+    let limit = RocksDbSupplier::memory_of(&CTX).unwrap().memtable_limit;
     assert_eq!(limit, 4 << 20);
     // Each round writes ~100 KiB to every store. RocksDB alone, over its limit, flushes the
     // store being written and so leaves every store its last batch: 64 of them, ~7 MiB, none
@@ -33,12 +32,12 @@ fn stores_written_in_batches_keep_their_memtables_inside_the_budget() {
     // writes after the last one may have left more: a small write now and then relieves again.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut k = 0u32;
-    while RocksDbSupplier::memory().unwrap().memtables > limit && Instant::now() < deadline {
+    while RocksDbSupplier::memory_of(&CTX).unwrap().memtables > limit && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
         stores[0].put(format!("touch-{k}").as_bytes(), b"x").unwrap();
         k += 1;
     }
-    let m = RocksDbSupplier::memory().unwrap();
+    let m = RocksDbSupplier::memory_of(&CTX).unwrap();
     assert!(m.memtables <= limit, "memtables {} bytes against a limit of {limit} ({m:?})", m.memtables);
     assert!(m.active_memtables <= limit, "{m:?}");
     // Nothing was lost on the way to disk.

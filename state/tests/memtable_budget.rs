@@ -1,6 +1,5 @@
 //! The memtables of many RocksDB stores stay near their shared budget when stores are written
-//! in turn and then left idle, as a restore does (its own test binary: the budget is the
-//! process's, fixed by the first store opened).
+//! in turn and then left idle, as a restore does.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +7,7 @@ use garam_core::state::{KeyValueStore, StoreContext, StoreSupplier};
 use garam_state::RocksDbSupplier;
 
 /// RocksDB's share: 8 MiB, so memtables get 4 MiB.
-const CTX: StoreContext = StoreContext { memory_max_bytes: 8 << 20 };
+static CTX: std::sync::LazyLock<StoreContext> = std::sync::LazyLock::new(|| StoreContext::new(8 << 20));
 
 #[test]
 fn idle_stores_do_not_keep_memtables_over_the_budget() {
@@ -23,17 +22,17 @@ fn idle_stores_do_not_keep_memtables_over_the_budget() {
             (0..4096u32).map(|k| (format!("{i}-{k:08}").into_bytes(), Some(vec![i as u8; 240]))).collect();
         store.write_batch(&batch).unwrap();
     }
-    let limit = RocksDbSupplier::memory().unwrap().memtable_limit;
+    let limit = RocksDbSupplier::memory_of(&CTX).unwrap().memtable_limit;
     assert_eq!(limit, 4 << 20);
     // Later writes, anywhere, relieve the largest memtables until the total is back near budget.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut k = 0u32;
-    while RocksDbSupplier::memory().unwrap().memtables > 2 * limit && Instant::now() < deadline {
+    while RocksDbSupplier::memory_of(&CTX).unwrap().memtables > 2 * limit && Instant::now() < deadline {
         stores[0].put(format!("touch-{k}").as_bytes(), b"x").unwrap();
         k += 1;
         std::thread::sleep(Duration::from_millis(10));
     }
-    let m = RocksDbSupplier::memory().unwrap();
+    let m = RocksDbSupplier::memory_of(&CTX).unwrap();
     assert!(m.memtables <= 2 * limit, "memtables {} bytes against a limit of {limit}", m.memtables);
     // Nothing was lost on the way to disk.
     for (i, store) in stores.iter().enumerate() {

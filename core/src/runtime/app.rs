@@ -192,6 +192,7 @@ impl App {
             instance_id: format!("{}.{instance}", std::process::id()),
             active: Mutex::default(),
             globals: self.globals.clone(),
+            store_context: self.config.store_context(),
         });
         if self.config.num_standby_replicas > 0 {
             let (shared, shutdown) = (shared.clone(), self.shutdown.clone());

@@ -186,9 +186,11 @@ impl AppConfig {
         self.cache_max_bytes.unwrap_or(total / 2).min(total - total / 4)
     }
 
-    /// What store suppliers get: RocksDB's share of `state.memory.max.bytes` after the caches.
+    /// What store suppliers get: RocksDB's share of `state.memory.max.bytes` after the caches,
+    /// with resources of its own. An app makes one and hands clones of it to all its stores, so
+    /// that they share one bound.
     pub fn store_context(&self) -> crate::state::StoreContext {
-        crate::state::StoreContext { memory_max_bytes: self.state_memory_max_bytes - self.cache_bytes() }
+        crate::state::StoreContext::new(self.state_memory_max_bytes - self.cache_bytes())
     }
 
     /// The store-cache budget of one worker thread (`None`: caching disabled).

@@ -116,7 +116,7 @@ fn step(shared: &Shared, standbys: &mut BTreeMap<TaskId, Standby>) -> Result<()>
             *id,
             &reader,
             shared.eos(),
-            &shared.config.store_context(),
+            &shared.store_context,
         )?;
         if let Some(stores) = opened {
             tracing::info!(task = %id, "opened standby");

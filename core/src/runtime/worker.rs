@@ -102,6 +102,8 @@ pub(crate) struct Shared {
     pub active: Mutex<BTreeSet<TaskId>>,
     /// The instance's global tables.
     pub globals: crate::topology::GlobalStores,
+    /// What every store of this instance opens with: one memory bound for all of them.
+    pub store_context: crate::state::StoreContext,
 }
 
 impl Shared {
@@ -288,7 +290,7 @@ fn new_task(shared: &Shared, id: TaskId, cache: Option<&Rc<crate::state::CacheBu
         id,
         &crate::runtime::stores::BackendReader(&*shared.backend),
         shared.eos(),
-        &shared.config.store_context(),
+        &shared.store_context,
         cache,
     )?;
     let task = Task::new(
