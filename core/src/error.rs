@@ -75,6 +75,15 @@ pub enum StreamsError {
         /// The partition (task) that is restoring.
         partition: u32,
     },
+    /// An interactive query asked for a store whose tasks here have not committed since the
+    /// query asked (a commit publishes what their caches hold): retry.
+    #[error("store '{store}' is not ready for queries: {reason}; retry later")]
+    StoreUnavailable {
+        /// The store.
+        store: String,
+        /// Which partitions are waited for, and for how long.
+        reason: String,
+    },
     /// The key's partition of a store is not hosted by this instance.
     #[error("store '{store}' partition {partition} is not hosted here{}", host.as_ref().map(|h| format!(" (owner: {h})")).unwrap_or_default())]
     NotHosted {
@@ -98,6 +107,11 @@ impl StreamsError {
 
     /// Whether retrying can help.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, StreamsError::Backend { retriable: true, .. } | StreamsError::StoreRestoring { .. })
+        matches!(
+            self,
+            StreamsError::Backend { retriable: true, .. }
+                | StreamsError::StoreRestoring { .. }
+                | StreamsError::StoreUnavailable { .. }
+        )
     }
 }

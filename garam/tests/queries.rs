@@ -31,6 +31,18 @@ fn produce(log: &Log, keys: u64, from: u64, to: u64) -> BTreeMap<String, u64> {
     truth
 }
 
+/// A started instance of app `id` with one thread, its `application.server` and a state directory
+/// of its own.
+fn started_instance(log: &Log, dir: &std::path::Path, id: &str, server: &str) -> App {
+    let mut c = AppConfig::new(id);
+    c.num_threads = 1;
+    c.state_dir = Some(dir.join(server.replace(':', "_")));
+    c.set("application.server", server).unwrap();
+    let mut app = App::new(topology(), c, Arc::new(log.clone())).unwrap();
+    app.start().unwrap();
+    app
+}
+
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ok() {
@@ -50,6 +62,7 @@ fn a_running_app_answers_get_range_and_all_as_of_its_last_commit() {
     config.num_threads = 2;
     config.state_dir = Some(dir.path().join("state"));
     let mut app = App::new(topology(), config, Arc::new(log.clone())).unwrap();
+    assert!(matches!(app.store::<String, u64>("counts"), Err(StreamsError::NotRunning)), "before the start");
     app.start().unwrap();
     wait_for("the input", || app.metrics().records_in == 4000);
     let store = app.store::<String, u64>("counts").unwrap();
@@ -79,6 +92,7 @@ fn a_running_app_answers_get_range_and_all_as_of_its_last_commit() {
     assert!(matches!(app.store::<String, u64>("nope"), Err(StreamsError::StoreNotFound { .. })));
     assert!(matches!(app.store::<u64, u64>("counts"), Err(StreamsError::StoreNotFound { .. })));
     app.close().unwrap();
+    assert!(matches!(app.store::<String, u64>("counts"), Err(StreamsError::NotRunning)), "after the close");
 }
 
 #[test]
@@ -88,15 +102,7 @@ fn keys_hosted_by_another_instance_name_its_application_server() {
     log.create_topic("in", 2, TopicConfig::default()).unwrap();
     log.create_topic("out", 2, TopicConfig::default()).unwrap();
     let truth = produce(&log, 20, 0, 2000);
-    let make = |server: &str| {
-        let mut c = AppConfig::new("iq2");
-        c.num_threads = 1;
-        c.state_dir = Some(dir.path().join(server.replace(':', "_")));
-        c.set("application.server", server).unwrap();
-        let mut app = App::new(topology(), c, Arc::new(log.clone())).unwrap();
-        app.start().unwrap();
-        app
-    };
+    let make = |server: &str| started_instance(&log, dir.path(), "iq2", server);
     let mut a = make("host-a:7001");
     let mut b = make("host-b:7002");
     let (sa, sb) = (a.store::<String, u64>("counts").unwrap(), b.store::<String, u64>("counts").unwrap());
@@ -119,4 +125,41 @@ fn keys_hosted_by_another_instance_name_its_application_server() {
     }
     a.close().unwrap();
     b.close().unwrap();
+}
+
+/// Three instances, two partitions: one instance hosts no task of the store, and still names
+/// each key's partition and owner (it once said partition 0 for every key).
+#[test]
+fn an_instance_hosting_nothing_names_each_keys_partition_and_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 2, TopicConfig::default()).unwrap();
+    log.create_topic("out", 2, TopicConfig::default()).unwrap();
+    let truth = produce(&log, 20, 0, 2000);
+    let mut apps: Vec<App> = ["host-a:7001", "host-b:7002", "host-c:7003"]
+        .into_iter()
+        .map(|server| started_instance(&log, dir.path(), "iq3", server))
+        .collect();
+    let stores: Vec<_> = apps.iter().map(|a| a.store::<String, u64>("counts").unwrap()).collect();
+    let mut partitions_named = std::collections::BTreeSet::new();
+    wait_for("every key answered by one instance, named by the other two", || {
+        partitions_named.clear();
+        truth.iter().all(|(k, n)| {
+            let Ok(md) = stores[0].metadata(k) else { return false };
+            let answers: Vec<_> = stores.iter().map(|s| s.get(k)).collect();
+            let hosts = answers.iter().filter(|a| matches!(a, Ok(Some(x)) if x == n)).count();
+            let named = answers.iter().filter(|a| match a {
+                Err(StreamsError::NotHosted { partition, host: Some(h), .. }) => {
+                    partitions_named.insert(*partition);
+                    *partition == md.partition && Some(h) == md.host.as_ref()
+                }
+                _ => false,
+            });
+            hosts == 1 && named.count() == 2
+        })
+    });
+    assert_eq!(partitions_named.len(), 2, "both partitions named");
+    for app in &mut apps {
+        app.close().unwrap();
+    }
 }

@@ -269,6 +269,15 @@ fn a_rebalance_flushes_store_caches_before_committing() {
     assert!(counts.values().all(|n| *n == 80), "{counts:?}");
 }
 
+/// Waits until each of the app's two threads holds its task, for input that should land in the
+/// tasks' caches: a task that moves restores into its store, not its cache.
+fn wait_for_a_task_per_thread(app: &App, deadline: std::time::Instant) {
+    while app.metrics().tasks.values().filter(|t| t.len() == 1).count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "timed out: {:?}", app.metrics());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The store caches' bytes are reported while an app runs: what the 50 keys' entries are
 /// charged, within the budget; nothing with caching off, nor once the app has closed.
 #[test]
@@ -288,12 +297,7 @@ fn store_cache_bytes_are_reported() {
         let mut app = App::new(topology(false), c, Arc::new(log.clone())).unwrap();
         app.start().unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        // Input once both threads hold their task: a task that moves restores into its store,
-        // not its cache.
-        while app.metrics().tasks.values().filter(|t| t.len() == 1).count() < 2 {
-            assert!(std::time::Instant::now() < deadline, "timed out: {:?}", app.metrics());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_a_task_per_thread(&app, deadline);
         produce(&log, 0, 1000);
         // 50 keys of 2–3 bytes with 9-byte values: each at least its slot's 76-byte charge, once
         // both threads have reported (each every 100 ms).
@@ -316,4 +320,35 @@ fn store_cache_bytes_are_reported() {
         app.close().unwrap();
         assert_eq!(app.metrics().store_cache_bytes, 0, "a closed app's workers hold no cache");
     }
+}
+
+/// Each store's counts (the metered layer) reach `App::metrics`, summed over its tasks, and stay
+/// once the tasks close: one read and one write per record, the cache answering all but each
+/// key's first read, the backend written when the tasks close.
+#[test]
+fn store_counts_are_reported_per_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 2, TopicConfig::default()).unwrap();
+    log.create_topic("out", 2, TopicConfig::default()).unwrap();
+    let mut c = AppConfig::new("store-counts");
+    c.num_threads = 2;
+    c.state_dir = Some(dir.path().join("state"));
+    let mut app = App::new(topology(false), c, Arc::new(log.clone())).unwrap();
+    app.start().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    wait_for_a_task_per_thread(&app, deadline);
+    produce(&log, 0, 1000);
+    let counts = || app.metrics().stores.get("counts").copied().unwrap_or_default();
+    while counts().writes < 1000 {
+        assert!(std::time::Instant::now() < deadline, "timed out: {:?}", app.metrics());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let m = counts();
+    assert_eq!((m.gets, m.writes), (1000, 1000), "{m:?}");
+    assert_eq!(m.cache_hits, 950, "every read but each of the 50 keys' first: {m:?}");
+    app.close().unwrap();
+    let m = app.metrics().stores["counts"];
+    assert_eq!(m.writes, 1000, "the counts outlive the tasks");
+    assert!(m.backend_writes >= 50 && m.flushes >= 1, "closing wrote the caches to RocksDB: {m:?}");
 }

@@ -332,7 +332,11 @@ impl App {
     }
 
     /// A store of the running app, for reads from any thread (interactive queries): `get`,
-    /// `range` and `all` over the tasks hosted by this instance, as of each task's last commit.
+    /// `range` and `all` over the tasks hosted by this instance, as of each task's last commit or
+    /// later (see [`QueryView`](crate::state::QueryView): writes since may show, under exactly-once
+    /// those of a transaction not committed yet). An app not running answers
+    /// [`StreamsError::NotRunning`]; one whose tasks have not committed since the first query
+    /// asked (it waits a commit interval and ten seconds) [`StreamsError::StoreUnavailable`].
     /// Keys map to partitions with the default partitioner; [`ReadOnlyStore::metadata`] says
     /// which member hosts a key that is elsewhere. A partition still restoring answers with
     /// [`StreamsError::StoreRestoring`].
@@ -353,15 +357,34 @@ impl App {
             .and_then(|s| s.downcast_ref::<(crate::serdes::SharedSerde<K>, crate::serdes::SharedSerde<V>)>())
             .cloned()
             .ok_or_else(|| not_found("its key and value types differ from the ones asked for"))?;
+        if self.status() != AppStatus::Running {
+            return Err(StreamsError::NotRunning);
+        }
         let app_id = &self.config.application_id;
         let topics =
             self.topology.topic_to_subtopology(app_id).into_iter().filter(|(_, s)| *s == sub).map(|(t, _)| t).collect();
         // Stores with a cache publish what they have committed from their next commit on: ask
         // for a commit and wait for it, so the first read is as fresh as the later ones.
-        let deadline = std::time::Instant::now() + self.config.commit_interval + Duration::from_secs(10);
+        let wait = self.config.commit_interval + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + wait;
         while !self.queries.request(name) {
-            if std::time::Instant::now() >= deadline || self.shutdown.load(Ordering::Acquire) {
-                return Err(StreamsError::StoreRestoring { store: name.to_string(), partition: 0 });
+            if self.shutdown.load(Ordering::Acquire) {
+                return Err(StreamsError::NotRunning);
+            }
+            if std::time::Instant::now() >= deadline {
+                let incomplete = self.queries.incomplete(name);
+                return Err(match incomplete.iter().find(|(_, restoring)| *restoring) {
+                    Some((partition, _)) => {
+                        StreamsError::StoreRestoring { store: name.to_string(), partition: *partition }
+                    }
+                    None => StreamsError::StoreUnavailable {
+                        store: name.to_string(),
+                        reason: format!(
+                            "partition(s) {:?} did not commit within {wait:?}",
+                            incomplete.iter().map(|(p, _)| p).collect::<Vec<_>>()
+                        ),
+                    },
+                });
             }
             self.metrics.commit_requests.fetch_add(1, Ordering::AcqRel);
             std::thread::sleep(Duration::from_millis(5));

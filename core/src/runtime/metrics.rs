@@ -41,6 +41,8 @@ pub struct Metrics {
     pub(crate) restoring: Mutex<BTreeMap<String, usize>>,
     /// Member → bytes its store caches hold.
     pub(crate) store_cache_bytes: Mutex<BTreeMap<String, u64>>,
+    /// Store name → what its tasks on this instance have done, ever.
+    pub(crate) stores: Mutex<BTreeMap<String, crate::state::StoreMetrics>>,
 }
 
 /// A point-in-time copy of the metrics.
@@ -89,6 +91,10 @@ pub struct MetricsSnapshot {
     pub lag: BTreeMap<String, u64>,
     /// Tasks per member.
     pub tasks: BTreeMap<String, Vec<String>>,
+    /// Per store: reads, cache hits, writes, backend writes, cache flushes and records restored,
+    /// summed over the tasks that ran it on this instance (refreshed every 100 ms and when a task
+    /// closes).
+    pub stores: BTreeMap<String, crate::state::StoreMetrics>,
 }
 
 impl MetricsSnapshot {
@@ -99,6 +105,18 @@ impl MetricsSnapshot {
 }
 
 impl Metrics {
+    /// Adds what the stores of `tasks` have done since they last reported (see
+    /// [`StoreHandle::take_unreported_metrics`](crate::state::StoreHandle::take_unreported_metrics)).
+    pub(crate) fn report_stores<'t>(&self, tasks: impl Iterator<Item = &'t crate::runtime::task::Task>) {
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        for task in tasks {
+            for (name, store) in &task.stores().stores {
+                let new = store.borrow_mut().take_unreported_metrics();
+                stores.entry(name.clone()).or_default().add(&new);
+            }
+        }
+    }
+
     /// Copies the counters.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -139,6 +157,7 @@ impl Metrics {
             store_cache_bytes: self.store_cache_bytes.lock().unwrap_or_else(|e| e.into_inner()).values().sum(),
             lag,
             tasks: self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            stores: self.stores.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 }

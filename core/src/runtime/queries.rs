@@ -86,6 +86,13 @@ impl StoreRegistry {
         complete
     }
 
+    /// The partitions of `store` hosted here whose view is not complete yet, each with whether
+    /// it is restoring.
+    pub(crate) fn incomplete(&self, store: &str) -> Vec<(u32, bool)> {
+        let (_, hosted) = self.hosted(store);
+        hosted.into_iter().filter(|(_, h)| !h.view.is_complete()).map(|(p, h)| (p, h.restoring)).collect()
+    }
+
     fn hosted(&self, store: &str) -> (u32, BTreeMap<u32, Hosted>) {
         self.lock().get(store).map(|e| (e.partitions, e.hosted.clone())).unwrap_or_default()
     }
@@ -163,15 +170,21 @@ impl<K: 'static, V: 'static> ReadOnlyStore<K, V> {
         &self.name
     }
 
+    /// The partition of a serialized key: by the partition count the tasks here registered,
+    /// else (none registered yet) by the input topics'.
+    fn partition_of(&self, key: &[u8], registered: u32) -> u32 {
+        let partitions = match registered {
+            0 => self.topics.iter().filter_map(|t| self.backend.partition_count(t).ok().flatten()).max().unwrap_or(1),
+            n => n,
+        };
+        partition_for_key(key, partitions)
+    }
+
     /// Where `key` lives: its partition, and the member hosting it.
     pub fn metadata(&self, key: &K) -> Result<KeyQueryMetadata> {
         let bytes = self.key_bytes(key)?;
         let (partitions, hosted) = self.registry.hosted(&self.name);
-        let partitions = match partitions {
-            0 => self.topics.iter().filter_map(|t| self.backend.partition_count(t).ok().flatten()).max().unwrap_or(1),
-            n => n,
-        };
-        let partition = partition_for_key(&bytes, partitions);
+        let partition = self.partition_of(&bytes, partitions);
         let owns =
             |tps: &[TopicPartition]| tps.iter().any(|tp| tp.partition == partition && self.topics.contains(&tp.topic));
         let owner = self.backend.group_members(&self.group)?.into_iter().find(|m| owns(&m.partitions));
@@ -187,7 +200,7 @@ impl<K: 'static, V: 'static> ReadOnlyStore<K, V> {
     pub fn get(&self, key: &K) -> Result<Option<V>> {
         let bytes = self.key_bytes(key)?;
         let (partitions, hosted) = self.registry.hosted(&self.name);
-        let partition = partition_for_key(&bytes, partitions.max(1));
+        let partition = self.partition_of(&bytes, partitions);
         let Some(h) = hosted.get(&partition) else {
             let host = self.metadata(key).ok().and_then(|m| m.host.or(m.member_id));
             return Err(StreamsError::NotHosted { store: self.name.clone(), partition, host });

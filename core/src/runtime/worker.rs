@@ -242,6 +242,7 @@ fn close_tasks(shared: &Shared, tasks: &mut BTreeMap<TaskId, Task>, ids: &BTreeS
                     tracing::warn!(task = %id, error = %e, "checkpointing stores failed; the next owner restores more");
                 }
             }
+            shared.metrics.report_stores(std::iter::once(&t));
             tracing::info!(task = %id, "closed task");
         }
     }
@@ -837,8 +838,8 @@ fn record_commit(shared: &Shared, started: Instant, partitions: usize) {
     tracing::debug!(partitions, us, "committed");
 }
 
-/// Publishes lag, tasks, watermarks and the store caches' bytes; returns the partitions read to
-/// the end.
+/// Publishes lag, tasks, watermarks, the stores' counts and the store caches' bytes; returns the
+/// partitions read to the end.
 fn report(
     shared: &Shared,
     consumer: &dyn BackendConsumer,
@@ -853,6 +854,7 @@ fn report(
     let lag: BTreeMap<TopicPartition, u64> = consumer.lag().into_iter().collect();
     let caught_up = lag.iter().filter(|(_, l)| **l == 0).map(|(tp, _)| tp.clone()).collect();
     let watermarks = tasks.iter().map(|(id, t)| (id.to_string(), t.watermark())).collect();
+    shared.metrics.report_stores(tasks.values());
     let tasks: Vec<String> = tasks.keys().map(|t| t.to_string()).collect();
     shared.metrics.lag.lock().unwrap_or_else(|e| e.into_inner()).insert(member.to_string(), lag);
     shared.metrics.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(member.to_string(), tasks);

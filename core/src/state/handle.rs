@@ -10,8 +10,9 @@ use crate::error::{Result, StreamsError};
 /// A changelog record: a key and its versioned value (`None`: deleted).
 pub type Change = (Vec<u8>, Option<Vec<u8>>);
 
-/// What a store has done (the metered layer).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a store has done (the metered layer). `App::metrics` reports them per store name,
+/// summed over the tasks that ran it on this instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StoreMetrics {
     /// Reads.
     pub gets: u64,
@@ -27,6 +28,30 @@ pub struct StoreMetrics {
     pub restored: u64,
 }
 
+impl StoreMetrics {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &StoreMetrics) {
+        self.gets += other.gets;
+        self.cache_hits += other.cache_hits;
+        self.writes += other.writes;
+        self.backend_writes += other.backend_writes;
+        self.flushes += other.flushes;
+        self.restored += other.restored;
+    }
+
+    /// What was counted since `earlier`.
+    fn since(&self, earlier: &StoreMetrics) -> StoreMetrics {
+        StoreMetrics {
+            gets: self.gets - earlier.gets,
+            cache_hits: self.cache_hits - earlier.cache_hits,
+            writes: self.writes - earlier.writes,
+            backend_writes: self.backend_writes - earlier.backend_writes,
+            flushes: self.flushes - earlier.flushes,
+            restored: self.restored - earlier.restored,
+        }
+    }
+}
+
 /// A store as an operator uses it. The layers, outermost first: metered (counts in
 /// [`StoreMetrics`]) → caching (optional, see [`CacheBudget`]) → changelogging (every change that
 /// reaches the backend is queued for the changelog) → the backend. Values carry a format-version
@@ -39,6 +64,8 @@ pub struct StoreHandle {
     pending: Vec<Change>,
     buf: Vec<u8>,
     metrics: StoreMetrics,
+    /// `metrics` as last taken by [`Self::take_unreported_metrics`].
+    reported: StoreMetrics,
     view: std::sync::Arc<QueryView>,
 }
 
@@ -54,6 +81,7 @@ impl StoreHandle {
             pending: Vec::new(),
             buf: Vec::new(),
             metrics: StoreMetrics::default(),
+            reported: StoreMetrics::default(),
         }
     }
 
@@ -72,6 +100,14 @@ impl StoreHandle {
     /// What the store has done.
     pub fn metrics(&self) -> StoreMetrics {
         self.metrics
+    }
+
+    /// What the store has done since the last call: the worker adds it to the app's metrics, so
+    /// that they keep counting when the task moves away and back.
+    pub fn take_unreported_metrics(&mut self) -> StoreMetrics {
+        let new = self.metrics.since(&self.reported);
+        self.reported = self.metrics;
+        new
     }
 
     /// What interactive queries read from other threads: the store as of the last commit.

@@ -2,8 +2,12 @@
 //!
 //! A store belongs to its task's worker thread; its cache is not shared. Queries read the backend
 //! (RocksDB and the in-memory map are safe to read while their owner writes) plus an overlay of
-//! the changes the cache has committed to the changelog but not yet written to the backend. So a
-//! query sees the store as of its task's last commit — under exactly-once, committed state only.
+//! the changes the cache has sent to the changelog but not yet written to the backend. So a query
+//! sees the store as of its task's last commit at least, and may see later writes: those a cache
+//! evicted to the backend since, a store without a cache writes through, and those of the commit
+//! under way, published as it starts. Under exactly-once these may belong to a transaction not
+//! committed yet, which an abort would take back — as in Kafka Streams, whose queries read the
+//! store and not a committed snapshot of it.
 //! The overlay is kept only once a query has asked for the store: until then commits pay nothing.
 
 use std::collections::{BTreeMap, HashMap};
