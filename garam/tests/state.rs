@@ -352,3 +352,51 @@ fn store_counts_are_reported_per_store() {
     assert_eq!(m.writes, 1000, "the counts outlive the tasks");
     assert!(m.backend_writes >= 50 && m.flushes >= 1, "closing wrote the caches to RocksDB: {m:?}");
 }
+
+/// The checkpoint offsets of every task directory under `state`, by store.
+fn checkpoints(state: &std::path::Path) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(apps) = std::fs::read_dir(state) else { return out };
+    for task in apps.flatten().filter_map(|a| std::fs::read_dir(a.path()).ok()).flatten().flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join(".checkpoint")) else { continue };
+        for (store, offset) in text.lines().skip(1).filter_map(|l| l.rsplit_once(' ')) {
+            *out.entry(store.to_string()).or_default() += offset.parse::<u64>().unwrap();
+        }
+    }
+    out
+}
+
+/// At-least-once: a running app checkpoints its stores every `statestore.checkpoint.interval.ms`,
+/// not only when it closes, so that a restart after a crash replays only the changelog's tail.
+#[test]
+fn a_running_app_checkpoints_its_stores_periodically() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let mut c = AppConfig::new("checkpoints");
+    c.num_threads = 1;
+    c.commit_interval = Duration::from_millis(50);
+    c.set("statestore.checkpoint.interval.ms", "100").unwrap();
+    c.state_dir = Some(dir.path().join("state"));
+    let mut app = App::new(topology(false), c, Arc::new(log.clone())).unwrap();
+    app.start().unwrap();
+    let changelog_end = || log.offsets("checkpoints-counts-changelog", 0).map(|o| o.high_watermark).unwrap_or(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = 0;
+    for round in 1..=3 {
+        produce(&log, 0, 1000);
+        // Every record counted and sent to the changelog, and the checkpoint up to its end.
+        loop {
+            let end = changelog_end();
+            let at = checkpoints(&dir.path().join("state")).get("counts").copied().unwrap_or(0);
+            if app.metrics().records_in == 1000 * round && end > last && at == end {
+                last = at;
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "round {round}: checkpoint at {at}, changelog end {end}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    app.close().unwrap();
+}
