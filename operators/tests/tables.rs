@@ -67,6 +67,45 @@ fn tables_delete_on_tombstones_retract_filtered_rows_and_regroup() {
     assert_eq!(d.store("users-per-region", StringSerde, U64Serde).unwrap(), vec![(s("eu"), 1), (s("us"), 1)]);
 }
 
+/// `Table::map_values` maps old and new values alike: its updates and deletes flow downstream
+/// mapped, and a re-grouped count over the mapped values moves rows between mapped groups.
+#[test]
+fn mapped_tables_map_old_and_new_values_alike() {
+    let b = StreamBuilder::new();
+    let users = b.table::<String, String>(
+        "users",
+        Consumed::with(StringSerde, StringSerde),
+        Materialized::named("users-by-id").in_memory(),
+    );
+    let upper = users.map_values(|region| region.to_uppercase()).with_value_serde(StringSerde);
+    upper.to_stream_with_deletes().to("upper", Produced::with(StringSerde, OptionSerde(StringSerde)));
+    upper
+        .group_by(
+            |_, region| (region.clone(), ()),
+            Grouped::named("by-upper").with(StringSerde, garam_core::serdes::UnitSerde),
+        )
+        .count(Materialized::named("users-per-upper"))
+        .to_stream()
+        .to("upper-counts", Produced::with(StringSerde, U64Serde));
+    let d = TopologyTestDriver::new(b.build().unwrap()).unwrap();
+    let input = d.input_topic("users", StringSerde, OptionSerde(StringSerde));
+    input.pipe(s("ann"), Some(s("eu"))).unwrap();
+    input.pipe(s("bob"), Some(s("eu"))).unwrap();
+    input.pipe(s("ann"), Some(s("us"))).unwrap();
+    input.pipe(s("bob"), None).unwrap();
+    let upper = d.output_topic("upper", StringSerde, OptionSerde(StringSerde)).read_key_values().unwrap();
+    assert_eq!(
+        upper,
+        vec![(s("ann"), Some(s("EU"))), (s("bob"), Some(s("EU"))), (s("ann"), Some(s("US"))), (s("bob"), None)]
+    );
+    let counts = d.output_topic("upper-counts", StringSerde, U64Serde).read_key_values().unwrap();
+    assert_eq!(
+        counts,
+        vec![(s("EU"), 1), (s("EU"), 2), (s("EU"), 1), (s("US"), 1), (s("EU"), 0)],
+        "the old mapped value leaves its group, the new one joins its own"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
