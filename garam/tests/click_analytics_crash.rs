@@ -1,15 +1,15 @@
 //! `examples/click_analytics.rs` under exactly-once, killed with SIGKILL at random moments and
 //! restarted: its five topics and its Parquet files end identical to an uninterrupted run's — no
-//! window missing or repeated, no partial or duplicate Parquet row, no staging file left.
+//! window missing or repeated, no partial or duplicate Parquet row, no staging file left. The
+//! input is topped up before each start (`common::kill_repeatedly`), so the kills land while it
+//! works; the uninterrupted run then gets the same input.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use garam::analytics;
 use garam::log::Log;
-use rand::{Rng, SeedableRng};
 
 mod common;
 
@@ -104,26 +104,42 @@ fn parquet_rows(dir: &Path) -> BTreeMap<String, Vec<String>> {
 
 #[test]
 fn click_analytics_survives_sigkill_with_identical_topics_and_parquet_files() {
-    let events = common::events(40_000, 20);
     let clean = tempfile::tempdir().unwrap();
     let crashed = tempfile::tempdir().unwrap();
     for dir in [clean.path(), crashed.path()] {
         let log = Log::open(dir.join("log")).unwrap();
-        common::produce(&log, &events);
+        common::produce(&log, &[]);
         log.close().unwrap();
     }
+    let crashed_log = crashed.path().join("log");
+    let (mut generator, mut events) = (common::generator(20), Vec::new());
+    let produce = |n: u64| {
+        let more: Vec<_> = generator.by_ref().take(n as usize).collect();
+        let log = Log::open(&crashed_log).unwrap();
+        common::produce_events(&log, &more);
+        log.close().unwrap();
+        events.extend(more);
+    };
+    let committed = || {
+        let log = Log::open(&crashed_log).unwrap();
+        let offsets = garam::core::backend::Backend::group_offsets(&log, "click-analytics", "clicks").unwrap();
+        log.close().unwrap();
+        offsets.iter().filter_map(|(_, c, _)| *c).sum()
+    };
+    let start = || spawn(&crashed_log, &crashed.path().join("out"), false);
+    let kills = common::kill_repeatedly(12, 900, 40_000, 17, produce, start, committed);
+    assert!(kills.mid_stream >= 10, "only {} of 12 kills landed with input left", kills.mid_stream);
+    assert!(kills.advanced >= 3, "only {} of 12 runs committed progress before their kill", kills.advanced);
 
+    // The uninterrupted run, on the same input.
+    let log = Log::open(clean.path().join("log")).unwrap();
+    common::produce_events(&log, &events);
+    log.close().unwrap();
+    drop(log);
     let status = spawn(&clean.path().join("log"), &clean.path().join("out"), true).wait().unwrap();
     let stderr = std::fs::read_to_string(clean.path().join("log.stderr")).unwrap_or_default();
     assert!(status.success(), "the uninterrupted run failed: {stderr}");
 
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(17);
-    for _ in 0..12 {
-        let mut child = spawn(&crashed.path().join("log"), &crashed.path().join("out"), false);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(200..900)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
     let status = spawn(&crashed.path().join("log"), &crashed.path().join("out"), true).wait().unwrap();
     let stderr = std::fs::read_to_string(crashed.path().join("log.stderr")).unwrap_or_default();
     let lines: Vec<&str> = stderr

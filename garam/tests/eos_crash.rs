@@ -1,5 +1,7 @@
 //! Exactly-once across SIGKILL: an application is killed at random moments and restarted; in the
 //! end the committed output is exactly the transformed input — nothing missing, nothing twice.
+//! The input is topped up before each start (`common::kill_repeatedly`), so the kills land while
+//! it works.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,7 +11,8 @@ use std::time::Duration;
 use garam::core::backend::Backend;
 use garam::log::consumer::{ConsumerConfig, OffsetReset};
 use garam::log::{Log, TopicConfig};
-use rand::{Rng, SeedableRng};
+
+mod common;
 
 fn example(name: &str) -> PathBuf {
     let mut p = std::env::current_exe().unwrap();
@@ -35,26 +38,34 @@ fn run(dir: &std::path::Path, exit_when_idle: bool) -> std::process::Child {
 #[test]
 fn exactly_once_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let total = 200_000u64;
     {
         let log = Log::open(dir.path()).unwrap();
         log.create_topic("words", 4, TopicConfig::default()).unwrap();
         log.create_topic("shouts", 4, TopicConfig::default()).unwrap();
+        log.close().unwrap();
+    }
+    let mut total = 0u64;
+    let produce = |n: u64| {
+        let log = Log::open(dir.path()).unwrap();
         let mut p = log.producer(Default::default()).unwrap();
-        for i in 0..total {
+        for i in total..total + n {
             p.send("words", garam::core::Record::new(Some(format!("k{}", i % 1000)), Some(format!("w{i}")))).unwrap();
         }
         p.flush().unwrap();
         drop(p);
         log.close().unwrap();
-    }
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
-    for _ in 0..12 {
-        let mut child = run(dir.path(), false);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(150..700)));
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
+        total += n;
+    };
+    let committed = || {
+        let log = Log::open(dir.path()).unwrap();
+        let done = log.group_offsets("uppercase", "words").unwrap().iter().filter_map(|(_, c, _)| *c).sum();
+        log.close().unwrap();
+        done
+    };
+    let kills = common::kill_repeatedly(12, 600, 100_000, 5, produce, || run(dir.path(), false), committed);
+    assert!(kills.mid_stream >= 10, "only {} of 12 kills landed with input left", kills.mid_stream);
+    assert!(kills.advanced >= 3, "only {} of 12 runs committed progress before their kill", kills.advanced);
+    let total = kills.input;
     let status = run(dir.path(), true).wait().unwrap();
     assert!(status.success());
 

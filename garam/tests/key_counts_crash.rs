@@ -3,11 +3,10 @@
 //! strictly increasing counts ending at the true count with no duplicate; under at-least-once the
 //! counts may exceed the truth but never fall short.
 //!
-//! Before each run the test tops the input up to a backlog of twice the most any run has got
-//! through, so that the kills land while the example is counting on a fast machine as on a slow
-//! one (with the input written once up front, a run drained it before the first kill and the
-//! other 19 killed an idle app). It checks afterwards that they did. The store is read twice: from
-//! its changelog, and from RocksDB itself through interactive queries.
+//! Before each run the test tops the input up (`common::kill_repeatedly`), so that the kills land
+//! while the example is counting on a fast machine as on a slow one, and checks afterwards that
+//! they did. The store is read twice: from its changelog, and from RocksDB itself through
+//! interactive queries.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +18,8 @@ use garam::log::consumer::{ConsumerConfig, OffsetReset};
 use garam::log::{Log, TopicConfig};
 use garam::prelude::*;
 use rand::{Rng, SeedableRng};
+
+mod common;
 
 const KEYS: u64 = 300;
 
@@ -138,36 +139,19 @@ fn run(guarantee: &str) {
         log.close().unwrap();
     }
     let mut input_rng = rand::rngs::SmallRng::seed_from_u64(3);
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
-    // Kills come 50–500 ms after a start; the input is topped up before each start to twice what
-    // the fastest run so far would count in 500 ms.
-    const MAX_RUN_MS: u64 = 500;
-    let (mut end, mut done, mut per_ms) = (0u64, 0u64, 0u64);
-    let (mut mid_stream, mut advanced) = (0, 0);
-    for _ in 0..20 {
-        let want = done + (2 * per_ms * MAX_RUN_MS).max(20_000);
-        if end < want {
-            produce(dir.path(), want - end, &mut input_rng, &mut truth);
-            end = want;
-        }
-        let ms = rng.gen_range(50..MAX_RUN_MS);
-        let mut child = spawn(dir.path(), guarantee, false);
-        std::thread::sleep(Duration::from_millis(ms));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let now = committed(dir.path());
-        mid_stream += usize::from(now < end);
-        if now > done {
-            advanced += 1;
-            per_ms = per_ms.max((now - done).div_ceil(ms));
-        }
-        done = now;
-    }
-    eprintln!("{guarantee}: {mid_stream} mid-stream, {advanced} advanced, input {end}, per ms {per_ms}");
+    let kills = common::kill_repeatedly(
+        20,
+        500,
+        20_000,
+        9,
+        |n| produce(dir.path(), n, &mut input_rng, &mut truth),
+        || spawn(dir.path(), guarantee, false),
+        || committed(dir.path()),
+    );
     // Nearly every kill must land with input left, and runs must get somewhere: else the kills
     // hit an idle app, or one that never got going, and prove little.
-    assert!(mid_stream >= 17, "only {mid_stream} of 20 kills landed with input left");
-    assert!(advanced >= 5, "only {advanced} of 20 runs committed progress before their kill");
+    assert!(kills.mid_stream >= 17, "only {} of 20 kills landed with input left", kills.mid_stream);
+    assert!(kills.advanced >= 5, "only {} of 20 runs committed progress before their kill", kills.advanced);
     assert!(spawn(dir.path(), guarantee, true).wait().unwrap().success());
 
     let log = Log::open(dir.path()).unwrap();

@@ -15,6 +15,11 @@ pub const OUT_OF_ORDER_MS: i64 = 2_000;
 
 /// Few users (so they have several sessions) at `per_second` events per second of event time.
 pub fn events(n: usize, per_second: u64) -> Vec<ClickEvent> {
+    generator(per_second).take(n).collect()
+}
+
+/// The events of [`events`], endless.
+pub fn generator(per_second: u64) -> ClickGenerator {
     let config = ClickConfig {
         seed: 11,
         users: 500,
@@ -23,7 +28,7 @@ pub fn events(n: usize, per_second: u64) -> Vec<ClickEvent> {
         out_of_order_ms: OUT_OF_ORDER_MS,
         ..ClickConfig::default()
     };
-    ClickGenerator::new(config).take(n).collect()
+    ClickGenerator::new(config)
 }
 
 /// Creates the topics and produces the ad table and `events`.
@@ -33,6 +38,13 @@ pub fn produce(log: &Log, events: &[ClickEvent]) {
     for ad in ads() {
         p.send("ads", Record::new(Some(ad.ad_id.clone()), Some(serde_json::to_vec(&ad).unwrap()))).unwrap();
     }
+    p.flush().unwrap();
+    produce_events(log, events);
+}
+
+/// Appends `events` to `clicks`.
+pub fn produce_events(log: &Log, events: &[ClickEvent]) {
+    let mut p = log.producer(Default::default()).unwrap();
     for e in events {
         let r = Record::new(Some(e.user_id.clone()), Some(serde_json::to_vec(e).unwrap())).with_timestamp(e.event_time);
         p.send("clicks", r).unwrap();
@@ -63,4 +75,60 @@ pub fn read<T: DeserializeOwned>(log: &Log, topic: &str) -> Vec<T> {
         }
     }
     out
+}
+
+/// What the kills of a crash test landed on.
+#[derive(Debug)]
+pub struct Kills {
+    /// Kills after which the app had not committed all of its input: it was counting, starting
+    /// or restoring, not idle.
+    pub mid_stream: usize,
+    /// Runs that committed progress before their kill.
+    pub advanced: usize,
+    /// Input records produced in all.
+    pub input: u64,
+}
+
+/// Starts the app under test with `start` and SIGKILLs it 50 ms to `max_ms` later, `kills` times.
+/// Before each start, `produce(n)` appends `n` more input records, topping the input up to twice
+/// what the fastest run so far committed in `max_ms` (`min_backlog` at least). With all the input
+/// written up front, a run drained it before the first or second kill and the later kills hit an
+/// idle app. `committed()` reads the app's committed input offsets, summed over its partitions.
+pub fn kill_repeatedly(
+    kills: usize,
+    max_ms: u64,
+    min_backlog: u64,
+    seed: u64,
+    mut produce: impl FnMut(u64),
+    mut start: impl FnMut() -> std::process::Child,
+    mut committed: impl FnMut() -> u64,
+) -> Kills {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let (mut end, mut done, mut per_ms) = (0u64, 0u64, 0u64);
+    let mut k = Kills { mid_stream: 0, advanced: 0, input: 0 };
+    for _ in 0..kills {
+        let want = done + (2 * per_ms * max_ms).max(min_backlog);
+        if end < want {
+            produce(want - end);
+            end = want;
+        }
+        let ms = rng.gen_range(50..max_ms);
+        let mut child = start();
+        std::thread::sleep(Duration::from_millis(ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let now = committed();
+        k.mid_stream += usize::from(now < end);
+        if now > done {
+            k.advanced += 1;
+            // A run that got through all its input was faster than it shows.
+            let rate = (now - done).div_ceil(ms);
+            per_ms = per_ms.max(if now >= end { 4 * rate } else { rate });
+        }
+        done = now;
+    }
+    k.input = end;
+    eprintln!("{k:?}");
+    k
 }
