@@ -133,7 +133,10 @@ impl Inner {
                 false,
                 &self.store_context,
                 self.cache.as_ref(),
-            )?;
+            )?
+            .ok_or_else(|| {
+                crate::error::StreamsError::backend(format!("test driver: the state of task {id} is locked"), false)
+            })?;
             stores.restore_all(&ChangelogReader { written: &self.written }, None)?;
             let t = Task::new(
                 &self.topology,

@@ -400,3 +400,45 @@ fn a_running_app_checkpoints_its_stores_periodically() {
     }
     app.close().unwrap();
 }
+
+/// A task whose state directory is locked by its previous owner (here the test, holding it for
+/// three session timeouts) waits with its input paused while the worker keeps polling: the member
+/// stays in its group, and once the lock is let go the task opens and counts everything.
+#[test]
+fn a_task_waits_for_its_locked_state_directory_without_leaving_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 2, TopicConfig::default()).unwrap();
+    log.create_topic("out", 2, TopicConfig::default()).unwrap();
+    produce(&log, 0, 1000);
+    let state = dir.path().join("state");
+    let task_dir = state.join("locked").join("0_1");
+    std::fs::create_dir_all(&task_dir).unwrap();
+    let held =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(task_dir.join(".lock")).unwrap();
+    held.lock().unwrap();
+    let mut c = AppConfig::new("locked");
+    c.num_threads = 1;
+    c.state_dir = Some(state);
+    c.set("session.timeout.ms", "1000").unwrap();
+    let mut app = App::new(topology(false), c, Arc::new(log.clone())).unwrap();
+    app.start().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // The other task counts its half; the locked one waits.
+    while app.metrics().records_in == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing counted: {:?}", app.metrics());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let waiting = app.metrics();
+    assert!(waiting.records_in < 1000, "the locked task's records wait: {waiting:?}");
+    drop(held);
+    while app.metrics().records_in < 1000 {
+        assert!(std::time::Instant::now() < deadline, "the task never opened: {:?}", app.metrics());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let m = app.metrics();
+    assert_eq!(m.partitions_lost, 0, "the member never dropped out of its group: {m:?}");
+    app.close().unwrap();
+    assert!(latest_counts(&log, false).values().all(|n| *n == 20), "every key counted once");
+}

@@ -114,7 +114,9 @@ impl TaskStores {
     /// store is on disk and was checkpointed, otherwise wiped and rebuilt from the start (always
     /// under exactly-once after an unclean stop, when no checkpoint survives). The restores run in
     /// steps ([`TaskStores::restore_step`]) so that a worker keeps polling, and so stays in its
-    /// group, while a large store catches up.
+    /// group, while a large store catches up. `None` when the task's state directory stays locked
+    /// for a moment: its previous owner (another thread here, or a standby) has not closed it yet,
+    /// and the caller tries again after its next poll rather than wait and drop out of its group.
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         topology: &Topology,
@@ -125,7 +127,7 @@ impl TaskStores {
         exactly_once: bool,
         ctx: &StoreContext,
         cache: Option<&Rc<CacheBudget>>,
-    ) -> Result<TaskStores> {
+    ) -> Result<Option<TaskStores>> {
         Self::open_inner(topology, application_id, state_dir, task, backend, exactly_once, ctx, cache, false)
     }
 
@@ -142,11 +144,7 @@ impl TaskStores {
         exactly_once: bool,
         ctx: &StoreContext,
     ) -> Result<Option<TaskStores>> {
-        match Self::open_inner(topology, application_id, state_dir, task, backend, exactly_once, ctx, None, true) {
-            Ok(s) => Ok(Some(s)),
-            Err(StreamsError::Backend { retriable: true, ref message }) if message.contains("is locked") => Ok(None),
-            Err(e) => Err(e),
-        }
+        Self::open_inner(topology, application_id, state_dir, task, backend, exactly_once, ctx, None, true)
     }
 
     /// Changelog records not applied yet, over every store (a standby's lag).
@@ -194,11 +192,17 @@ impl TaskStores {
         ctx: &StoreContext,
         cache: Option<&Rc<CacheBudget>>,
         standby: bool,
-    ) -> Result<TaskStores> {
+    ) -> Result<Option<TaskStores>> {
         let specs = topology.stores_of(task.subtopology);
         let dir = state_dir.join(application_id).join(task.to_string());
         // A task without stores has no directory and takes no lock.
-        let lock = if specs.is_empty() { None } else { Some(lock_task_dir(&dir, task, standby)?) };
+        let lock = match specs.is_empty() {
+            true => None,
+            false => match lock_task_dir(&dir, standby)? {
+                Some(lock) => Some(lock),
+                None => return Ok(None),
+            },
+        };
         let io = |e: std::io::Error| StreamsError::backend(format!("state dir {}: {e}", dir.display()), true);
         let checkpoint = read_checkpoint(&dir);
         let mut stores = BTreeMap::new();
@@ -240,7 +244,7 @@ impl TaskStores {
                 Err(e) => return Err(io(e)),
             }
         }
-        Ok(TaskStores {
+        Ok(Some(TaskStores {
             stores,
             changelogs,
             dir,
@@ -251,7 +255,7 @@ impl TaskStores {
             restored: 0,
             applied,
             standby,
-        })
+        }))
     }
 
     /// Changelog records applied by this task's restores so far.
@@ -359,23 +363,29 @@ impl TaskStores {
     }
 }
 
-/// Creates and locks a task's state directory. The previous owner (another thread of this process,
-/// during a rebalance) closes the task right after its poll returns: wait for it rather than fail,
-/// as Kafka Streams retries. A standby never waits: the active owner has precedence.
-fn lock_task_dir(dir: &Path, task: TaskId, standby: bool) -> Result<File> {
+/// Creates and locks a task's state directory; `None` while another holds the lock. The previous
+/// owner (another thread of this process, during a rebalance, or a standby) closes the task right
+/// after its poll returns: an active task waits a moment for it, then leaves it to the caller to
+/// try again after its next poll, as Kafka Streams retries a locked task. A standby never waits:
+/// the active owner has precedence.
+fn lock_task_dir(dir: &Path, standby: bool) -> Result<Option<File>> {
     let io = |e: std::io::Error| StreamsError::backend(format!("state dir {}: {e}", dir.display()), true);
     fs::create_dir_all(dir).map_err(io)?;
     let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".lock")).map_err(io)?;
-    let wait = if standby { std::time::Duration::ZERO } else { std::time::Duration::from_secs(30) };
+    let wait = if standby { std::time::Duration::ZERO } else { LOCK_WAIT };
     let deadline = Instant::now() + wait;
-    while lock.try_lock().is_err() {
-        if Instant::now() >= deadline {
-            return Err(StreamsError::backend(
-                format!("state dir {} is locked by another instance of task {task}", dir.display()),
-                true,
-            ));
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(Some(lock)),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    Ok(lock)
 }
+
+/// How long opening an active task waits for its state directory's lock before it leaves the
+/// retry to the next poll: a thread here closes a revoked task within this, usually.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(20);

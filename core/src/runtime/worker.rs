@@ -280,11 +280,12 @@ fn with_lent_tasks<R>(f: impl FnOnce(&Tasks) -> R) -> Option<R> {
     (!p.is_null()).then(|| f(unsafe { &*p }))
 }
 
-/// Opens a task's stores (restoring them from their changelogs) and builds its operators.
-fn new_task(shared: &Shared, id: TaskId, cache: Option<&Rc<crate::state::CacheBudget>>) -> Result<Task> {
+/// Opens a task's stores (restoring them from their changelogs) and builds its operators; `None`
+/// while its state directory is locked by its previous owner (see [`Deferred`]).
+fn new_task(shared: &Shared, id: TaskId, cache: Option<&Rc<crate::state::CacheBudget>>) -> Result<Option<Task>> {
     // Claimed before the lock: a standby of this task on this instance sees it and closes.
     shared.active.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
-    let stores = crate::runtime::stores::TaskStores::open(
+    let Some(stores) = crate::runtime::stores::TaskStores::open(
         &shared.topology,
         &shared.config.application_id,
         &shared.state_dir,
@@ -293,7 +294,10 @@ fn new_task(shared: &Shared, id: TaskId, cache: Option<&Rc<crate::state::CacheBu
         shared.eos(),
         &shared.store_context,
         cache,
-    )?;
+    )?
+    else {
+        return Ok(None);
+    };
     let task = Task::new(
         &shared.topology,
         &shared.config.application_id,
@@ -308,7 +312,87 @@ fn new_task(shared: &Shared, id: TaskId, cache: Option<&Rc<crate::state::CacheBu
         let partitions = shared.backend.partition_count(topic)?.unwrap_or(1);
         shared.queries.register(name, id.partition, partitions, store.borrow().view(), restoring);
     }
-    Ok(task)
+    Ok(Some(task))
+}
+
+/// Tasks assigned here whose state directory was still locked when they were to open — by the
+/// previous owner, another thread of this process closing it after its own poll, or a standby
+/// stepping aside — with when they were first tried. Their inputs stay paused and the worker
+/// tries again after each poll, rather than wait and drop out of its group; after
+/// [`DEFERRED_MAX`] it gives up with an error naming the directory.
+#[derive(Default)]
+struct Deferred(BTreeMap<TaskId, (Instant, Instant)>);
+
+/// How often a deferred task tries its lock again.
+const DEFERRED_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How long a task may wait for its state directory's lock.
+const DEFERRED_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Deferred {
+    /// Defers `id`, pausing its inputs.
+    fn defer(&mut self, shared: &Shared, consumer: &mut dyn BackendConsumer, id: TaskId) {
+        if let std::collections::btree_map::Entry::Vacant(v) = self.0.entry(id) {
+            tracing::info!(task = %id, "state directory locked by its previous owner; input paused until it lets go");
+            consumer.pause(&task_partitions(shared, id));
+            v.insert((Instant::now(), Instant::now()));
+        }
+    }
+
+    /// Forgets revoked tasks.
+    fn revoked(&mut self, shared: &Shared, ids: &BTreeSet<TaskId>) {
+        for id in ids {
+            if self.0.remove(id).is_some() {
+                shared.active.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            }
+        }
+    }
+
+    /// Tries to open the deferred tasks again (each at most every [`DEFERRED_RETRY`]); those that
+    /// open join `tasks`, their inputs resumed.
+    fn retry(
+        &mut self,
+        shared: &Shared,
+        consumer: &mut dyn BackendConsumer,
+        tasks: &mut BTreeMap<TaskId, Task>,
+        cache: Option<&Rc<crate::state::CacheBudget>>,
+    ) -> Result<()> {
+        for (id, (since, tried)) in std::mem::take(&mut self.0) {
+            if tried.elapsed() < DEFERRED_RETRY {
+                self.0.insert(id, (since, tried));
+                continue;
+            }
+            match new_task(shared, id, cache)? {
+                Some(task) => {
+                    tracing::info!(task = %id, waited_ms = since.elapsed().as_millis() as u64, "created task");
+                    tasks.insert(id, task);
+                    consumer.resume(&task_partitions(shared, id));
+                }
+                None if since.elapsed() >= DEFERRED_MAX => {
+                    return Err(crate::error::StreamsError::backend(
+                        format!(
+                            "the state directory of task {id} under {} stayed locked for {DEFERRED_MAX:?}: another \
+                             process uses the same state.dir?",
+                            shared.state_dir.display()
+                        ),
+                        false,
+                    ));
+                }
+                None => {
+                    self.0.insert(id, (since, Instant::now()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn contains(&self, id: &TaskId) -> bool {
+        self.0.contains_key(id)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Runs inside `poll`. Tasks live on the worker thread, so the listener only flushes, commits,
@@ -450,6 +534,8 @@ fn apply_events(
     state: &Mutex<Shared2>,
     tasks: &mut BTreeMap<TaskId, Task>,
     cache: Option<&Rc<crate::state::CacheBudget>>,
+    consumer: &mut dyn BackendConsumer,
+    deferred: &mut Deferred,
 ) -> Result<()> {
     let (events, dirty, failed) = {
         let mut st = lock(state);
@@ -474,6 +560,7 @@ fn apply_events(
                 let ids: BTreeSet<TaskId> = tps.iter().filter_map(|tp| task_of(shared, tp)).collect();
                 let failed = lock(state).failed;
                 close_tasks(shared, tasks, &ids, !failed);
+                deferred.revoked(shared, &ids);
                 wanted.retain(|id| !ids.contains(id));
             }
             Event::Assigned(tps) => {
@@ -486,9 +573,15 @@ fn apply_events(
         }
     }
     for id in wanted {
-        if let std::collections::btree_map::Entry::Vacant(v) = tasks.entry(id) {
-            tracing::info!(task = %id, "created task");
-            v.insert(new_task(shared, id, cache)?);
+        if tasks.contains_key(&id) || deferred.contains(&id) {
+            continue;
+        }
+        match new_task(shared, id, cache)? {
+            Some(task) => {
+                tracing::info!(task = %id, "created task");
+                tasks.insert(id, task);
+            }
+            None => deferred.defer(shared, consumer, id),
         }
     }
     Ok(())
@@ -611,6 +704,7 @@ fn run_loop(
     let mut caught_up: BTreeSet<TopicPartition> = BTreeSet::new();
     let mut end_acked = false;
     let mut end_seen = false;
+    let mut deferred = Deferred::default();
     while !shutdown.load(Ordering::Acquire) {
         let end_of_input = shared.metrics.end_of_input.load(Ordering::Acquire);
         if end_of_input && !end_seen {
@@ -619,10 +713,18 @@ fn run_loop(
             caught_up = report(shared, consumer, &tasks.borrow(), cache, member);
         }
         // While stores restore, poll without waiting: the poll keeps the member in its group.
-        let timeout = if paused.is_empty() { shared.config.poll_timeout } else { std::time::Duration::ZERO };
+        // Tasks waiting for their state directory try again soon.
+        let timeout = match (paused.is_empty(), deferred.is_empty()) {
+            (false, _) => std::time::Duration::ZERO,
+            (true, false) => shared.config.poll_timeout.min(DEFERRED_RETRY),
+            (true, true) => shared.config.poll_timeout,
+        };
         let polled = lend_tasks(tasks, || consumer.poll(timeout))?;
         let tasks = &mut *tasks.borrow_mut();
-        apply_events(shared, state, tasks, cache)?;
+        apply_events(shared, state, tasks, cache, consumer, &mut deferred)?;
+        if !deferred.is_empty() {
+            deferred.retry(shared, consumer, tasks, cache)?;
+        }
         paused.retain(|id| tasks.contains_key(id));
         pause_restoring(shared, consumer, tasks, &mut paused);
         let started = Instant::now();
@@ -645,8 +747,22 @@ fn run_loop(
             for p in polled {
                 let Some(id) = task_of(shared, &p.tp) else { continue };
                 let task = match tasks.entry(id) {
-                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => v.insert(new_task(shared, id, cache)?),
+                    std::collections::btree_map::Entry::Occupied(o) => Some(o.into_mut()),
+                    std::collections::btree_map::Entry::Vacant(_) if deferred.contains(&id) => None,
+                    std::collections::btree_map::Entry::Vacant(v) => match new_task(shared, id, cache)? {
+                        Some(task) => Some(v.insert(task)),
+                        None => {
+                            deferred.defer(shared, consumer, id);
+                            None
+                        }
+                    },
+                };
+                let Some(task) = task else {
+                    // Its state directory is still locked: read these records again once it opens.
+                    if let Some(first) = p.records.first() {
+                        consumer.seek(&p.tp, first.offset)?;
+                    }
+                    continue;
                 };
                 if task.is_restoring() {
                     // Not processed yet: read these records again once the stores are restored.
@@ -671,7 +787,7 @@ fn run_loop(
                 task.punctuate(&mut collector, &env)?;
             }
         }
-        if end_of_input && !end_acked && paused.is_empty() {
+        if end_of_input && !end_acked && paused.is_empty() && deferred.is_empty() {
             // Every task has moved its watermark with input ended (what is still unread moves it
             // once read); `run_to_end` waits for every worker to get here.
             end_acked = true;
