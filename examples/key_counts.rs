@@ -33,6 +33,9 @@ struct Args {
     /// Stop, after a final commit, once all input partitions are caught up.
     #[arg(long)]
     exit_when_idle: bool,
+    /// How often to commit (default: 100 ms under exactly-once, 1 s under at-least-once).
+    #[arg(long)]
+    commit_interval_ms: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -57,6 +60,9 @@ fn main() -> anyhow::Result<()> {
     let mut config = AppConfig::new("key-counts");
     config.num_threads = args.threads;
     config.set("processing.guarantee", &args.guarantee)?;
+    if let Some(ms) = args.commit_interval_ms {
+        config.set("commit.interval.ms", &ms.to_string())?;
+    }
     let mut app = App::new(b.build()?, config, garam::embedded(&args.data_dir)?)?;
     if args.exit_when_idle {
         app.run_until_idle(Duration::from_millis(300))?;

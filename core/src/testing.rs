@@ -211,7 +211,7 @@ impl TopologyTestDriver {
         // The driver's clock stands still unless advanced: send every watermark change at once.
         config.watermark.publish_interval_ms = 0;
         let app = config.application_id.clone();
-        let store_context = config.store_context();
+        let store_context = config.new_store_context();
         let topic_to_sub = topology.topic_to_subtopology(&app);
         let internal = topology.internal_topics().iter().map(|t| t.full_name(&app)).collect();
         let globals = crate::runtime::global_stores(&topology);

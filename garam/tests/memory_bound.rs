@@ -47,6 +47,8 @@ fn two_apps_in_one_process_each_get_the_bound_they_configure() {
     // memtables. One bound for the process would say 16 MiB; one per store, 320 MiB.
     let m = RocksDbSupplier::memory().expect("stores are open");
     assert_eq!(m.memtable_limit, (16 << 20) + (64 << 20), "{m:?}");
+    let of = |app: &App| RocksDbSupplier::memory_of(app.store_context()).expect("the app's stores are open");
+    assert_eq!((of(&small).memtable_limit, of(&large).memtable_limit), (16 << 20, 64 << 20));
     small.close().unwrap();
     large.close().unwrap();
 }

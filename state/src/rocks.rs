@@ -204,8 +204,9 @@ impl Shared {
 /// still plenty for two worker threads and RocksDB's background threads.
 const SHARD_BITS: std::ffi::c_int = 4;
 
-/// Every app's block cache and write-buffer manager while one of its stores is open, for
-/// [`RocksDbSupplier::memory`].
+/// Every app's block cache and write-buffer manager, from when its first store opens while the
+/// app (its `StoreContext`) lives, for [`RocksDbSupplier::memory`]: an app with no store open
+/// any more still counts its bounds. Each registration drops the entries of apps gone.
 static POOLS: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
 /// The block cache and write-buffer manager of the stores opened with `ctx` (one app's), made by

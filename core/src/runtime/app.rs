@@ -73,12 +73,15 @@ pub struct App {
     standby_thread: Option<JoinHandle<()>>,
     global_thread: Option<JoinHandle<()>>,
     globals: crate::topology::GlobalStores,
+    /// Cloned to every store this app opens: one memory bound for all of them.
+    store_context: crate::state::StoreContext,
 }
 
 impl App {
     /// An application running `topology` on `backend`.
     pub fn new(topology: Topology, config: AppConfig, backend: Arc<dyn Backend>) -> Result<App> {
         let globals = super::global::stores(&topology);
+        let store_context = config.new_store_context();
         Ok(App {
             globals,
             global_thread: None,
@@ -94,7 +97,15 @@ impl App {
             queries: Arc::default(),
             standby_thread: None,
             restore_listener: None,
+            store_context,
         })
+    }
+
+    /// What this app's stores open with: its share of `state.memory.max.bytes` and the RocksDB
+    /// block cache and write-buffer manager all its stores share (`garam_state::RocksDbSupplier::
+    /// memory_of` reports what they hold).
+    pub fn store_context(&self) -> &crate::state::StoreContext {
+        &self.store_context
     }
 
     /// Calls `f` with the progress of every store restore (before `start`).
@@ -192,7 +203,7 @@ impl App {
             instance_id: format!("{}.{instance}", std::process::id()),
             active: Mutex::default(),
             globals: self.globals.clone(),
-            store_context: self.config.store_context(),
+            store_context: self.store_context.clone(),
         });
         if self.config.num_standby_replicas > 0 {
             let (shared, shutdown) = (shared.clone(), self.shutdown.clone());
@@ -373,6 +384,10 @@ impl App {
             }
             if std::time::Instant::now() >= deadline {
                 let incomplete = self.queries.incomplete(name);
+                if incomplete.is_empty() {
+                    // Completed (or moved away) since the request above: ask again.
+                    continue;
+                }
                 return Err(match incomplete.iter().find(|(_, restoring)| *restoring) {
                     Some((partition, _)) => {
                         StreamsError::StoreRestoring { store: name.to_string(), partition: *partition }

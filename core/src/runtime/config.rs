@@ -179,17 +179,19 @@ impl AppConfig {
     /// assert_eq!(c.cache_bytes(), 16 << 20);
     /// c.set("statestore.cache.max.bytes", "1073741824").unwrap();
     /// assert_eq!(c.cache_bytes(), 24 << 20);
-    /// assert_eq!(c.store_context().memory_max_bytes, 8 << 20);
+    /// assert_eq!(c.new_store_context().memory_max_bytes, 8 << 20);
     /// ```
     pub fn cache_bytes(&self) -> u64 {
         let total = self.state_memory_max_bytes;
         self.cache_max_bytes.unwrap_or(total / 2).min(total - total / 4)
     }
 
-    /// What store suppliers get: RocksDB's share of `state.memory.max.bytes` after the caches,
-    /// with resources of its own. An app makes one and hands clones of it to all its stores, so
-    /// that they share one bound.
-    pub fn store_context(&self) -> crate::state::StoreContext {
+    /// A new context for store suppliers: RocksDB's share of `state.memory.max.bytes` after the
+    /// caches, with resources of its own. An app makes one ([`App::store_context`]) and hands
+    /// clones of it to all its stores, so that they share one bound; each call makes another.
+    ///
+    /// [`App::store_context`]: crate::runtime::App::store_context
+    pub fn new_store_context(&self) -> crate::state::StoreContext {
         crate::state::StoreContext::new(self.state_memory_max_bytes - self.cache_bytes())
     }
 

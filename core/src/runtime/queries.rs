@@ -112,7 +112,7 @@ pub struct KeyQueryMetadata {
 }
 
 /// A store of the running app, typed, for reads from any thread. Reads see the store as of its
-/// task's last commit.
+/// task's last commit or later (see [`QueryView`](crate::state::QueryView)).
 pub struct ReadOnlyStore<K, V> {
     name: String,
     registry: Arc<StoreRegistry>,

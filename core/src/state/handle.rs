@@ -110,7 +110,8 @@ impl StoreHandle {
         new
     }
 
-    /// What interactive queries read from other threads: the store as of the last commit.
+    /// What interactive queries read from other threads: the store as of the last commit or later
+    /// (see [`QueryView`]).
     pub fn view(&self) -> std::sync::Arc<QueryView> {
         self.view.clone()
     }

@@ -17,12 +17,14 @@ mod cache;
 pub mod global;
 mod handle;
 mod query;
+mod shared;
 pub mod window;
 
 pub use cache::CacheBudget;
 pub use global::{GlobalStore, GlobalTableSpec};
 pub use handle::{unversion, Change, ChangeSink, StoreHandle, StoreMetrics};
 pub use query::QueryView;
+pub use shared::SharedResources;
 pub use window::{Session, SessionStore, WindowStore};
 
 /// Format version of store values and changelog records (the first byte of each).
@@ -71,7 +73,7 @@ pub trait ReadableStore: Send + Sync {
 
 /// What a supplier gets when it opens a store. One app (or test driver) hands the same context,
 /// clones of it, to every store it opens, so that its stores share one memory bound.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StoreContext {
     /// RocksDB's share of `state.memory.max.bytes` (what the store caches leave): the bound on
     /// the memory of all RocksDB stores of the app together (block cache and write buffers).
@@ -85,49 +87,6 @@ impl StoreContext {
     /// them, and no others do.
     pub fn new(memory_max_bytes: u64) -> StoreContext {
         StoreContext { memory_max_bytes, shared: SharedResources::default() }
-    }
-}
-
-/// Resources the stores of one app share, one of each type, made by the first store that asks.
-/// Per app, not per process: two apps in one process each get the memory bound they configure.
-/// Clones share.
-///
-/// ```
-/// use garam_core::state::SharedResources;
-/// struct BlockCache(usize);
-/// let app = SharedResources::default();
-/// let first = app.get_or_insert_with(|| BlockCache(64));
-/// let again = app.clone().get_or_insert_with(|| BlockCache(128));
-/// assert_eq!(again.0, 64, "made once per app");
-/// assert!(std::sync::Arc::ptr_eq(&first, &again));
-/// let other_app = SharedResources::default();
-/// assert_eq!(other_app.get_or_insert_with(|| BlockCache(128)).0, 128);
-/// ```
-#[derive(Clone, Default)]
-pub struct SharedResources(Arc<std::sync::Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>>);
-
-impl SharedResources {
-    /// The resource of type `T`, made with `make` if there is none yet.
-    pub fn get_or_insert_with<T: std::any::Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Arc<T> {
-        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = all.iter().find_map(|r| r.clone().downcast::<T>().ok()) {
-            return found;
-        }
-        let made = Arc::new(make());
-        all.push(made.clone());
-        made
-    }
-
-    /// The resource of type `T`, if a store made one.
-    pub fn get<T: std::any::Any + Send + Sync>(&self) -> Option<Arc<T>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().find_map(|r| r.clone().downcast::<T>().ok())
-    }
-}
-
-impl std::fmt::Debug for SharedResources {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.lock().map_or(0, |all| all.len());
-        write!(f, "SharedResources({n} made)")
     }
 }
 

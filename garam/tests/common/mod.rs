@@ -80,22 +80,25 @@ pub fn read<T: DeserializeOwned>(log: &Log, topic: &str) -> Vec<T> {
 /// What the kills of a crash test landed on.
 #[derive(Debug)]
 pub struct Kills {
-    /// Kills after which the app had not committed all of its input: it was counting, starting
-    /// or restoring, not idle.
-    pub mid_stream: usize,
-    /// Runs that committed progress before their kill.
-    pub advanced: usize,
+    /// Kills in all.
+    pub kills: usize,
+    /// Kills that interrupted work: the run had committed progress, and input was left.
+    pub interrupted: usize,
     /// Input records produced in all.
     pub input: u64,
 }
 
-/// Starts the app under test with `start` and SIGKILLs it 50 ms to `max_ms` later, `kills` times.
-/// Before each start, `produce(n)` appends `n` more input records, topping the input up to twice
-/// what the fastest run so far committed in `max_ms` (`min_backlog` at least). With all the input
-/// written up front, a run drained it before the first or second kill and the later kills hit an
-/// idle app. `committed()` reads the app's committed input offsets, summed over its partitions.
-pub fn kill_repeatedly(
-    kills: usize,
+/// Starts the app under test with `start` and SIGKILLs it 50 ms to `max_ms` later, again and
+/// again, until `wanted` kills have interrupted work — the run committed progress before its
+/// kill, and input was left — or `max_kills` kills in all. Before each start, `produce(n)` appends
+/// `n` more input records, topping the input up to twice what the fastest run so far committed in
+/// `max_ms` (`min_backlog` at least). With all the input written up front, a run drained it before
+/// the first or second kill and the later kills hit an idle app. `committed()` reads the app's
+/// committed input offsets, summed over its partitions. Counting kills rather than asserting a
+/// share of them keeps the test independent of the machine's speed.
+pub fn kill_until_interrupted(
+    wanted: usize,
+    max_kills: usize,
     max_ms: u64,
     min_backlog: u64,
     seed: u64,
@@ -106,8 +109,8 @@ pub fn kill_repeatedly(
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let (mut end, mut done, mut per_ms) = (0u64, 0u64, 0u64);
-    let mut k = Kills { mid_stream: 0, advanced: 0, input: 0 };
-    for _ in 0..kills {
+    let mut k = Kills { kills: 0, interrupted: 0, input: 0 };
+    while k.interrupted < wanted && k.kills < max_kills {
         let want = done + (2 * per_ms * max_ms).max(min_backlog);
         if end < want {
             produce(want - end);
@@ -118,10 +121,10 @@ pub fn kill_repeatedly(
         std::thread::sleep(Duration::from_millis(ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        k.kills += 1;
         let now = committed();
-        k.mid_stream += usize::from(now < end);
         if now > done {
-            k.advanced += 1;
+            k.interrupted += usize::from(now < end);
             // A run that got through all its input was faster than it shows.
             let rate = (now - done).div_ceil(ms);
             per_ms = per_ms.max(if now >= end { 4 * rate } else { rate });
@@ -130,5 +133,6 @@ pub fn kill_repeatedly(
     }
     k.input = end;
     eprintln!("{k:?}");
+    assert!(k.interrupted >= wanted, "only {} of {} kills interrupted work: {k:?}", k.interrupted, k.kills);
     k
 }
