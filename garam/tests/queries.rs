@@ -163,3 +163,49 @@ fn an_instance_hosting_nothing_names_each_keys_partition_and_owner() {
         app.close().unwrap();
     }
 }
+
+/// A task that does not commit (its worker stuck in a slow operator) makes `App::store` answer
+/// `StoreUnavailable` naming its partition, after waiting a commit interval and ten seconds.
+#[test]
+fn a_store_whose_task_does_not_commit_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let b = StreamBuilder::new();
+    b.stream::<String, String>("in", Consumed::with(StringSerde, StringSerde))
+        .map_values(|v: String| {
+            if v == "slow" {
+                std::thread::sleep(Duration::from_secs(14));
+            }
+            v
+        })
+        .group_by_key()
+        .count(Materialized::named("counts").with(StringSerde, U64Serde))
+        .to_stream()
+        .to("out", Produced::with(StringSerde, U64Serde));
+    let mut config = AppConfig::new("iq-stuck");
+    config.num_threads = 1;
+    config.commit_interval = Duration::from_millis(100);
+    config.state_dir = Some(dir.path().join("state"));
+    let mut app = App::new(b.build().unwrap(), config, Arc::new(log.clone())).unwrap();
+    app.start().unwrap();
+    produce(&log, 10, 0, 100);
+    wait_for("the first records", || app.metrics().records_in == 100);
+    let mut p = log.producer(Default::default()).unwrap();
+    p.send("in", garam::core::Record::new(Some("k0".to_string()), Some("slow"))).unwrap();
+    p.flush().unwrap();
+    // The worker takes the record and sleeps in the operator: it commits no more for a while.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    match app.store::<String, u64>("counts") {
+        Err(StreamsError::StoreUnavailable { store, reason }) => {
+            assert_eq!(store, "counts");
+            assert!(reason.contains("[0]"), "names the partition: {reason}");
+        }
+        Err(e) => panic!("expected StoreUnavailable, got {e}"),
+        Ok(_) => panic!("expected StoreUnavailable, got the store"),
+    }
+    assert!(started.elapsed() >= Duration::from_secs(10), "it waited for a commit first");
+    app.close().unwrap();
+}
