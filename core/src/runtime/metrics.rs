@@ -112,7 +112,12 @@ impl Metrics {
         for task in tasks {
             for (name, store) in &task.stores().stores {
                 let new = store.borrow_mut().take_unreported_metrics();
-                stores.entry(name.clone()).or_default().add(&new);
+                match stores.get_mut(name) {
+                    Some(total) => total.add(&new),
+                    None => {
+                        stores.insert(name.clone(), new);
+                    }
+                }
             }
         }
     }

@@ -196,12 +196,11 @@ impl TaskStores {
         let specs = topology.stores_of(task.subtopology);
         let dir = state_dir.join(application_id).join(task.to_string());
         // A task without stores has no directory and takes no lock.
-        let lock = match specs.is_empty() {
-            true => None,
-            false => match lock_task_dir(&dir, standby)? {
-                Some(lock) => Some(lock),
-                None => return Ok(None),
-            },
+        let lock = if specs.is_empty() {
+            None
+        } else {
+            let Some(lock) = lock_task_dir(&dir, standby)? else { return Ok(None) };
+            Some(lock)
         };
         let io = |e: std::io::Error| StreamsError::backend(format!("state dir {}: {e}", dir.display()), true);
         let checkpoint = read_checkpoint(&dir);

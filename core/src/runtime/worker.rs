@@ -330,6 +330,30 @@ const DEFERRED_RETRY: std::time::Duration = std::time::Duration::from_millis(50)
 const DEFERRED_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Deferred {
+    /// Task `id`, opened into `tasks` if it is not there yet; `None` while it is deferred (it is
+    /// deferred here if its state directory is locked).
+    fn open<'t>(
+        &mut self,
+        shared: &Shared,
+        consumer: &mut dyn BackendConsumer,
+        tasks: &'t mut BTreeMap<TaskId, Task>,
+        id: TaskId,
+        cache: Option<&Rc<crate::state::CacheBudget>>,
+    ) -> Result<Option<&'t mut Task>> {
+        if self.contains(&id) {
+            return Ok(None);
+        }
+        if let std::collections::btree_map::Entry::Vacant(v) = tasks.entry(id) {
+            let Some(task) = new_task(shared, id, cache)? else {
+                self.defer(shared, consumer, id);
+                return Ok(None);
+            };
+            tracing::info!(task = %id, "created task");
+            v.insert(task);
+        }
+        Ok(tasks.get_mut(&id))
+    }
+
     /// Defers `id`, pausing its inputs.
     fn defer(&mut self, shared: &Shared, consumer: &mut dyn BackendConsumer, id: TaskId) {
         if let std::collections::btree_map::Entry::Vacant(v) = self.0.entry(id) {
@@ -573,16 +597,7 @@ fn apply_events(
         }
     }
     for id in wanted {
-        if tasks.contains_key(&id) || deferred.contains(&id) {
-            continue;
-        }
-        match new_task(shared, id, cache)? {
-            Some(task) => {
-                tracing::info!(task = %id, "created task");
-                tasks.insert(id, task);
-            }
-            None => deferred.defer(shared, consumer, id),
-        }
+        deferred.open(shared, consumer, tasks, id, cache)?;
     }
     Ok(())
 }
@@ -746,18 +761,7 @@ fn run_loop(
             let mut collector = ProducerCollector::new(&mut **producer, &shared.metrics.records_out, &*shared.backend);
             for p in polled {
                 let Some(id) = task_of(shared, &p.tp) else { continue };
-                let task = match tasks.entry(id) {
-                    std::collections::btree_map::Entry::Occupied(o) => Some(o.into_mut()),
-                    std::collections::btree_map::Entry::Vacant(_) if deferred.contains(&id) => None,
-                    std::collections::btree_map::Entry::Vacant(v) => match new_task(shared, id, cache)? {
-                        Some(task) => Some(v.insert(task)),
-                        None => {
-                            deferred.defer(shared, consumer, id);
-                            None
-                        }
-                    },
-                };
-                let Some(task) = task else {
+                let Some(task) = deferred.open(shared, consumer, tasks, id, cache)? else {
                     // Its state directory is still locked: read these records again once it opens.
                     if let Some(first) = p.records.first() {
                         consumer.seek(&p.tp, first.offset)?;

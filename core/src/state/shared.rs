@@ -26,7 +26,7 @@ impl SharedResources {
     /// map's lock, so that one is made however many stores open at once: it must not use the map.
     pub fn get_or_insert_with<T: Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Arc<T> {
         let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = all.iter().find_map(|r| r.clone().downcast::<T>().ok()) {
+        if let Some(found) = find(&all) {
             return found;
         }
         let made = Arc::new(make());
@@ -36,8 +36,13 @@ impl SharedResources {
 
     /// The resource of type `T`, if a store made one.
     pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().find_map(|r| r.clone().downcast::<T>().ok())
+        find(&self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
+}
+
+/// The resource of type `T` among `all`.
+fn find<T: Any + Send + Sync>(all: &[Arc<dyn Any + Send + Sync>]) -> Option<Arc<T>> {
+    all.iter().find_map(|r| r.clone().downcast::<T>().ok())
 }
 
 impl std::fmt::Debug for SharedResources {
