@@ -176,7 +176,7 @@ fn a_store_whose_task_does_not_commit_is_unavailable() {
     b.stream::<String, String>("in", Consumed::with(StringSerde, StringSerde))
         .map_values(|v: String| {
             if v == "slow" {
-                std::thread::sleep(Duration::from_secs(14));
+                std::thread::sleep(Duration::from_secs(6));
             }
             v
         })
@@ -188,6 +188,7 @@ fn a_store_whose_task_does_not_commit_is_unavailable() {
     config.num_threads = 1;
     config.commit_interval = Duration::from_millis(100);
     config.state_dir = Some(dir.path().join("state"));
+    config.set("interactive.query.timeout.ms", "3000").unwrap();
     let mut app = App::new(b.build().unwrap(), config, Arc::new(log.clone())).unwrap();
     app.start().unwrap();
     produce(&log, 10, 0, 100);
@@ -206,6 +207,10 @@ fn a_store_whose_task_does_not_commit_is_unavailable() {
         Err(e) => panic!("expected StoreUnavailable, got {e}"),
         Ok(_) => panic!("expected StoreUnavailable, got the store"),
     }
-    assert!(started.elapsed() >= Duration::from_secs(10), "it waited for a commit first");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(5),
+        "it waited interactive.query.timeout.ms for a commit first, and no longer: {waited:?}"
+    );
     app.close().unwrap();
 }

@@ -404,27 +404,49 @@ fn a_running_app_checkpoints_its_stores_periodically() {
     app.close().unwrap();
 }
 
-/// A task whose state directory is locked by its previous owner (here the test, holding it for
-/// three session timeouts) waits with its input paused while the worker keeps polling: the member
-/// stays in its group, and once the lock is let go the task opens and counts everything.
-#[test]
-fn a_task_waits_for_its_locked_state_directory_without_leaving_its_group() {
+/// A log with 1000 records over two partitions of `in`, and an app `app_id` (one thread, its
+/// settings `config`) whose task `0_1` finds its state directory locked: by the file returned,
+/// until it is dropped.
+fn app_with_a_locked_task(app_id: &str, config: &[(&str, &str)]) -> (tempfile::TempDir, Log, std::fs::File, App) {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path()).unwrap();
     log.create_topic("in", 2, TopicConfig::default()).unwrap();
     log.create_topic("out", 2, TopicConfig::default()).unwrap();
     produce(&log, 0, 1000);
     let state = dir.path().join("state");
-    let task_dir = state.join("locked").join("0_1");
+    let task_dir = state.join(app_id).join("0_1");
     std::fs::create_dir_all(&task_dir).unwrap();
     let held =
         std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(task_dir.join(".lock")).unwrap();
     held.lock().unwrap();
-    let mut c = AppConfig::new("locked");
+    let mut c = AppConfig::new(app_id);
     c.num_threads = 1;
     c.state_dir = Some(state);
-    c.set("session.timeout.ms", "1000").unwrap();
-    let mut app = App::new(topology(false), c, Arc::new(log.clone())).unwrap();
+    for (key, value) in config {
+        c.set(key, value).unwrap();
+    }
+    let app = App::new(topology(false), c, Arc::new(log.clone())).unwrap();
+    (dir, log, held, app)
+}
+
+#[test]
+fn a_state_directory_locked_past_the_task_timeout_fails_the_app_naming_it() {
+    let (dir, _log, held, mut app) = app_with_a_locked_task("stuck", &[("task.timeout.ms", "1500")]);
+    let started = std::time::Instant::now();
+    let err = app.run_until_shutdown().unwrap_err().to_string();
+    assert!(started.elapsed() >= Duration::from_millis(1500), "it waited task.timeout.ms first");
+    assert!(err.contains("0_1") && err.contains("task.timeout.ms"), "names the task and the setting: {err}");
+    assert!(err.contains(&dir.path().join("state").display().to_string()), "names the directory: {err}");
+    assert_eq!(app.status(), garam::core::runtime::AppStatus::Failed);
+    drop(held);
+}
+
+/// A task whose state directory is locked by its previous owner (here the test, holding it for
+/// three session timeouts) waits with its input paused while the worker keeps polling: the member
+/// stays in its group, and once the lock is let go the task opens and counts everything.
+#[test]
+fn a_task_waits_for_its_locked_state_directory_without_leaving_its_group() {
+    let (_dir, log, held, mut app) = app_with_a_locked_task("locked", &[("session.timeout.ms", "1000")]);
     app.start().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     // The other task counts its half; the locked one waits.

@@ -347,7 +347,8 @@ impl App {
     /// later (see [`QueryView`](crate::state::QueryView): writes since may show, under exactly-once
     /// those of a transaction not committed yet). An app not running answers
     /// [`StreamsError::NotRunning`]; one whose tasks have not committed since the first query
-    /// asked (it waits a commit interval and ten seconds) [`StreamsError::StoreUnavailable`].
+    /// asked (it waits `interactive.query.timeout.ms`, by default a commit interval and ten
+    /// seconds) [`StreamsError::StoreUnavailable`].
     /// Keys map to partitions with the default partitioner; [`ReadOnlyStore::metadata`] says
     /// which member hosts a key that is elsewhere. A partition still restoring answers with
     /// [`StreamsError::StoreRestoring`].
@@ -376,7 +377,7 @@ impl App {
             self.topology.topic_to_subtopology(app_id).into_iter().filter(|(_, s)| *s == sub).map(|(t, _)| t).collect();
         // Stores with a cache publish what they have committed from their next commit on: ask
         // for a commit and wait for it, so the first read is as fresh as the later ones.
-        let wait = self.config.commit_interval + Duration::from_secs(10);
+        let wait = self.config.query_wait();
         let deadline = std::time::Instant::now() + wait;
         while !self.queries.request(name) {
             if self.shutdown.load(Ordering::Acquire) {

@@ -59,6 +59,14 @@ pub struct AppConfig {
     /// Event-time progress: `max.out.of.orderness.ms` (default 0) and `watermark.idle.timeout.ms`
     /// (default 5000; `none` keeps quiet inputs from ever going idle). See [`super::watermark`].
     pub watermark: super::watermark::WatermarkConfig,
+    /// `task.timeout.ms`: how long a task may stall before its worker fails — today, waiting
+    /// for its state directory's lock, held by its previous owner or by another process using
+    /// the same `state.dir` (default 5 minutes, as in Kafka Streams; 0 fails at once).
+    pub task_timeout: Duration,
+    /// `interactive.query.timeout.ms`: how long [`App::store`](super::App::store) waits for the
+    /// store's tasks to commit before it answers `StoreUnavailable` (or `StoreRestoring`).
+    /// `None` (the default) waits `commit.interval.ms` plus 10 s.
+    pub query_timeout: Option<Duration>,
     commit_interval_set: bool,
 }
 
@@ -83,6 +91,8 @@ impl AppConfig {
             num_standby_replicas: 0,
             checkpoint_interval: Duration::from_secs(10),
             watermark: super::watermark::WatermarkConfig::default(),
+            task_timeout: Duration::from_secs(300),
+            query_timeout: None,
             commit_interval_set: false,
         }
     }
@@ -153,6 +163,8 @@ impl AppConfig {
                 }
             }
             "statestore.checkpoint.interval.ms" => self.checkpoint_interval = Duration::from_millis(num()?),
+            "task.timeout.ms" => self.task_timeout = Duration::from_millis(num()?),
+            "interactive.query.timeout.ms" => self.query_timeout = Some(Duration::from_millis(num()?)),
             "application.server" => {
                 if value.contains('#') || !value.contains(':') {
                     return Err(bad("expected host:port"));
@@ -193,6 +205,21 @@ impl AppConfig {
     /// [`App::store_context`]: crate::runtime::App::store_context
     pub fn new_store_context(&self) -> crate::state::StoreContext {
         crate::state::StoreContext::new(self.state_memory_max_bytes - self.cache_bytes())
+    }
+
+    /// How long [`App::store`](super::App::store) waits for a store's tasks to commit:
+    /// `interactive.query.timeout.ms`, or `commit.interval.ms` plus 10 s when it is not set.
+    ///
+    /// ```
+    /// use garam_core::runtime::AppConfig;
+    /// use std::time::Duration;
+    /// let mut c = AppConfig::new("app");
+    /// assert_eq!(c.query_wait(), Duration::from_secs(11));
+    /// c.set("interactive.query.timeout.ms", "2500").unwrap();
+    /// assert_eq!(c.query_wait(), Duration::from_millis(2500));
+    /// ```
+    pub fn query_wait(&self) -> Duration {
+        self.query_timeout.unwrap_or(self.commit_interval + Duration::from_secs(10))
     }
 
     /// The store-cache budget of one worker thread (`None`: caching disabled).

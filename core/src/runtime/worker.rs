@@ -319,15 +319,12 @@ fn new_task(shared: &Shared, id: TaskId, cache: Option<&Rc<crate::state::CacheBu
 /// previous owner, another thread of this process closing it after its own poll, or a standby
 /// stepping aside — with when they were first tried. Their inputs stay paused and the worker
 /// tries again after each poll, rather than wait and drop out of its group; after
-/// [`DEFERRED_MAX`] it gives up with an error naming the directory.
+/// `task.timeout.ms` it gives up with an error naming the directory.
 #[derive(Default)]
 struct Deferred(BTreeMap<TaskId, (Instant, Instant)>);
 
 /// How often a deferred task tries its lock again.
 const DEFERRED_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// How long a task may wait for its state directory's lock.
-const DEFERRED_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Deferred {
     /// Task `id`, opened into `tasks` if it is not there yet; `None` while it is deferred (it is
@@ -392,12 +389,13 @@ impl Deferred {
                     tasks.insert(id, task);
                     consumer.resume(&task_partitions(shared, id));
                 }
-                None if since.elapsed() >= DEFERRED_MAX => {
+                None if since.elapsed() >= shared.config.task_timeout => {
                     return Err(crate::error::StreamsError::backend(
                         format!(
-                            "the state directory of task {id} under {} stayed locked for {DEFERRED_MAX:?}: another \
-                             process uses the same state.dir?",
-                            shared.state_dir.display()
+                            "the state directory of task {id} under {} stayed locked for longer than \
+                             task.timeout.ms ({:?}): another process uses the same state.dir?",
+                            shared.state_dir.display(),
+                            shared.config.task_timeout
                         ),
                         false,
                     ));
