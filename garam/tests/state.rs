@@ -467,3 +467,158 @@ fn a_task_waits_for_its_locked_state_directory_without_leaving_its_group() {
     app.close().unwrap();
     assert!(latest_counts(&log, false).values().all(|n| *n == 20), "every key counted once");
 }
+
+/// A versioned count, as the count store writes it to its changelog.
+fn versioned_count(n: u64) -> Vec<u8> {
+    let mut v = vec![garam::core::state::VALUE_FORMAT_VERSION];
+    v.extend_from_slice(&n.to_be_bytes());
+    v
+}
+
+fn write_changelog(log: &Log, topic: &str, records: impl IntoIterator<Item = (String, Vec<u8>)>) {
+    let mut p = log.producer(Default::default()).unwrap();
+    for (k, v) in records {
+        p.send(topic, garam::core::Record::new(Some(k), Some(v))).unwrap();
+    }
+    p.flush().unwrap();
+}
+
+/// A task's checkpoint names the changelog offset its store holds, not wherever the changelog
+/// has got to when the checkpoint is written: after a rebalance the partitions' next owner may
+/// already have written more, which this store never received.
+#[test]
+fn a_checkpoint_names_what_the_store_holds_not_what_the_changelog_gained_since() {
+    use garam::core::runtime::stores::{BackendReader, TaskStores};
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let changelog = "moved-counts-changelog";
+    log.create_topic(changelog, 1, TopicConfig::default()).unwrap();
+    write_changelog(&log, changelog, (0..5).map(|i| (format!("k{i}"), versioned_count(i))));
+    let state = dir.path().join("state");
+    let reader = BackendReader(&log);
+    let ctx = AppConfig::new("moved").new_store_context();
+    let task = garam::core::processor::TaskId { subtopology: 0, partition: 0 };
+    let topology = topology(false);
+    let mut stores = TaskStores::open(&topology, "moved", &state, task, &reader, false, &ctx, None).unwrap().unwrap();
+    stores.restore_all(&reader, None).unwrap();
+    // The partition has moved on: its next owner writes three more before this one checkpoints.
+    write_changelog(&log, changelog, (5..8).map(|i| (format!("k{i}"), versioned_count(i))));
+    stores.checkpoint().unwrap();
+    let checkpoint = || std::fs::read_to_string(state.join("moved").join("0_0").join(".checkpoint")).unwrap();
+    assert_eq!(checkpoint(), "v1\ncounts 5\n");
+    // A commit while the task is still here: the changelog's end is then what the store holds.
+    stores.note_committed(&reader).unwrap();
+    stores.checkpoint().unwrap();
+    assert_eq!(checkpoint(), "v1\ncounts 8\n");
+}
+
+/// A checkpoint past its changelog's end (a power cut lost the changelog's tail, or the topic
+/// was deleted and made again, as an application reset does) means the store is ahead of its
+/// changelog: it is wiped and rebuilt, as Kafka Streams does, not kept and counted on.
+#[test]
+fn a_checkpoint_past_the_changelogs_end_wipes_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    produce(&log, 0, 100);
+    let run = || {
+        let mut c = AppConfig::new("reset");
+        c.num_threads = 1;
+        c.state_dir = Some(dir.path().join("state"));
+        let mut app = App::new(topology(false), c, Arc::new(log.clone())).unwrap();
+        app.run_until_idle(Duration::from_millis(200)).unwrap();
+        app.metrics()
+    };
+    run();
+    assert!(latest_counts(&log, false).values().all(|n| *n == 2));
+    // An application reset that keeps the state directory: the changelog, the group's offsets
+    // and the output start again empty.
+    for topic in ["reset-counts-changelog", "out"] {
+        log.delete_topic(topic).unwrap();
+    }
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    log.delete_group("reset").unwrap();
+    let m = run();
+    let counts = latest_counts(&log, false);
+    assert_eq!(counts.len(), 50);
+    assert!(counts.values().all(|n| *n == 2), "counted from scratch, not on top of the old store: {counts:?} {m:?}");
+}
+
+/// A changelog record a store cannot read fails the restore with the changelog's topic,
+/// partition and offset named, rather than a bare complaint or a silent skip.
+#[test]
+fn a_bad_changelog_record_fails_the_restore_naming_where_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let changelog = "bad-counts-changelog";
+    log.create_topic(changelog, 1, TopicConfig::default()).unwrap();
+    write_changelog(&log, changelog, (0..7).map(|i| (format!("k{i}"), versioned_count(i))));
+    write_changelog(&log, changelog, [("k7".to_string(), vec![9, 0, 0, 0, 0, 0, 0, 0, 1])]);
+    let mut c = AppConfig::new("bad");
+    c.num_threads = 1;
+    c.state_dir = Some(dir.path().join("state"));
+    let mut app = App::new(topology(false), c, Arc::new(log.clone())).unwrap();
+    let err = app.run_until_shutdown().unwrap_err().to_string();
+    for part in ["bad-counts-changelog-0", "offset 7", "format version 9"] {
+        assert!(err.contains(part), "names {part}: {err}");
+    }
+}
+
+/// Partitions lost without a commit (the member's session expired while an operator ran) are
+/// closed without a checkpoint, as Kafka Streams closes them dirty. A checkpoint then would vouch
+/// for a store holding updates the changelog never got: counted again when the records are
+/// read again from the last committed offset.
+#[test]
+fn partitions_lost_without_a_commit_are_not_checkpointed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    produce(&log, 0, 100);
+    let mut p = log.producer(Default::default()).unwrap();
+    p.send("in", garam::core::Record::new(Some("k0"), Some("slow"))).unwrap();
+    p.flush().unwrap();
+    let slept = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let b = StreamBuilder::new();
+    let once = slept.clone();
+    b.stream::<String, String>("in", Consumed::with(StringSerde, StringSerde))
+        .map_values(move |v: String| {
+            if v == "slow" && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            v
+        })
+        .group_by_key()
+        .count(Materialized::named("counts").with(StringSerde, U64Serde))
+        .to_stream()
+        .to("out", Produced::with(StringSerde, U64Serde));
+    let mut c = AppConfig::new("lost");
+    c.num_threads = 1;
+    c.state_dir = Some(dir.path().join("state"));
+    for (key, value) in [
+        ("session.timeout.ms", "1000"),
+        ("commit.interval.ms", "600000"),
+        ("statestore.checkpoint.interval.ms", "3600000"),
+    ] {
+        c.set(key, value).unwrap();
+    }
+    let mut app = App::new(b.build().unwrap(), c, Arc::new(log.clone())).unwrap();
+    app.start().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while app.metrics().partitions_lost == 0 || app.metrics().records_in < 202 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", app.metrics());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let checkpoint = dir.path().join("state").join("lost").join("0_0").join(".checkpoint");
+    assert!(!checkpoint.exists(), "the lost task was closed without a checkpoint");
+    app.close().unwrap();
+    let counts = latest_counts(&log, false);
+    assert_eq!(counts.len(), 50);
+    assert_eq!(counts["k0"], 3, "{counts:?}");
+    assert!(counts.iter().filter(|(k, _)| *k != "k0").all(|(_, n)| *n == 2), "counted once: {counts:?}");
+}

@@ -65,6 +65,27 @@ struct Standby {
     stores: TaskStores,
     checkpointed: u64,
     last_checkpoint: Instant,
+    /// Why its last update failed (a changelog record it cannot apply, say): reported once, and
+    /// tried again each round without holding up the other standbys.
+    failing: Option<String>,
+}
+
+impl Standby {
+    /// Applies what its changelogs gained (until `deadline`) and checkpoints at most every second;
+    /// returns its lag.
+    fn update(&mut self, shared: &Shared, reader: &BackendReader<'_>, deadline: Instant) -> Result<u64> {
+        self.stores.catch_up(reader)?;
+        let before = self.stores.restored();
+        let applied = self.stores.restore_step(reader, deadline, None);
+        shared.metrics.standby_restored.fetch_add(self.stores.restored() - before, Ordering::Relaxed);
+        applied?;
+        if self.stores.restored() != self.checkpointed && self.last_checkpoint.elapsed() >= Duration::from_secs(1) {
+            self.stores.checkpoint()?;
+            self.checkpointed = self.stores.restored();
+            self.last_checkpoint = Instant::now();
+        }
+        self.stores.lag(reader)
+    }
 }
 
 /// Runs until `shutdown`, then checkpoints and closes every standby.
@@ -81,14 +102,13 @@ pub(crate) fn run(shared: Arc<Shared>, shutdown: Arc<AtomicBool>) {
         std::thread::sleep(Duration::from_millis(20));
     }
     for (id, s) in std::mem::take(&mut standbys) {
-        close(&shared, id, s);
+        close(id, s);
     }
     shared.metrics.standby_tasks.store(0, Ordering::Relaxed);
 }
 
-fn close(shared: &Shared, id: TaskId, s: Standby) {
-    let reader = BackendReader(&*shared.backend);
-    if let Err(e) = s.stores.checkpoint(&reader, id.partition, shared.eos()) {
+fn close(id: TaskId, s: Standby) {
+    if let Err(e) = s.stores.checkpoint() {
         tracing::warn!(task = %id, error = %e, "checkpointing a standby failed");
     }
     tracing::info!(task = %id, "closed standby");
@@ -101,7 +121,7 @@ fn step(shared: &Shared, standbys: &mut BTreeMap<TaskId, Standby>) -> Result<()>
     for id in standbys.keys().copied().collect::<Vec<_>>() {
         if !wanted.contains(&id) || active.contains(&id) {
             if let Some(s) = standbys.remove(&id) {
-                close(shared, id, s);
+                close(id, s);
             }
         }
     }
@@ -120,7 +140,7 @@ fn step(shared: &Shared, standbys: &mut BTreeMap<TaskId, Standby>) -> Result<()>
         )?;
         if let Some(stores) = opened {
             tracing::info!(task = %id, "opened standby");
-            standbys.insert(*id, Standby { stores, checkpointed: 0, last_checkpoint: Instant::now() });
+            standbys.insert(*id, Standby { stores, checkpointed: 0, last_checkpoint: Instant::now(), failing: None });
         }
     }
     let deadline = Instant::now() + Duration::from_millis(100);
@@ -129,15 +149,19 @@ fn step(shared: &Shared, standbys: &mut BTreeMap<TaskId, Standby>) -> Result<()>
         if shared.active.lock().unwrap_or_else(|e| e.into_inner()).contains(id) {
             continue;
         }
-        s.stores.catch_up(&reader)?;
-        let before = s.stores.restored();
-        s.stores.restore_step(&reader, deadline, None)?;
-        shared.metrics.standby_restored.fetch_add(s.stores.restored() - before, Ordering::Relaxed);
-        lag += s.stores.lag(&reader)?;
-        if s.stores.restored() != s.checkpointed && s.last_checkpoint.elapsed() >= Duration::from_secs(1) {
-            s.stores.checkpoint(&reader, id.partition, shared.eos())?;
-            s.checkpointed = s.stores.restored();
-            s.last_checkpoint = Instant::now();
+        match s.update(shared, &reader, deadline) {
+            Ok(l) => {
+                lag += l;
+                s.failing = None;
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if s.failing.as_ref() != Some(&e) {
+                    tracing::warn!(task = %id, error = %e, "standby update failed; the others go on, it is tried again");
+                }
+                lag += s.stores.lag(&reader).unwrap_or(0);
+                s.failing = Some(e);
+            }
         }
     }
     shared.metrics.standby_lag.store(lag, Ordering::Relaxed);

@@ -81,7 +81,8 @@ pub struct TaskStores {
     read_committed: bool,
     /// Changelog records applied so far.
     restored: u64,
-    /// Store → changelog offset applied up to.
+    /// Store → changelog offset it holds everything before: where its restore got, then where
+    /// the changelog ended after this task's last commit ([`Self::note_committed`]).
     applied: BTreeMap<String, u64>,
     /// A standby copy (checkpoints what it applied, never deletes its checkpoint).
     standby: bool,
@@ -211,11 +212,21 @@ impl TaskStores {
         for spec in specs {
             let store_dir = dir.join(&spec.name);
             let topic = spec.changelog_topic(application_id);
+            let end = backend.end_offset(&topic, task.partition, exactly_once)?;
             let from = match checkpoint.get(&spec.name) {
-                Some(o) if spec.supplier.persistent() => *o,
-                _ => {
-                    let _ = fs::remove_dir_all(&store_dir);
-                    0
+                Some(&o) if spec.supplier.persistent() && o <= end => o,
+                found => {
+                    if let Some(o) = found.filter(|o| **o > end) {
+                        // The changelog lost what the store holds (a power cut before its
+                        // records reached the disk, or the topic deleted and made again): the
+                        // store is ahead of it, and new records would reuse its offsets. Rebuild.
+                        tracing::warn!(store = %spec.name, task = %task, checkpoint = o, end, topic = %topic,
+                            "checkpoint past the changelog's end; wiping the store and restoring it");
+                    }
+                    match fs::remove_dir_all(&store_dir) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+                        _ => 0,
+                    }
                 }
             };
             fs::create_dir_all(&store_dir).map_err(io)?;
@@ -224,7 +235,6 @@ impl TaskStores {
                 Some(budget) => StoreHandle::with_cache(&spec.name, backend_store, budget.clone()),
                 None => StoreHandle::new(&spec.name, backend_store),
             };
-            let end = backend.end_offset(&topic, task.partition, exactly_once)?;
             applied.insert(spec.name.clone(), from);
             if from < end {
                 let started = Instant::now();
@@ -282,7 +292,24 @@ impl TaskStores {
                 if rec.offset >= r.end {
                     break;
                 }
-                let Some(key) = rec.key.as_deref() else { continue };
+                let bad = |reason: String| StreamsError::Deserialization {
+                    what: "changelog record",
+                    topic: r.topic.clone(),
+                    partition: self.task.partition,
+                    offset: rec.offset,
+                    reason: format!("store {}: {reason}", r.store),
+                };
+                let Some(key) = rec.key.as_deref() else { return Err(bad("no key".into())) };
+                match rec.value.as_deref().map(<[u8]>::first) {
+                    None | Some(Some(&crate::state::VALUE_FORMAT_VERSION)) => {}
+                    Some(Some(v)) => {
+                        return Err(bad(format!(
+                            "unknown value format version {v} (expected {})",
+                            crate::state::VALUE_FORMAT_VERSION
+                        )))
+                    }
+                    Some(None) => return Err(bad("an empty value (expected its format version first)".into())),
+                }
                 batch.push((key.to_vec(), rec.value.as_deref().map(<[u8]>::to_vec)));
             }
             r.restored += batch.len() as u64;
@@ -328,20 +355,30 @@ impl TaskStores {
         Ok(())
     }
 
-    /// Flushes every store and records the changelog offsets reached (after a commit).
-    pub fn checkpoint(&self, backend: &dyn ChangelogReader, partition: u32, exactly_once: bool) -> Result<()> {
+    /// Records each store's changelog end as what it holds. Called after a commit succeeded,
+    /// while this member still owns the task: a checkpoint written later — after a rebalance
+    /// handed the partitions on, when the next owner may already have written more — must name
+    /// only what this store received.
+    pub fn note_committed(&mut self, backend: &dyn ChangelogReader) -> Result<()> {
+        for (name, topic) in &self.changelogs {
+            if !self.restoring.iter().any(|r| &r.store == name) {
+                let end = backend.end_offset(topic, self.task.partition, self.read_committed)?;
+                self.applied.insert(name.clone(), end);
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes every store and records the changelog offsets it holds: where its restore got,
+    /// or where [`Self::note_committed`] found the changelog after the last commit.
+    pub fn checkpoint(&self) -> Result<()> {
         if self.stores.is_empty() {
             return Ok(());
         }
         let mut out = String::from("v1\n");
         for (name, store) in &self.stores {
             store.borrow_mut().flush()?;
-            // A store closed mid-restore holds the changelog up to where its restore got.
-            let end = match self.restoring.iter().find(|r| &r.store == name) {
-                Some(r) => r.offset,
-                None if self.standby => self.applied.get(name).copied().unwrap_or(0),
-                None => backend.end_offset(&self.changelogs[name], partition, exactly_once)?,
-            };
+            let end = self.applied.get(name).copied().unwrap_or(0);
             out.push_str(&format!("{name} {end}\n"));
         }
         // Durable: the file, the rename, and the directory entry.

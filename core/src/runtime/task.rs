@@ -137,9 +137,15 @@ impl Task {
         Ok(())
     }
 
-    /// Flushes the stores and checkpoints their changelog offsets (after a commit).
-    pub fn checkpoint(&self, backend: &dyn crate::runtime::stores::ChangelogReader, exactly_once: bool) -> Result<()> {
-        self.stores.checkpoint(backend, self.id.partition, exactly_once)
+    /// Records the changelog offsets the stores hold, after a commit succeeded (see
+    /// [`TaskStores::note_committed`](crate::runtime::stores::TaskStores::note_committed)).
+    pub fn note_committed(&mut self, backend: &dyn crate::runtime::stores::ChangelogReader) -> Result<()> {
+        self.stores.note_committed(backend)
+    }
+
+    /// Flushes the stores and checkpoints the changelog offsets they hold.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.stores.checkpoint()
     }
 
     /// The task's stores.

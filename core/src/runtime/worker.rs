@@ -214,7 +214,12 @@ impl Shared2 {
 
 enum Event {
     Assigned(Vec<TopicPartition>),
+    /// Revoked after their last changes were committed: their stores are checkpointed.
     Revoked(Vec<TopicPartition>),
+    /// Gone without a commit of their last changes (the session expired, or the commit on
+    /// revoke failed): closed without a checkpoint, as Kafka Streams closes them dirty; their
+    /// stores may hold updates their changelogs lack.
+    Lost(Vec<TopicPartition>),
 }
 
 fn lock(s: &Mutex<Shared2>) -> MutexGuard<'_, Shared2> {
@@ -238,7 +243,7 @@ fn close_tasks(shared: &Shared, tasks: &mut BTreeMap<TaskId, Task>, ids: &BTreeS
                 tracing::warn!(task = %id, error = %e, "closing task failed");
             }
             if checkpoint {
-                if let Err(e) = t.checkpoint(&crate::runtime::stores::BackendReader(&*shared.backend), shared.eos()) {
+                if let Err(e) = t.checkpoint() {
                     tracing::warn!(task = %id, error = %e, "checkpointing stores failed; the next owner restores more");
                 }
             }
@@ -452,13 +457,16 @@ fn flush_lent_caches(shared: &Shared, st: &mut Shared2) -> Result<()> {
 
 /// Tells the lent tasks' operators that the commit inside the rebalance listener succeeded
 /// (file sinks publish what they staged).
-fn committed_lent_tasks() {
+fn committed_lent_tasks(shared: &Shared) {
     let result: Option<Result<()>> = with_lent_tasks(|tasks| {
         let mut tasks = tasks
             .try_borrow_mut()
             .map_err(|_| crate::error::StreamsError::backend("tasks are busy during a rebalance callback", false))?;
         for t in tasks.values_mut() {
             t.committed()?;
+            // The partitions are still ours: what the changelogs hold now is what the stores
+            // hold, whatever their next owner writes before they are checkpointed.
+            t.note_committed(&crate::runtime::stores::BackendReader(&*shared.backend))?;
         }
         Ok(())
     });
@@ -485,7 +493,7 @@ impl RebalanceListener for Listener {
         }
         // Exactly-once: the commit still in flight first; operators publish what it covered.
         match st.finish_commit() {
-            Ok(Some(true)) => committed_lent_tasks(),
+            Ok(Some(true)) => committed_lent_tasks(&self.shared),
             // Refused: aborted; `dirty` now makes the commit below abort too.
             Ok(Some(false) | None) => {}
             Err(e) => {
@@ -500,7 +508,7 @@ impl RebalanceListener for Listener {
             if st.eos {
                 st.abort();
             }
-            st.events.push(Event::Revoked(partitions.to_vec()));
+            st.events.push(Event::Lost(partitions.to_vec()));
             return;
         }
         if st.eos {
@@ -515,7 +523,7 @@ impl RebalanceListener for Listener {
             // with every position before the partitions go.
             let offsets = committer.positions();
             match st.commit_transaction(&offsets) {
-                Ok(true) => committed_lent_tasks(),
+                Ok(true) => committed_lent_tasks(&self.shared),
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "transactional commit on revoke failed; stopping this worker"),
             }
@@ -530,12 +538,15 @@ impl RebalanceListener for Listener {
             committer.commit(&offsets)
         });
         match result {
-            Ok(()) => committed_lent_tasks(),
+            Ok(()) => {
+                committed_lent_tasks(&self.shared);
+                st.events.push(Event::Revoked(partitions.to_vec()));
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "commit on revoke failed; records since the last commit will be reprocessed")
+                tracing::warn!(error = %e, "commit on revoke failed; records since the last commit will be reprocessed");
+                st.events.push(Event::Lost(partitions.to_vec()));
             }
         }
-        st.events.push(Event::Revoked(partitions.to_vec()));
     }
 
     fn on_lost(&mut self, partitions: &[TopicPartition]) {
@@ -547,7 +558,7 @@ impl RebalanceListener for Listener {
             // The open transaction covers the lost tasks too: it must never commit.
             st.abort();
         }
-        st.events.push(Event::Revoked(partitions.to_vec()));
+        st.events.push(Event::Lost(partitions.to_vec()));
     }
 }
 
@@ -577,22 +588,22 @@ fn apply_events(
     // for its state directory would stall both).
     let mut wanted: Vec<TaskId> = Vec::new();
     for e in events {
-        match e {
-            Event::Revoked(tps) => {
-                let ids: BTreeSet<TaskId> = tps.iter().filter_map(|tp| task_of(shared, tp)).collect();
-                let failed = lock(state).failed;
-                close_tasks(shared, tasks, &ids, !failed);
-                deferred.revoked(shared, &ids);
-                wanted.retain(|id| !ids.contains(id));
-            }
+        let (tps, clean) = match e {
             Event::Assigned(tps) => {
                 for id in tps.iter().filter_map(|tp| task_of(shared, tp)) {
                     if !wanted.contains(&id) {
                         wanted.push(id);
                     }
                 }
+                continue;
             }
-        }
+            Event::Revoked(tps) => (tps, !lock(state).failed),
+            Event::Lost(tps) => (tps, false),
+        };
+        let ids: BTreeSet<TaskId> = tps.iter().filter_map(|tp| task_of(shared, tp)).collect();
+        close_tasks(shared, tasks, &ids, clean);
+        deferred.revoked(shared, &ids);
+        wanted.retain(|id| !ids.contains(id));
     }
     for id in wanted {
         deferred.open(shared, consumer, tasks, id, cache)?;
@@ -938,7 +949,8 @@ fn commit(
     // changelog already holds every change, so a later checkpoint only means a longer replay.
     for t in tasks.values_mut() {
         if t.last_checkpoint.elapsed() >= shared.config.checkpoint_interval {
-            t.checkpoint(&crate::runtime::stores::BackendReader(&*shared.backend), false)?;
+            t.note_committed(&crate::runtime::stores::BackendReader(&*shared.backend))?;
+            t.checkpoint()?;
             t.last_checkpoint = Instant::now();
         }
         t.committed()?;
