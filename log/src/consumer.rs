@@ -420,6 +420,9 @@ impl Consumer {
         let o = p.offsets();
         match self.config.auto_offset_reset {
             OffsetReset::Earliest => Ok(o.log_start_offset),
+            // Kafka's read-committed reset: the last stable offset, so that a transaction still
+            // open now is read once it commits rather than skipped.
+            OffsetReset::Latest if self.config.read_committed => Ok(p.last_stable_offset()),
             OffsetReset::Latest => Ok(o.high_watermark),
             OffsetReset::None => {
                 Err(LogError::InvalidArgument(format!("no committed offset for {tp} and auto.offset.reset=none")))
@@ -568,7 +571,11 @@ impl Consumer {
             let data = match s.partition.read_isolated(s.position, max, read_committed) {
                 Ok(d) => d,
                 Err(LogError::OffsetOutOfRange { log_start, log_end, .. }) if reset != OffsetReset::None => {
-                    let to = if reset == OffsetReset::Earliest { log_start } else { log_end };
+                    let to = match reset {
+                        OffsetReset::Earliest => log_start,
+                        _ if read_committed => s.partition.last_stable_offset().max(log_start),
+                        _ => log_end,
+                    };
                     tracing::warn!(partition = %tp, from = s.position, to, "offset out of range; resetting");
                     s.position = to;
                     self.rewound.insert(tp.clone());

@@ -163,7 +163,18 @@ impl Partition {
         let end = segments.last().map_or(0, |s| s.next_offset.load(Ordering::Acquire));
         let (mut producers, mut txns, from) = match snapshot {
             Some(s) if s.as_of <= end => (s.producers, s.txns, s.as_of),
-            _ => (ProducerTable::default(), TxnState::default(), 0),
+            Some(s) => {
+                // Written at a roll that fsynced it but not the segment it closed, which a power
+                // cut then tore: the log now ends before it. Left in place it would be taken up
+                // again once new batches reached its offset, with transactions that no longer
+                // exist; deleted, as Kafka deletes snapshots past the log's end.
+                tracing::warn!(partition = %name, snapshot = s.as_of, end, "producer snapshot past the log's end; replaying the log instead");
+                let path = dir.join(PRODUCER_SNAPSHOT);
+                fs::remove_file(&path).map_err(LogError::io("delete stale producer snapshot", &path))?;
+                crate::index::sync_parent(&path)?;
+                (ProducerTable::default(), TxnState::default(), 0)
+            }
+            None => (ProducerTable::default(), TxnState::default(), 0),
         };
         if from < end {
             replay(&segments, from, &mut producers, &mut txns)?;

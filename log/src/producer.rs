@@ -125,10 +125,11 @@ pub struct Producer {
 
 /// What a [`Producer`]'s appends wait for (a transaction's commit in flight).
 pub(crate) trait AppendGate: Send + Sync {
-    /// True once appends may go ahead; never blocks.
-    fn is_open(&self) -> bool;
-    /// Blocks until appends may go ahead.
-    fn wait(&self);
+    /// True once appends may go ahead; never blocks. An error means they never may: the gate
+    /// stays, and what it held is never appended.
+    fn is_open(&self) -> Result<bool>;
+    /// Blocks until appends may go ahead (or fails as [`Self::is_open`] does).
+    fn wait(&self) -> Result<()>;
 }
 
 /// The most a producer holds back while its gate is closed: enough for what a worker produces
@@ -290,11 +291,13 @@ impl Producer {
         timestamp: i64,
         headers: &[garam_core::Header],
     ) -> Result<u32> {
-        self.send_reporting(topic, partition, key, value, timestamp, headers).map(|(p, _)| p)
+        self.send_reporting(topic, partition, key, value, timestamp, headers, |_| Ok(()))
     }
 
-    /// [`Self::send_raw`], also saying whether this is the first record sent to the partition
-    /// since the last [`Self::take_touched`] (a transaction registers it then).
+    /// [`Self::send_raw`], calling `first` with the partition before the first record sent to it
+    /// since the last [`Self::take_touched`] is queued — before it could be appended: a
+    /// transaction registers the partition then, which fails if its producer was fenced.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn send_reporting(
         &mut self,
         topic: &str,
@@ -303,7 +306,8 @@ impl Producer {
         value: Option<&[u8]>,
         timestamp: i64,
         headers: &[garam_core::Header],
-    ) -> Result<(u32, bool)> {
+        first: impl FnOnce(u32) -> Result<()>,
+    ) -> Result<u32> {
         let t = self.topic_slot(topic)?;
         let st = &self.topics[t];
         let n = st.batches.len() as u32;
@@ -315,12 +319,15 @@ impl Producer {
             (None, Some(k)) => partition_for_key(k, n),
             (None, None) => st.sticky,
         };
-        let first = self.report(t, p);
+        if !self.topics[t].batches[p as usize].reported {
+            first(p)?;
+            self.report(t, p);
+        }
         if self.push_at(t, p, key, value, timestamp, headers)? && key.is_none() && partition.is_none() {
             // The sticky partition's batch is full: move on.
             self.topics[t].sticky = (p + 1) % n;
         }
-        Ok((p, first))
+        Ok(p)
     }
 
     /// The place of `topic` in the producer, checking that it has `partition`: what
@@ -425,8 +432,8 @@ impl Producer {
     fn open_gate(&mut self, wait: bool) -> Result<bool> {
         if let Some(gate) = &self.gate {
             if wait {
-                gate.wait();
-            } else if !gate.is_open() {
+                gate.wait()?;
+            } else if !gate.is_open()? {
                 return Ok(false);
             }
             self.gate = None;
@@ -496,16 +503,25 @@ mod tests {
     struct TestGate {
         open: AtomicBool,
         waits: AtomicUsize,
+        /// Never opens: a transaction failed past its commit point.
+        failed: AtomicBool,
     }
 
     impl AppendGate for TestGate {
-        fn is_open(&self) -> bool {
-            self.open.load(Ordering::SeqCst)
+        fn is_open(&self) -> Result<bool> {
+            if self.failed.load(Ordering::SeqCst) {
+                return Err(LogError::InvalidArgument("failed past its commit point".into()));
+            }
+            Ok(self.open.load(Ordering::SeqCst))
         }
 
-        fn wait(&self) {
+        fn wait(&self) -> Result<()> {
             self.waits.fetch_add(1, Ordering::SeqCst);
+            if self.failed.load(Ordering::SeqCst) {
+                return Err(LogError::InvalidArgument("failed past its commit point".into()));
+            }
             self.open.store(true, Ordering::SeqCst);
+            Ok(())
         }
     }
 
@@ -559,6 +575,20 @@ mod tests {
         p.flush().unwrap();
         assert_eq!(numbers(&log), (0..600).collect::<Vec<_>>());
         assert_eq!(gate.waits.load(Ordering::SeqCst), 0, "never blocked");
+    }
+
+    #[test]
+    fn a_gate_that_fails_never_lets_what_it_held_through() {
+        let (_dir, log, mut p, gate) = setup(1024);
+        send(&mut p, 0..300, 0);
+        let held = p.held.len();
+        assert!(held > 0);
+        gate.failed.store(true, Ordering::SeqCst);
+        assert!(p.flush().is_err());
+        let more = p.send_to("t", Some(0), Record::new(None::<Vec<u8>>, Some(vec![0u8; 2048])));
+        assert!(more.is_err(), "a full batch cannot be appended either");
+        assert!(numbers(&log).is_empty(), "nothing reached the partition");
+        assert_eq!(p.held.len(), held, "what was held stays held");
     }
 
     #[test]

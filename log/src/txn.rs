@@ -513,21 +513,19 @@ impl TransactionalProducer {
         if !self.open || self.prepared {
             return Err(LogError::InvalidArgument("send outside a transaction: call begin_transaction first".into()));
         }
-        let (p, first) = self.producer.send_reporting(topic, partition, key, value, timestamp, headers)?;
-        if first {
-            self.join_partition(TopicPartition::new(topic, p))?;
-        }
+        // The partition joins before its first record is queued (and so before any append): a
+        // fenced producer must not leave records in a partition its fencer knows nothing of.
+        let (log, id, pid, epoch) = (&self.log, &self.id, self.pid, self.epoch);
+        let (in_flight, deferred) = (self.in_flight.is_some(), &mut self.deferred);
+        self.producer.send_reporting(topic, partition, key, value, timestamp, headers, |p| {
+            join_partition(log, id, pid, epoch, in_flight, deferred, TopicPartition::new(topic, p))
+        })?;
         Ok(())
     }
 
-    /// Registers a partition of the open transaction with the coordinator (which aborts it if a
-    /// new producer fences this one) — after the commit in flight, which forgets its own.
+    /// See [`join_partition`].
     fn join_partition(&mut self, tp: TopicPartition) -> Result<()> {
-        if self.in_flight.is_some() {
-            self.deferred.push(tp);
-            return Ok(());
-        }
-        self.log.inner.txns.add_partition(&self.id, self.pid, self.epoch, &tp)
+        join_partition(&self.log, &self.id, self.pid, self.epoch, self.in_flight.is_some(), &mut self.deferred, tp)
     }
 
     /// Queues records without headers for one partition, all at `timestamp`: `records` hands
@@ -622,7 +620,7 @@ impl TransactionalProducer {
         };
         self.open = false;
         self.partitions.clear();
-        let flight = Arc::new(InFlight::new(outcome));
+        let flight = Arc::new(InFlight::new(outcome, &self.id));
         self.committer.submit(job);
         self.producer.set_gate(Some(flight.clone()));
         self.in_flight = Some(flight);
@@ -645,8 +643,14 @@ impl TransactionalProducer {
     /// Takes the outcome of the commit in flight, if any.
     fn settle(&mut self) -> Result<()> {
         let Some(flight) = self.in_flight.take() else { return Ok(()) };
-        self.producer.set_gate(None);
         let outcome = flight.take();
+        if outcome.result.is_err() && outcome.prepared {
+            // Past its commit point, the transaction can only complete, at recovery: a record
+            // appended now to a partition still missing its marker would be taken into it.
+            self.producer.set_gate(Some(Arc::new(PastCommitPoint(self.id.clone()))));
+        } else {
+            self.producer.set_gate(None);
+        }
         // Partitions first written while the commit was in flight join the transaction now: the
         // coordinator forgets the committed transaction's partitions when it completes.
         let deferred = std::mem::take(&mut self.deferred);
@@ -703,6 +707,26 @@ impl TransactionalProducer {
         self.partitions.clear();
         Ok(())
     }
+}
+
+/// Registers a partition of the open transaction with the coordinator (which aborts it if a
+/// new producer fences this one) — after the commit in flight, which forgets its own; until
+/// then the epoch is only checked, so that a producer fenced already fails here.
+fn join_partition(
+    log: &Log,
+    id: &str,
+    pid: i64,
+    epoch: i16,
+    in_flight: bool,
+    deferred: &mut Vec<TopicPartition>,
+    tp: TopicPartition,
+) -> Result<()> {
+    if in_flight {
+        log.inner.txns.check_epoch(id, pid, epoch)?;
+        deferred.push(tp);
+        return Ok(());
+    }
+    log.inner.txns.add_partition(id, pid, epoch, &tp)
 }
 
 /// What a commit hands its committer thread: the rest of the commit, once the records are appended.
@@ -800,6 +824,8 @@ impl CommitJob {
 /// A commit in flight: its outcome, received once and kept until the producer takes it.
 struct InFlight {
     state: Mutex<Flight>,
+    /// The transactional id, for errors.
+    id: String,
 }
 
 enum Flight {
@@ -809,32 +835,64 @@ enum Flight {
 }
 
 impl crate::producer::AppendGate for InFlight {
-    fn is_open(&self) -> bool {
+    fn is_open(&self) -> Result<bool> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Flight::Running(outcome) = &*state else { return true };
+        let Flight::Running(outcome) = &*state else { return self.open_after(&state) };
         match outcome.try_recv() {
             Ok(outcome) => {
                 *state = Flight::Done(outcome);
-                true
+                self.open_after(&state)
             }
-            Err(mpsc::TryRecvError::Empty) => false,
+            Err(mpsc::TryRecvError::Empty) => Ok(false),
             // The committer thread is gone: `wait` records the failure.
             Err(mpsc::TryRecvError::Disconnected) => {
                 drop(state);
-                self.wait();
-                true
+                crate::producer::AppendGate::wait(self).map(|()| true)
             }
         }
     }
 
-    fn wait(&self) {
-        InFlight::wait(self)
+    fn wait(&self) -> Result<()> {
+        InFlight::wait(self);
+        self.open_after(&self.state.lock().unwrap_or_else(|e| e.into_inner())).map(|_| ())
     }
 }
 
+/// The gate of a producer whose transaction failed past its commit point: nothing it holds or
+/// sends is appended again. Its markers may be in some partitions and not others; recovery
+/// completes it (markers only below the prepare record's end offsets), and a later record in a
+/// partition still missing its marker would be taken into it.
+struct PastCommitPoint(String);
+
+impl crate::producer::AppendGate for PastCommitPoint {
+    fn is_open(&self) -> Result<bool> {
+        Err(past_commit_point(&self.0))
+    }
+
+    fn wait(&self) -> Result<()> {
+        Err(past_commit_point(&self.0))
+    }
+}
+
+fn past_commit_point(id: &str) -> LogError {
+    LogError::InvalidArgument(format!(
+        "the transaction of '{id}' failed past its commit point; it completes when the log is next opened, \
+         and this producer appends nothing more"
+    ))
+}
+
 impl InFlight {
-    fn new(outcome: mpsc::Receiver<CommitOutcome>) -> InFlight {
-        InFlight { state: Mutex::new(Flight::Running(outcome)) }
+    fn new(outcome: mpsc::Receiver<CommitOutcome>, id: &str) -> InFlight {
+        InFlight { state: Mutex::new(Flight::Running(outcome)), id: id.to_string() }
+    }
+
+    /// Whether appends may follow a finished commit: not after one that failed past its
+    /// commit point (see [`PastCommitPoint`]).
+    fn open_after(&self, state: &Flight) -> Result<bool> {
+        match state {
+            Flight::Done(CommitOutcome { result: Err(_), prepared: true, .. }) => Err(past_commit_point(&self.id)),
+            _ => Ok(true),
+        }
     }
 
     /// Blocks until the commit has finished.
@@ -914,6 +972,14 @@ impl Drop for TransactionalProducer {
     fn drop(&mut self) {
         if let Err(e) = self.settle() {
             tracing::warn!(transactional_id = %self.id, error = %e, "the last commit failed; the next open of the log finishes or aborts it");
+        }
+        if self.open && !self.prepared {
+            // Kafka's coordinator aborts a transaction its producer left open once it times out.
+            // Here nothing would until the log is next opened (or the id's next producer starts),
+            // and its records would hold every read-committed reader of their partitions.
+            if let Err(e) = self.abort_transaction() {
+                tracing::warn!(transactional_id = %self.id, error = %e, "could not abort the open transaction; the next open of the log aborts it");
+            }
         }
         // A fenced producer's last transaction was completed by the producer that fenced it.
         if self.log.inner.txns.check_epoch(&self.id, self.pid, self.epoch).is_err() {

@@ -543,3 +543,135 @@ fn a_commit_refused_in_flight_is_aborted_with_the_next_transaction() {
     assert_eq!(read(&log, "out", true), vec!["c"]);
     assert!(log.groups().committed("g", &TopicPartition::new("in", 0)).is_none());
 }
+
+/// Kafka's coordinator aborts a transaction whose producer went away once it times out; a
+/// producer dropped with its transaction open aborts it itself, or its records would hold every
+/// read-committed reader of their partitions until the log is next opened.
+#[test]
+fn a_producer_dropped_with_its_transaction_open_aborts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let mut a = log.transactional_producer("a", tiny.clone()).unwrap();
+    a.begin_transaction().unwrap();
+    send(&mut a, "out", 0, "left-open"); // batch_size 1: appended at once
+    let part = log.partition("out", 0).unwrap();
+    assert_eq!(part.last_stable_offset(), 0);
+    drop(a);
+    assert!(part.open_transactions().is_empty(), "aborted by the drop");
+    let mut b = log.transactional_producer("b", tiny).unwrap();
+    b.begin_transaction().unwrap();
+    send(&mut b, "out", 0, "b1");
+    b.commit_transaction(None, &[]).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["b1"], "the dropped transaction's record is never visible");
+    assert_eq!(part.last_stable_offset(), part.high_watermark());
+}
+
+/// A read-committed consumer without a committed offset that starts at the latest begins at the
+/// last stable offset, as Kafka's does: a transaction open then is read once it commits, not
+/// skipped.
+#[test]
+fn a_read_committed_consumer_starting_at_latest_reads_a_transaction_open_when_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let mut a = log.transactional_producer("a", tiny).unwrap();
+    a.begin_transaction().unwrap();
+    for v in ["x", "y", "z"] {
+        send(&mut a, "out", 0, v);
+    }
+    let mut c = log
+        .consumer(ConsumerConfig {
+            topics: vec!["out".into()],
+            auto_offset_reset: OffsetReset::Latest,
+            read_committed: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(c.poll(Duration::from_millis(10)).unwrap().is_empty());
+    a.commit_transaction(None, &[]).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        for part in c.poll(Duration::from_millis(10)).unwrap() {
+            for r in part.records() {
+                seen.push(String::from_utf8(r.unwrap().value.unwrap().to_vec()).unwrap());
+            }
+        }
+    }
+    assert_eq!(seen, vec!["x", "y", "z"]);
+}
+
+/// A roll fsyncs the producer snapshot but not the segment it closed. A power cut that tears
+/// that segment leaves the log ending before the snapshot; the snapshot must not be taken up
+/// again once new batches pass its offset, or a transaction begun below it would be missed and
+/// its records shown to read-committed readers.
+#[test]
+fn a_producer_snapshot_past_a_torn_log_end_is_never_used_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let torn = tempfile::tempdir().unwrap();
+    let image = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    let mut config = TopicConfig::default();
+    config.set("segment.bytes", "4096").unwrap();
+    log.create_topic("out", 1, config).unwrap();
+    let mut p = log.producer(garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() }).unwrap();
+    let part = log.partition("out", 0).unwrap();
+    let value = "v".repeat(1000);
+    while part.segment_count() < 2 {
+        p.send("out", garam_core::Record::new(None::<Vec<u8>>, Some(value.clone().into_bytes()))).unwrap();
+        p.flush().unwrap();
+    }
+    let rolled_at = part.high_watermark() - 1; // the snapshot's offset: the new segment's base
+    crash_image(dir.path(), torn.path());
+    drop(p);
+    drop(log);
+    // The power cut: the closed segment's last bytes never reached the disk.
+    let first = torn.path().join("topics").join("out").join("0").join("00000000000000000000.log");
+    let len = std::fs::metadata(&first).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&first).unwrap().set_len(len - 10).unwrap();
+
+    let log = Log::open_with(torn.path(), quiet()).unwrap();
+    let part = log.partition("out", 0).unwrap();
+    assert_eq!(part.high_watermark(), rolled_at - 1, "the torn record is cut");
+    let mut a = log
+        .transactional_producer("a", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() })
+        .unwrap();
+    a.begin_transaction().unwrap();
+    send(&mut a, "out", 0, "u1"); // at rolled_at - 1
+    send(&mut a, "out", 0, "u2"); // at rolled_at: the log now reaches the snapshot's offset
+    crash_image(torn.path(), image.path());
+    drop(a);
+    drop(log);
+
+    let log = Log::open_with(image.path(), quiet()).unwrap();
+    let shown: Vec<String> = read(&log, "out", true).into_iter().filter(|v| v.starts_with('u')).collect();
+    assert!(shown.is_empty(), "an open transaction's records shown to read-committed readers: {shown:?}");
+    let all = read(&log, "out", false);
+    assert!(all.contains(&"u1".to_string()) && all.contains(&"u2".to_string()), "both are in the log: {all:?}");
+}
+
+/// A fenced producer's send to a partition its transaction had not written yet fails before the
+/// record can be appended: nothing it sends reaches a partition the new producer's fencing never
+/// reached, where it would hold the last stable offset and join the new producer's transaction.
+#[test]
+fn a_fenced_producer_appends_nothing_to_a_partition_it_had_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("out", 2, TopicConfig::default()).unwrap();
+    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let mut old = log.transactional_producer("x", tiny.clone()).unwrap();
+    old.begin_transaction().unwrap();
+    send(&mut old, "out", 0, "z0");
+    let mut new = log.transactional_producer("x", tiny).unwrap(); // fences `old`
+    let sent = old.send_raw("out", Some(1), Some(b"z1"), Some(b"z1"), 0, &[]);
+    assert!(matches!(sent, Err(LogError::ProducerFenced { .. })), "{sent:?}");
+    drop(old);
+    assert!(log.partition("out", 1).unwrap().open_transactions().is_empty(), "nothing of `old` in partition 1");
+    new.begin_transaction().unwrap();
+    send(&mut new, "out", 1, "n1");
+    new.commit_transaction(None, &[]).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["n1"]);
+    assert_eq!(read(&log, "out", false), vec!["n1", "z0"], "z0 was appended before the fencing, and aborted by it");
+}
