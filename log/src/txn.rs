@@ -86,7 +86,7 @@ struct TxnMeta {
 /// The transaction coordinator of a log: transactional ids, epochs, and the transaction log.
 pub struct TransactionCoordinator {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Mutex<TxnLog>,
     txns: Mutex<HashMap<String, TxnMeta>>,
     /// Per transactional id, its last committed transaction until it is recorded complete. Kept
     /// here, not in the producer, so that a new producer for the id (fencing the old one) or a
@@ -96,15 +96,98 @@ pub struct TransactionCoordinator {
 
 const VERSION: u8 = 1;
 
+/// The transaction log's file, and what replaying it gives — kept as records are written, so
+/// that it can be rewritten with that alone once it grows past `compact_at` bytes.
+struct TxnLog {
+    file: File,
+    len: u64,
+    state: Replayed,
+    compact_at: u64,
+}
+
+impl TxnLog {
+    /// Rewrites the file with each id's `Init` and its prepare record still open, which replay
+    /// to the same state: into a new file, fsynced, renamed over the old one, and the directory
+    /// fsynced. A crash leaves either file whole.
+    fn compact(&mut self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("log.compacting");
+        let mut out = Vec::new();
+        let mut inits: Vec<_> = self.state.inits.iter().collect();
+        inits.sort();
+        for (id, (pid, epoch)) in inits {
+            out.extend_from_slice(&frame(&TxnRecord::Init { id: id.clone(), pid: *pid, epoch: *epoch })?);
+        }
+        let mut prepared: Vec<_> = self.state.prepared.iter().collect();
+        prepared.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, rec) in prepared {
+            out.extend_from_slice(&frame(rec)?);
+        }
+        fs::write(&tmp, &out)
+            .and_then(|()| File::open(&tmp)?.sync_all())
+            .map_err(LogError::io("write compacted transaction log", &tmp))?;
+        // Appending, as the log's own handle does: a failed write truncates back to its start.
+        let file =
+            OpenOptions::new().append(true).open(&tmp).map_err(LogError::io("open compacted transaction log", &tmp))?;
+        fs::rename(&tmp, path).map_err(LogError::io("rename compacted transaction log", path))?;
+        // From here the file at `path` is the new one, whatever happens next.
+        let before = self.len;
+        (self.file, self.len) = (file, out.len() as u64);
+        tracing::info!(path = %path.display(), before, after = self.len, "compacted the transaction log");
+        crate::index::sync_parent(path)
+    }
+}
+
+/// What replaying the transaction log gives: each id's last `Init` (producer id and epoch), and
+/// its prepare record not yet followed by a `Complete` of the same producer.
+#[derive(Default)]
+struct Replayed {
+    inits: HashMap<String, (i64, i16)>,
+    prepared: HashMap<String, TxnRecord>,
+}
+
+impl Replayed {
+    fn apply(&mut self, rec: &TxnRecord) {
+        match rec {
+            TxnRecord::Init { id, pid, epoch } => {
+                self.inits.insert(id.clone(), (*pid, *epoch));
+            }
+            TxnRecord::PrepareCommit { id, .. } | TxnRecord::PrepareAbort { id, .. } => {
+                self.prepared.insert(id.clone(), rec.clone());
+            }
+            TxnRecord::Complete { id, pid, epoch } => {
+                // Only the transaction it names: a producer completes its last transaction
+                // lazily (see `TransactionalProducer::commit_transaction`), so a record of an
+                // older epoch may follow a newer epoch's prepare record.
+                if self.prepared.get(id).is_some_and(|p| p.producer() == (*pid, *epoch)) {
+                    self.prepared.remove(id);
+                }
+            }
+        }
+    }
+}
+
+/// One record as the transaction log holds it: length, CRC-32C, then the version and JSON.
+fn frame(rec: &TxnRecord) -> Result<Vec<u8>> {
+    let json = serde_json::to_vec(rec).map_err(|e| LogError::InvalidArgument(e.to_string()))?;
+    let mut body = Vec::with_capacity(json.len() + 1);
+    body.push(VERSION);
+    body.extend_from_slice(&json);
+    let mut frame = Vec::with_capacity(body.len() + 8);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
 impl TransactionCoordinator {
-    pub(crate) fn open(dir: &Path) -> Result<TransactionCoordinator> {
+    pub(crate) fn open(dir: &Path, compact_at: u64) -> Result<TransactionCoordinator> {
         fs::create_dir_all(dir).map_err(LogError::io("create transactions dir", dir))?;
         let path = dir.join("transactions.log");
         let mut raw = Vec::new();
         if let Ok(mut f) = File::open(&path) {
             f.read_to_end(&mut raw).map_err(LogError::io("read transaction log", &path))?;
         }
-        let mut txns: HashMap<String, TxnMeta> = HashMap::new();
+        let mut replayed = Replayed::default();
         let mut pos = 0;
         while pos + 8 <= raw.len() {
             let len = u32::from_be_bytes([raw[pos], raw[pos + 1], raw[pos + 2], raw[pos + 3]]) as usize;
@@ -114,37 +197,39 @@ impl TransactionCoordinator {
                 break;
             }
             let Ok(rec) = serde_json::from_slice::<TxnRecord>(&body[1..]) else { break };
-            match &rec {
-                TxnRecord::Init { id, pid, epoch } => {
-                    let m = txns.entry(id.clone()).or_default();
-                    (m.pid, m.epoch) = (*pid, *epoch);
-                }
-                TxnRecord::PrepareCommit { id, .. } | TxnRecord::PrepareAbort { id, .. } => {
-                    txns.entry(id.clone()).or_default().pending = Some(rec.clone());
-                }
-                TxnRecord::Complete { id, pid, epoch } => {
-                    // Only the transaction it names: a producer completes its last transaction
-                    // lazily (see `TransactionalProducer::commit_transaction`), so a record
-                    // of an older epoch may follow a newer epoch's prepare record.
-                    let m = txns.entry(id.clone()).or_default();
-                    if m.pending.as_ref().is_some_and(|p| p.producer() == (*pid, *epoch)) {
-                        m.pending = None;
-                    }
-                }
-            }
+            replayed.apply(&rec);
             pos += 8 + len;
         }
+        let existed = path.exists();
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(LogError::io("open transaction log", &path))?;
+        if !existed {
+            // A new file and directory: their entries must survive a power cut like the first
+            // prepare record written into them.
+            crate::index::sync_parent(&path)?;
+            crate::index::sync_parent(dir)?;
+        }
         if pos < raw.len() {
             file.set_len(pos as u64).map_err(LogError::io("truncate transaction log", &path))?;
         }
+        let mut txns: HashMap<String, TxnMeta> = HashMap::new();
+        for (id, (pid, epoch)) in &replayed.inits {
+            let m = txns.entry(id.clone()).or_default();
+            (m.pid, m.epoch) = (*pid, *epoch);
+        }
+        for (id, rec) in &replayed.prepared {
+            txns.entry(id.clone()).or_default().pending = Some(rec.clone());
+        }
+        let mut log = TxnLog { file, len: pos as u64, state: replayed, compact_at };
+        if log.len > compact_at {
+            log.compact(&path)?;
+        }
         Ok(TransactionCoordinator {
             path,
-            file: Mutex::new(file),
+            file: Mutex::new(log),
             txns: Mutex::new(txns),
             unfinished: Mutex::new(HashMap::new()),
         })
@@ -155,21 +240,21 @@ impl TransactionCoordinator {
     }
 
     fn write(&self, rec: &TxnRecord, sync: bool) -> Result<()> {
-        let json = serde_json::to_vec(rec).map_err(|e| LogError::InvalidArgument(e.to_string()))?;
-        let mut body = Vec::with_capacity(json.len() + 1);
-        body.push(VERSION);
-        body.extend_from_slice(&json);
-        let mut frame = Vec::with_capacity(body.len() + 8);
-        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
-        frame.extend_from_slice(&body);
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let len = f.metadata().map_err(LogError::io("stat transaction log", &self.path))?.len();
+        let frame = frame(rec)?;
+        let mut log = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len > log.compact_at {
+            // Before the record, not after: a failed compaction fails this write, cleanly.
+            log.compact(&self.path)?;
+        }
+        let len = log.len;
+        let f = &mut log.file;
         let r = f.write_all(&frame).and_then(|()| if sync { f.sync_data() } else { Ok(()) });
         if let Err(e) = r {
             let _ = f.set_len(len);
             return Err(LogError::Io { context: "write transaction log", path: self.path.clone(), source: e });
         }
+        log.len += frame.len() as u64;
+        log.state.apply(rec);
         Ok(())
     }
 

@@ -675,3 +675,43 @@ fn a_fenced_producer_appends_nothing_to_a_partition_it_had_not_written() {
     assert_eq!(read(&log, "out", true), vec!["n1"]);
     assert_eq!(read(&log, "out", false), vec!["n1", "z0"], "z0 was appended before the fencing, and aborted by it");
 }
+
+/// The transaction log holds two records per commit; an exactly-once application committing
+/// every 100 ms would grow it without end, and every open reads it whole. Past its limit it is
+/// rewritten with what recovery needs, and recovery after a crash finds the same: the epochs
+/// (a new producer still fences the old), and the last transaction, committed but not yet
+/// recorded complete.
+#[test]
+fn the_transaction_log_is_compacted_past_its_limit_and_recovers_the_same() {
+    let options = || LogOptions { background: false, transaction_log_compact_bytes: 4096, ..Default::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let image = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), options()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 2, TopicConfig::default()).unwrap();
+    let tp = TopicPartition::new("in", 0);
+    let g = GroupMetadata { group: "g".into(), member_id: None };
+    let mut a = log.transactional_producer("a", Default::default()).unwrap();
+    let mut b = log.transactional_producer("b", Default::default()).unwrap();
+    for i in 0..300u64 {
+        a.begin_transaction().unwrap();
+        send(&mut a, "out", (i % 2) as u32, &format!("a{i}"));
+        a.commit_transaction(Some(&g), &[(tp.clone(), i + 1)]).unwrap();
+    }
+    b.begin_transaction().unwrap();
+    send(&mut b, "out", 0, "b-open");
+    let file = dir.path().join("transactions").join("transactions.log");
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(size < 8192, "compacted: {size} bytes after 300 commits");
+    let (pid, epoch) = a.producer_id_and_epoch();
+    crash_image(dir.path(), image.path());
+    drop((a, b, log));
+
+    let log = Log::open_with(image.path(), options()).unwrap();
+    let committed = read(&log, "out", true);
+    assert_eq!(committed.len(), 300, "every commit, and b's open transaction aborted");
+    assert!(!committed.contains(&"b-open".to_string()));
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 300);
+    let a = log.transactional_producer("a", Default::default()).unwrap();
+    assert_eq!(a.producer_id_and_epoch(), (pid, epoch + 1), "the epoch survived the compaction");
+}

@@ -65,8 +65,15 @@ impl OffsetStore {
             records += 1;
             pos += 8 + len;
         }
+        let existed = path.exists();
         let file =
             OpenOptions::new().create(true).append(true).open(&path).map_err(LogError::io("open offsets", &path))?;
+        if !existed {
+            // A new file and directory: their entries must survive a power cut like the first
+            // commit written into them.
+            crate::index::sync_parent(&path)?;
+            crate::index::sync_parent(dir)?;
+        }
         if pos < raw.len() {
             tracing::warn!(file = %path.display(), valid = pos, len = raw.len(), "cutting a torn tail off the offsets file");
             file.set_len(pos as u64).map_err(LogError::io("truncate offsets", &path))?;
