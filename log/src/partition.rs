@@ -94,6 +94,10 @@ pub struct Partition {
     /// Set when its topic is deleted: handles still held (a producer's) must not append to a
     /// partition whose files are gone.
     deleted: std::sync::atomic::AtomicBool,
+    /// An fsync failed. Linux may have dropped the dirty pages it could not write and report
+    /// success to the next fsync, so no later flush is believed: flushes fail until the log is
+    /// reopened, whose recovery validates what is really on disk.
+    fsync_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Partition {
@@ -202,6 +206,7 @@ impl Partition {
             waiters: Mutex::new(Vec::new()),
             cleaner: Mutex::new(()),
             deleted: std::sync::atomic::AtomicBool::new(false),
+            fsync_failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -506,6 +511,13 @@ impl Partition {
             if self.flushed.load(Ordering::Acquire) >= target {
                 return Ok(());
             }
+            if self.fsync_failed.load(Ordering::Acquire) {
+                return Err(LogError::Io {
+                    context: "fsync partition (an earlier fsync failed: reopen the log)",
+                    path: self.dir.clone(),
+                    source: std::io::Error::other("an earlier fsync of this partition failed"),
+                });
+            }
             if !*busy {
                 *busy = true;
                 drop(busy);
@@ -525,8 +537,8 @@ impl Partition {
                     *self.last_flush.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                     self.maybe_write_recovery_point(upto);
                 } else {
-                    // Put them back so the next flush retries.
-                    self.state().unsynced.extend(segs.into_iter().filter(|s| s.len() > 0));
+                    tracing::error!(partition = %self.name, "fsync failed; this partition flushes no more until the log is reopened");
+                    self.fsync_failed.store(true, Ordering::Release);
                 }
                 self.flush_cv.notify_all();
                 r?;
