@@ -622,3 +622,59 @@ fn partitions_lost_without_a_commit_are_not_checkpointed() {
     assert_eq!(counts["k0"], 3, "{counts:?}");
     assert!(counts.iter().filter(|(k, _)| *k != "k0").all(|(_, n)| *n == 2), "counted once: {counts:?}");
 }
+
+/// A standby whose changelog holds a record it cannot apply is reported and retried; it does not
+/// hold up the instance's other standbys, which keep applying what their changelogs gain.
+#[test]
+fn a_standby_that_cannot_apply_its_changelog_holds_up_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 4, TopicConfig::default()).unwrap();
+    log.create_topic("out", 4, TopicConfig::default()).unwrap();
+    let make = |state: &str| {
+        let mut c = AppConfig::new("standbys");
+        c.num_threads = 1;
+        c.commit_interval = Duration::from_millis(50);
+        c.state_dir = Some(dir.path().join(state));
+        c.set("num.standby.replicas", "1").unwrap();
+        App::new(topology(false), c, Arc::new(log.clone())).unwrap()
+    };
+    let (mut a, mut b) = (make("a"), make("b"));
+    a.start().unwrap();
+    b.start().unwrap();
+    let tasks = |app: &App| -> Vec<u32> {
+        let mut t: Vec<u32> =
+            app.metrics().tasks.values().flatten().map(|id| id.rsplit('_').next().unwrap().parse().unwrap()).collect();
+        t.sort();
+        t
+    };
+    wait_for("two tasks and two standbys each", || {
+        tasks(&a).len() == 2 && tasks(&b).len() == 2 && a.metrics().standby_tasks == 2 && b.metrics().standby_tasks == 2
+    });
+    // `b` keeps standbys of `a`'s tasks: break the first one's changelog.
+    let (broken, healthy) = (tasks(&a)[0], tasks(&a)[1]);
+    let mut p = log.producer(Default::default()).unwrap();
+    p.send_to("standbys-counts-changelog", Some(broken), garam::core::Record::new(Some("bad"), Some(vec![9u8, 0])))
+        .unwrap();
+    p.flush().unwrap();
+    let before = b.metrics().standby_restored;
+    for i in 0..100 {
+        p.send_to("in", Some(healthy), garam::core::Record::new(Some(format!("k{i}")), Some("x"))).unwrap();
+    }
+    p.flush().unwrap();
+    wait_for("the healthy standby to apply its changelog", || b.metrics().standby_restored >= before + 100);
+    // An active task that restores the broken changelog (after a rebalance) fails, naming it.
+    for app in [&mut a, &mut b] {
+        if let Err(e) = app.close() {
+            assert!(e.to_string().contains("standbys-counts-changelog"), "{e}");
+        }
+    }
+}
+
+fn wait_for(what: &str, ok: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

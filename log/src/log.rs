@@ -446,6 +446,9 @@ fn spawn_background(log: Weak<Inner>, stop: Arc<(Mutex<bool>, Condvar)>, retenti
                 let log = Log { inner };
                 for t in log.topics() {
                     for p in t.partitions() {
+                        if p.fsync_failed() {
+                            continue; // reported once, when it failed
+                        }
                         if let Err(e) = p.flush_if_due() {
                             tracing::warn!(partition = %format!("{}-{}", p.topic(), p.id()), error = %e, "background flush failed");
                         }

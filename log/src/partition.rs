@@ -261,6 +261,11 @@ impl Partition {
         }
     }
 
+    /// True once an fsync of this partition failed: it flushes no more until the log is reopened.
+    pub fn fsync_failed(&self) -> bool {
+        self.fsync_failed.load(Ordering::Acquire)
+    }
+
     /// Offsets below this are visible to readers.
     pub fn high_watermark(&self) -> u64 {
         self.high_watermark.load(Ordering::Acquire)

@@ -319,7 +319,7 @@ impl Producer {
             (None, Some(k)) => partition_for_key(k, n),
             (None, None) => st.sticky,
         };
-        if !self.topics[t].batches[p as usize].reported {
+        if !self.reported(t, p) {
             first(p)?;
             self.report(t, p);
         }
@@ -339,6 +339,11 @@ impl Producer {
             return Err(LogError::UnknownPartition { topic: topic.to_string(), partition, partitions: n });
         }
         Ok(t)
+    }
+
+    /// True when partition `p` of topic slot `t` was reported since [`Self::take_touched`].
+    pub(crate) fn reported(&self, t: usize, p: u32) -> bool {
+        self.topics[t].batches[p as usize].reported
     }
 
     /// True the first time partition `p` of topic slot `t` is reported since the last

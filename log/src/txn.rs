@@ -103,6 +103,26 @@ struct TxnLog {
     len: u64,
     state: Replayed,
     compact_at: u64,
+    /// The size the last compaction left: the next waits until the file is twice that, so that
+    /// many ids' records alone past `compact_at` do not rewrite it at every write.
+    compacted_len: u64,
+    /// A compaction's rename is not known durable (its directory fsync failed): nothing more is
+    /// written until it is, or a commit point could land in a file a power cut undoes.
+    rename_unsynced: bool,
+}
+
+impl TxnLog {
+    /// Makes the file ready for a write: a pending directory fsync done, compacted if due.
+    fn prepare_write(&mut self, path: &Path) -> Result<()> {
+        if self.rename_unsynced {
+            crate::index::sync_parent(path)?;
+            self.rename_unsynced = false;
+        }
+        if self.len > self.compact_at.max(2 * self.compacted_len) {
+            self.compact(path)?;
+        }
+        Ok(())
+    }
 }
 
 impl TxnLog {
@@ -131,9 +151,12 @@ impl TxnLog {
         fs::rename(&tmp, path).map_err(LogError::io("rename compacted transaction log", path))?;
         // From here the file at `path` is the new one, whatever happens next.
         let before = self.len;
-        (self.file, self.len) = (file, out.len() as u64);
+        (self.file, self.len, self.compacted_len) = (file, out.len() as u64, out.len() as u64);
         tracing::info!(path = %path.display(), before, after = self.len, "compacted the transaction log");
-        crate::index::sync_parent(path)
+        self.rename_unsynced = true;
+        crate::index::sync_parent(path)?;
+        self.rename_unsynced = false;
+        Ok(())
     }
 }
 
@@ -223,10 +246,9 @@ impl TransactionCoordinator {
         for (id, rec) in &replayed.prepared {
             txns.entry(id.clone()).or_default().pending = Some(rec.clone());
         }
-        let mut log = TxnLog { file, len: pos as u64, state: replayed, compact_at };
-        if log.len > compact_at {
-            log.compact(&path)?;
-        }
+        let mut log =
+            TxnLog { file, len: pos as u64, state: replayed, compact_at, compacted_len: 0, rename_unsynced: false };
+        log.prepare_write(&path)?;
         Ok(TransactionCoordinator {
             path,
             file: Mutex::new(log),
@@ -242,10 +264,8 @@ impl TransactionCoordinator {
     fn write(&self, rec: &TxnRecord, sync: bool) -> Result<()> {
         let frame = frame(rec)?;
         let mut log = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if log.len > log.compact_at {
-            // Before the record, not after: a failed compaction fails this write, cleanly.
-            log.compact(&self.path)?;
-        }
+        // Before the record, not after: a failed compaction fails this write, cleanly.
+        log.prepare_write(&self.path)?;
         let len = log.len;
         let f = &mut log.file;
         let r = f.write_all(&frame).and_then(|()| if sync { f.sync_data() } else { Ok(()) });
@@ -626,8 +646,9 @@ impl TransactionalProducer {
             return Err(LogError::InvalidArgument("send outside a transaction: call begin_transaction first".into()));
         }
         let t = self.producer.partition_slot(topic, partition)?;
-        if self.producer.report(t, partition) {
+        if !self.producer.reported(t, partition) {
             self.join_partition(TopicPartition::new(topic, partition))?;
+            self.producer.report(t, partition);
         }
         let producer = &mut self.producer;
         Ok(records(&mut |key, value| {
@@ -729,13 +750,11 @@ impl TransactionalProducer {
     fn settle(&mut self) -> Result<()> {
         let Some(flight) = self.in_flight.take() else { return Ok(()) };
         let outcome = flight.take();
-        if outcome.result.is_err() && outcome.prepared {
-            // Past its commit point, the transaction can only complete, at recovery: a record
-            // appended now to a partition still missing its marker would be taken into it.
-            self.producer.set_gate(Some(Arc::new(PastCommitPoint(self.id.clone()))));
-        } else {
-            self.producer.set_gate(None);
-        }
+        // Past its commit point, the transaction can only complete, at recovery; a fenced
+        // producer's next records reached partitions its fencer knows nothing of. Either way
+        // nothing more is appended.
+        let shut = Shut::after(&self.id, &outcome).map(|s| Arc::new(s) as Arc<dyn crate::producer::AppendGate>);
+        self.producer.set_gate(shut);
         // Partitions first written while the commit was in flight join the transaction now: the
         // coordinator forgets the committed transaction's partitions when it completes.
         let deferred = std::mem::take(&mut self.deferred);
@@ -943,19 +962,46 @@ impl crate::producer::AppendGate for InFlight {
     }
 }
 
-/// The gate of a producer whose transaction failed past its commit point: nothing it holds or
-/// sends is appended again. Its markers may be in some partitions and not others; recovery
-/// completes it (markers only below the prepare record's end offsets), and a later record in a
-/// partition still missing its marker would be taken into it.
-struct PastCommitPoint(String);
+/// The gate of a producer that may append nothing more: nothing it holds or sends is appended.
+enum Shut {
+    /// Its transaction failed past its commit point. Its markers may be in some partitions and
+    /// not others; recovery completes it (markers only below the prepare record's end offsets),
+    /// and a later record in a partition still missing its marker would be taken into it.
+    PastCommitPoint(String),
+    /// It was fenced while a commit was in flight: the partitions its next transaction began in
+    /// were never registered, so the fencer's abort did not reach them.
+    Fenced { producer_id: i64, epoch: i16, current_epoch: i16 },
+}
 
-impl crate::producer::AppendGate for PastCommitPoint {
+impl Shut {
+    /// After a commit's outcome: the gate it leaves, if any.
+    fn after(id: &str, outcome: &CommitOutcome) -> Option<Shut> {
+        match &outcome.result {
+            Err(_) if outcome.prepared => Some(Shut::PastCommitPoint(id.to_string())),
+            Err(LogError::ProducerFenced { producer_id, epoch, current_epoch }) => {
+                Some(Shut::Fenced { producer_id: *producer_id, epoch: *epoch, current_epoch: *current_epoch })
+            }
+            _ => None,
+        }
+    }
+
+    fn error(&self) -> LogError {
+        match self {
+            Shut::PastCommitPoint(id) => past_commit_point(id),
+            Shut::Fenced { producer_id, epoch, current_epoch } => {
+                LogError::ProducerFenced { producer_id: *producer_id, epoch: *epoch, current_epoch: *current_epoch }
+            }
+        }
+    }
+}
+
+impl crate::producer::AppendGate for Shut {
     fn is_open(&self) -> Result<bool> {
-        Err(past_commit_point(&self.0))
+        Err(self.error())
     }
 
     fn wait(&self) -> Result<()> {
-        Err(past_commit_point(&self.0))
+        Err(self.error())
     }
 }
 
@@ -975,7 +1021,7 @@ impl InFlight {
     /// commit point (see [`PastCommitPoint`]).
     fn open_after(&self, state: &Flight) -> Result<bool> {
         match state {
-            Flight::Done(CommitOutcome { result: Err(_), prepared: true, .. }) => Err(past_commit_point(&self.id)),
+            Flight::Done(outcome) => Shut::after(&self.id, outcome).map_or(Ok(true), |shut| Err(shut.error())),
             _ => Ok(true),
         }
     }
@@ -984,9 +1030,11 @@ impl InFlight {
     fn wait(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Flight::Running(outcome) = &*state {
+            // An unknown outcome may be past its commit point: it counts as prepared, so that
+            // nothing aborts it (recovery completes it, or aborts it if it never prepared).
             let outcome = outcome.recv().unwrap_or_else(|_| CommitOutcome {
                 result: Err(LogError::InvalidArgument("the committer thread ended without an answer".into())),
-                prepared: false,
+                prepared: true,
                 partitions: Vec::new(),
             });
             *state = Flight::Done(outcome);

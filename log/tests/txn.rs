@@ -652,11 +652,10 @@ fn a_producer_snapshot_past_a_torn_log_end_is_never_used_again() {
     assert!(all.contains(&"u1".to_string()) && all.contains(&"u2".to_string()), "both are in the log: {all:?}");
 }
 
-/// A fenced producer's send to a partition its transaction had not written yet fails before the
-/// record can be appended: nothing it sends reaches a partition the new producer's fencing never
-/// reached, where it would hold the last stable offset and join the new producer's transaction.
-#[test]
-fn a_fenced_producer_appends_nothing_to_a_partition_it_had_not_written() {
+/// A log with a two-partition topic `out`, and a producer for `x` (batches of one record) with a
+/// transaction open that has appended "z0" to partition 0.
+fn open_transaction_of_x(
+) -> (tempfile::TempDir, Log, garam_log::txn::TransactionalProducer, garam_log::producer::ProducerConfig) {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     log.create_topic("out", 2, TopicConfig::default()).unwrap();
@@ -664,6 +663,15 @@ fn a_fenced_producer_appends_nothing_to_a_partition_it_had_not_written() {
     let mut old = log.transactional_producer("x", tiny.clone()).unwrap();
     old.begin_transaction().unwrap();
     send(&mut old, "out", 0, "z0");
+    (dir, log, old, tiny)
+}
+
+/// A fenced producer's send to a partition its transaction had not written yet fails before the
+/// record can be appended: nothing it sends reaches a partition the new producer's fencing never
+/// reached, where it would hold the last stable offset and join the new producer's transaction.
+#[test]
+fn a_fenced_producer_appends_nothing_to_a_partition_it_had_not_written() {
+    let (_dir, log, mut old, tiny) = open_transaction_of_x();
     let mut new = log.transactional_producer("x", tiny).unwrap(); // fences `old`
     let sent = old.send_raw("out", Some(1), Some(b"z1"), Some(b"z1"), 0, &[]);
     assert!(matches!(sent, Err(LogError::ProducerFenced { .. })), "{sent:?}");
@@ -714,4 +722,26 @@ fn the_transaction_log_is_compacted_past_its_limit_and_recovers_the_same() {
     assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 300);
     let a = log.transactional_producer("a", Default::default()).unwrap();
     assert_eq!(a.producer_id_and_epoch(), (pid, epoch + 1), "the epoch survived the compaction");
+}
+
+/// The same while a commit is in flight: a partition first written then joins only once the
+/// commit settles, so its epoch is checked at once; and a fenced producer appends nothing more,
+/// whether its commit in flight got in before the fence or was refused.
+#[test]
+fn a_producer_fenced_with_a_commit_in_flight_appends_nothing_more() {
+    let (_dir, log, mut old, tiny) = open_transaction_of_x();
+    old.start_commit(None, &[]).unwrap();
+    old.begin_transaction().unwrap();
+    let _new = log.transactional_producer("x", tiny).unwrap(); // fences `old`
+    let sent = old.send_raw("out", Some(1), Some(b"z1"), Some(b"z1"), 0, &[]);
+    assert!(matches!(sent, Err(LogError::ProducerFenced { .. })), "{sent:?}");
+    let _ = old.await_commit(); // committed before the fence, or refused by it
+    let again = old.send_raw("out", Some(0), Some(b"z2"), Some(b"z2"), 0, &[]);
+    assert!(matches!(again, Err(LogError::ProducerFenced { .. })), "{again:?}");
+    drop(old);
+    assert_eq!(read(&log, "out", false), vec!["z0"], "only what it wrote before the fence");
+    assert!(read(&log, "out", true).iter().all(|v| v == "z0"));
+    for p in 0..2 {
+        assert!(log.partition("out", p).unwrap().open_transactions().is_empty(), "partition {p}");
+    }
 }

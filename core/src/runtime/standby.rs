@@ -137,10 +137,16 @@ fn step(shared: &Shared, standbys: &mut BTreeMap<TaskId, Standby>) -> Result<()>
             &reader,
             shared.eos(),
             &shared.store_context,
-        )?;
-        if let Some(stores) = opened {
-            tracing::info!(task = %id, "opened standby");
-            standbys.insert(*id, Standby { stores, checkpointed: 0, last_checkpoint: Instant::now(), failing: None });
+        );
+        match opened {
+            Ok(Some(stores)) => {
+                tracing::info!(task = %id, "opened standby");
+                standbys
+                    .insert(*id, Standby { stores, checkpointed: 0, last_checkpoint: Instant::now(), failing: None });
+            }
+            Ok(None) => {}
+            // One task's stores failing to open hold up no other standby; it is tried next round.
+            Err(e) => tracing::warn!(task = %id, error = %e, "opening a standby failed; the others go on"),
         }
     }
     let deadline = Instant::now() + Duration::from_millis(100);

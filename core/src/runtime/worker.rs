@@ -217,8 +217,9 @@ enum Event {
     /// Revoked after their last changes were committed: their stores are checkpointed.
     Revoked(Vec<TopicPartition>),
     /// Gone without a commit of their last changes (the session expired, or the commit on
-    /// revoke failed): closed without a checkpoint, as Kafka Streams closes them dirty; their
-    /// stores may hold updates their changelogs lack.
+    /// revoke failed): closed without writing a checkpoint, as Kafka Streams closes them dirty;
+    /// their stores may hold updates their changelogs lack. An older checkpoint stays (under
+    /// at-least-once): the next owner here replays the changelog from it.
     Lost(Vec<TopicPartition>),
 }
 
@@ -697,8 +698,12 @@ pub(crate) fn run(
     let mut tasks = tasks.borrow_mut();
     let ids: BTreeSet<TaskId> = tasks.keys().copied().collect();
     // A refused final commit aborted the transaction: the stores hold its updates, so they must
-    // not be checkpointed.
-    let clean = result.is_ok() && commit.is_ok() && !lock(&state).dirty;
+    // not be checkpointed; nor after a commit on revoke that failed (the listener then reports
+    // the partitions lost, or the worker failed).
+    let clean = result.is_ok() && commit.is_ok() && {
+        let st = lock(&state);
+        !st.dirty && !st.failed && !st.events.iter().any(|e| matches!(e, Event::Lost(_)))
+    };
     close_tasks(&shared, &mut tasks, &ids, clean);
     shared.metrics.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
     shared.metrics.lag.lock().unwrap_or_else(|e| e.into_inner()).remove(&member);
