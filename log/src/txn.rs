@@ -546,8 +546,6 @@ pub struct TransactionalProducer {
     prepared: bool,
     /// The commit [`Self::start_commit`] handed to the committer, until its outcome is taken.
     in_flight: Option<Arc<InFlight>>,
-    /// Partitions the open transaction first wrote while a commit was in flight.
-    deferred: Vec<TopicPartition>,
     committer: Committer,
 }
 
@@ -580,7 +578,6 @@ impl TransactionalProducer {
             partitions: Default::default(),
             prepared: false,
             in_flight: None,
-            deferred: Vec::new(),
             committer: Committer::default(),
         })
     }
@@ -620,17 +617,16 @@ impl TransactionalProducer {
         }
         // The partition joins before its first record is queued (and so before any append): a
         // fenced producer must not leave records in a partition its fencer knows nothing of.
-        let (log, id, pid, epoch) = (&self.log, &self.id, self.pid, self.epoch);
-        let (in_flight, deferred) = (self.in_flight.is_some(), &mut self.deferred);
+        let (log, id, pid, epoch, in_flight) = (&self.log, &self.id, self.pid, self.epoch, self.in_flight.as_deref());
         self.producer.send_reporting(topic, partition, key, value, timestamp, headers, |p| {
-            join_partition(log, id, pid, epoch, in_flight, deferred, TopicPartition::new(topic, p))
+            join_partition(log, id, pid, epoch, in_flight, TopicPartition::new(topic, p))
         })?;
         Ok(())
     }
 
     /// See [`join_partition`].
     fn join_partition(&mut self, tp: TopicPartition) -> Result<()> {
-        join_partition(&self.log, &self.id, self.pid, self.epoch, self.in_flight.is_some(), &mut self.deferred, tp)
+        join_partition(&self.log, &self.id, self.pid, self.epoch, self.in_flight.as_deref(), tp)
     }
 
     /// Queues records without headers for one partition, all at `timestamp`: `records` hands
@@ -726,7 +722,7 @@ impl TransactionalProducer {
         };
         self.open = false;
         self.partitions.clear();
-        let flight = Arc::new(InFlight::new(outcome, &self.id));
+        let flight = Arc::new(InFlight::new(outcome, &self.log, &self.id, self.pid, self.epoch));
         self.committer.submit(job);
         self.producer.set_gate(Some(flight.clone()));
         self.in_flight = Some(flight);
@@ -755,13 +751,18 @@ impl TransactionalProducer {
         // nothing more is appended.
         let shut = Shut::after(&self.id, &outcome).map(|s| Arc::new(s) as Arc<dyn crate::producer::AppendGate>);
         self.producer.set_gate(shut);
-        // Partitions first written while the commit was in flight join the transaction now: the
-        // coordinator forgets the committed transaction's partitions when it completes.
-        let deferred = std::mem::take(&mut self.deferred);
+        // Partitions first written while the commit was in flight join the transaction now, if
+        // the gate's opening has not registered them already: the coordinator forgets the
+        // committed transaction's partitions when it completes.
+        let (deferred, registered) = flight.take_joins();
         match outcome.result {
             Ok(()) => {
-                for tp in &deferred {
-                    self.log.inner.txns.add_partition(&self.id, self.pid, self.epoch, tp)?;
+                for tp in &deferred[registered..] {
+                    if let Err(e) = self.log.inner.txns.add_partition(&self.id, self.pid, self.epoch, tp) {
+                        // Fenced since: what is held for unregistered partitions must never go.
+                        self.producer.set_gate(Some(Arc::new(Shut::Unregistered(e.to_string()))));
+                        return Err(e);
+                    }
                 }
                 Ok(())
             }
@@ -814,23 +815,26 @@ impl TransactionalProducer {
 }
 
 /// Registers a partition of the open transaction with the coordinator (which aborts it if a
-/// new producer fences this one) — after the commit in flight, which forgets its own; until
-/// then the epoch is only checked, so that a producer fenced already fails here.
+/// new producer fences this one) — after the commit in flight, which forgets its own. Until
+/// then the epoch is only checked, so that a producer fenced already fails here, and the
+/// partition waits in the flight's joins: the gate registers them when it opens, before any
+/// batch held for them is appended.
 fn join_partition(
     log: &Log,
     id: &str,
     pid: i64,
     epoch: i16,
-    in_flight: bool,
-    deferred: &mut Vec<TopicPartition>,
+    in_flight: Option<&InFlight>,
     tp: TopicPartition,
 ) -> Result<()> {
-    if in_flight {
-        log.inner.txns.check_epoch(id, pid, epoch)?;
-        deferred.push(tp);
-        return Ok(());
+    match in_flight {
+        Some(flight) if !flight.joins_registered() => {
+            log.inner.txns.check_epoch(id, pid, epoch)?;
+            flight.joins().partitions.push(tp);
+            Ok(())
+        }
+        _ => log.inner.txns.add_partition(id, pid, epoch, &tp),
     }
-    log.inner.txns.add_partition(id, pid, epoch, &tp)
 }
 
 /// What a commit hands its committer thread: the rest of the commit, once the records are appended.
@@ -930,6 +934,21 @@ struct InFlight {
     state: Mutex<Flight>,
     /// The transactional id, for errors.
     id: String,
+    /// The coordinator and the producer's id and epoch, to register the joins.
+    log: Log,
+    pid: i64,
+    epoch: i16,
+    joins: Mutex<Joins>,
+}
+
+/// Partitions the next transaction first wrote while the commit was in flight.
+#[derive(Default)]
+struct Joins {
+    partitions: Vec<TopicPartition>,
+    /// How many of them are registered with the coordinator.
+    registered: usize,
+    /// The gate has opened: every join since registers at once.
+    open: bool,
 }
 
 enum Flight {
@@ -971,6 +990,8 @@ enum Shut {
     /// It was fenced while a commit was in flight: the partitions its next transaction began in
     /// were never registered, so the fencer's abort did not reach them.
     Fenced { producer_id: i64, epoch: i16, current_epoch: i16 },
+    /// Partitions its next transaction began in could not be registered (the error's text).
+    Unregistered(String),
 }
 
 impl Shut {
@@ -991,6 +1012,9 @@ impl Shut {
             Shut::Fenced { producer_id, epoch, current_epoch } => {
                 LogError::ProducerFenced { producer_id: *producer_id, epoch: *epoch, current_epoch: *current_epoch }
             }
+            Shut::Unregistered(why) => LogError::InvalidArgument(format!(
+                "partitions of this producer's transaction could not join it ({why}); it appends nothing more"
+            )),
         }
     }
 }
@@ -1013,15 +1037,55 @@ fn past_commit_point(id: &str) -> LogError {
 }
 
 impl InFlight {
-    fn new(outcome: mpsc::Receiver<CommitOutcome>, id: &str) -> InFlight {
-        InFlight { state: Mutex::new(Flight::Running(outcome)), id: id.to_string() }
+    fn new(outcome: mpsc::Receiver<CommitOutcome>, log: &Log, id: &str, pid: i64, epoch: i16) -> InFlight {
+        InFlight {
+            state: Mutex::new(Flight::Running(outcome)),
+            id: id.to_string(),
+            log: log.clone(),
+            pid,
+            epoch,
+            joins: Mutex::new(Joins::default()),
+        }
+    }
+
+    fn joins(&self) -> MutexGuard<'_, Joins> {
+        self.joins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True once the gate has opened and registered the joins.
+    fn joins_registered(&self) -> bool {
+        self.joins().open
+    }
+
+    /// Registers the joins not registered yet (the epoch checked under the coordinator's lock):
+    /// a producer fenced meanwhile fails here, before its held batches could reach partitions
+    /// its fencer's abort did not.
+    fn register_joins(&self) -> Result<()> {
+        let mut joins = self.joins();
+        while joins.registered < joins.partitions.len() {
+            let tp = &joins.partitions[joins.registered];
+            self.log.inner.txns.add_partition(&self.id, self.pid, self.epoch, tp)?;
+            joins.registered += 1;
+        }
+        joins.open = true;
+        Ok(())
+    }
+
+    /// The joins, and how many of them are registered.
+    fn take_joins(&self) -> (Vec<TopicPartition>, usize) {
+        let mut joins = self.joins();
+        let registered = joins.registered;
+        (std::mem::take(&mut joins.partitions), registered)
     }
 
     /// Whether appends may follow a finished commit: not after one that failed past its
     /// commit point (see [`PastCommitPoint`]).
     fn open_after(&self, state: &Flight) -> Result<bool> {
         match state {
-            Flight::Done(outcome) => Shut::after(&self.id, outcome).map_or(Ok(true), |shut| Err(shut.error())),
+            Flight::Done(outcome) => match Shut::after(&self.id, outcome) {
+                Some(shut) => Err(shut.error()),
+                None => self.register_joins().map(|()| true),
+            },
             _ => Ok(true),
         }
     }

@@ -745,3 +745,25 @@ fn a_producer_fenced_with_a_commit_in_flight_appends_nothing_more() {
         assert!(log.partition("out", p).unwrap().open_transactions().is_empty(), "partition {p}");
     }
 }
+
+/// A batch held for a partition first written while a commit was in flight is appended only
+/// once the partition is registered, and that fails for a producer fenced meanwhile: a fence
+/// between the commit's end and its settling leaves nothing in a partition the fencer did not
+/// abort.
+#[test]
+fn a_batch_held_during_a_commit_is_not_appended_after_a_fence() {
+    let (_dir, log, mut old, tiny) = open_transaction_of_x();
+    old.start_commit(None, &[]).unwrap();
+    old.begin_transaction().unwrap();
+    // Most likely while the commit's fsyncs run: held, its partition joining later.
+    send(&mut old, "out", 1, "z1");
+    std::thread::sleep(Duration::from_millis(300)); // the commit ends; nothing settles it
+    let _new = log.transactional_producer("x", tiny).unwrap(); // fences `old`
+    let more = old.send_raw("out", Some(1), Some(b"z2"), Some(b"z2"), 0, &[]);
+    assert!(more.is_err(), "a fenced producer appends nothing: {more:?}");
+    drop(old);
+    assert_eq!(read(&log, "out", true), vec!["z0"], "the commit before the fence, and nothing after");
+    for p in 0..2 {
+        assert!(log.partition("out", p).unwrap().open_transactions().is_empty(), "partition {p}");
+    }
+}
