@@ -385,7 +385,7 @@ impl TransactionCoordinator {
     /// Records a transaction complete (markers and offsets are in place).
     fn finish(&self, id: &str, pid: i64, epoch: i16) -> Result<()> {
         self.write_complete(id, pid, epoch)?;
-        self.forget_pending(id);
+        self.forget_pending(id, pid, epoch);
         Ok(())
     }
 
@@ -444,8 +444,10 @@ impl TransactionCoordinator {
 
     /// Forgets the transaction in memory: its markers and offsets are in place (not yet
     /// necessarily durable; the log still holds its prepare record until the completion record).
-    fn forget_pending(&self, id: &str) {
-        if let Some(m) = self.txns().get_mut(id) {
+    fn forget_pending(&self, id: &str, pid: i64, epoch: i16) {
+        // Only the producer's own: a fenced producer's commit finishing late must not clear
+        // what the id's new producer registered.
+        if let Some(m) = self.txns().get_mut(id).filter(|m| m.pid == pid && m.epoch == epoch) {
             m.pending = None;
             m.partitions.clear();
         }
@@ -498,12 +500,17 @@ impl TransactionCoordinator {
         }
     }
 
+    /// Registers a partition of `id`'s open transaction, the epoch checked in the same critical
+    /// section: an `init` cannot fence the producer in between and miss the partition.
     fn add_partition(&self, id: &str, pid: i64, epoch: i16, tp: &TopicPartition) -> Result<()> {
-        self.check_epoch(id, pid, epoch)?;
-        if let Some(m) = self.txns().get_mut(id) {
-            m.partitions.insert(tp.clone());
+        match self.txns().get_mut(id) {
+            Some(m) if m.pid == pid && m.epoch == epoch => {
+                m.partitions.insert(tp.clone());
+                Ok(())
+            }
+            Some(m) => Err(LogError::ProducerFenced { producer_id: pid, epoch, current_epoch: m.epoch }),
+            None => Err(LogError::InvalidArgument(format!("unknown transactional id '{id}'"))),
         }
-        Ok(())
     }
 }
 
@@ -750,22 +757,25 @@ impl TransactionalProducer {
         // producer's next records reached partitions its fencer knows nothing of. Either way
         // nothing more is appended.
         let shut = Shut::after(&self.id, &outcome).map(|s| Arc::new(s) as Arc<dyn crate::producer::AppendGate>);
+        let shut_for_good = shut.is_some();
         self.producer.set_gate(shut);
         // Partitions first written while the commit was in flight join the transaction now, if
         // the gate's opening has not registered them already: the coordinator forgets the
         // committed transaction's partitions when it completes.
         let (deferred, registered) = flight.take_joins();
-        match outcome.result {
-            Ok(()) => {
-                for tp in &deferred[registered..] {
-                    if let Err(e) = self.log.inner.txns.add_partition(&self.id, self.pid, self.epoch, tp) {
-                        // Fenced since: what is held for unregistered partitions must never go.
-                        self.producer.set_gate(Some(Arc::new(Shut::Unregistered(e.to_string()))));
-                        return Err(e);
-                    }
+        let mut unregistered = None;
+        if !shut_for_good {
+            for tp in &deferred[registered..] {
+                if let Err(e) = self.log.inner.txns.add_partition(&self.id, self.pid, self.epoch, tp) {
+                    // Fenced since: what is held for unregistered partitions must never go.
+                    self.producer.set_gate(Some(Arc::new(Shut::Unregistered(e.to_string()))));
+                    unregistered = Some(e);
+                    break;
                 }
-                Ok(())
             }
+        }
+        match outcome.result {
+            Ok(()) => unregistered.map_or(Ok(()), Err),
             Err(e) => {
                 // An abort (or a retried commit) must reach the failed transaction's partitions.
                 self.partitions.extend(outcome.partitions);
@@ -792,12 +802,14 @@ impl TransactionalProducer {
                 self.id
             )));
         }
+        // What it holds never goes, whatever follows: a fenced producer's held batches would
+        // reach partitions its fencer did not abort.
+        self.producer.discard();
         self.log.inner.txns.check_epoch(&self.id, self.pid, self.epoch)?;
         // The previous transaction first: this abort's prepare record would hide its prepare
         // record from recovery.
         self.log.inner.txns.complete_unfinished(&self.log, &self.id)?;
         let coordinator = &self.log.inner.txns;
-        self.producer.discard();
         self.partitions.extend(self.producer.take_touched());
         let rec = TxnRecord::PrepareAbort {
             id: self.id.clone(),
@@ -914,7 +926,7 @@ impl CommitJob {
         // its prepare record, and opening the log after a crash completes it again: markers
         // only below the offsets the prepare record names (the next transaction's records may
         // follow them), offsets only where no later commit moved them on.
-        coordinator.forget_pending(&self.id);
+        coordinator.forget_pending(&self.id, self.pid, self.epoch);
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let done = Unfinished {
@@ -1078,8 +1090,8 @@ impl InFlight {
         (std::mem::take(&mut joins.partitions), registered)
     }
 
-    /// Whether appends may follow a finished commit: not after one that failed past its
-    /// commit point (see [`PastCommitPoint`]).
+    /// Whether appends may follow a finished commit: not after one that leaves the gate shut
+    /// (see [`Shut`]), nor before the joins are registered.
     fn open_after(&self, state: &Flight) -> Result<bool> {
         match state {
             Flight::Done(outcome) => match Shut::after(&self.id, outcome) {

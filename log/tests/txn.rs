@@ -724,9 +724,9 @@ fn the_transaction_log_is_compacted_past_its_limit_and_recovers_the_same() {
     assert_eq!(a.producer_id_and_epoch(), (pid, epoch + 1), "the epoch survived the compaction");
 }
 
-/// The same while a commit is in flight: a partition first written then joins only once the
-/// commit settles, so its epoch is checked at once; and a fenced producer appends nothing more,
-/// whether its commit in flight got in before the fence or was refused.
+/// The same while a commit is in flight: a partition first written then has its epoch checked
+/// at once (it is registered when the append gate opens); and a fenced producer appends nothing
+/// more, whether its commit in flight got in before the fence or was refused.
 #[test]
 fn a_producer_fenced_with_a_commit_in_flight_appends_nothing_more() {
     let (_dir, log, mut old, tiny) = open_transaction_of_x();
@@ -757,7 +757,13 @@ fn a_batch_held_during_a_commit_is_not_appended_after_a_fence() {
     old.begin_transaction().unwrap();
     // Most likely while the commit's fsyncs run: held, its partition joining later.
     send(&mut old, "out", 1, "z1");
-    std::thread::sleep(Duration::from_millis(300)); // the commit ends; nothing settles it
+    // The commit ends (its markers visible, its outcome sent); nothing settles it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read(&log, "out", true) != vec!["z0"] {
+        assert!(std::time::Instant::now() < deadline, "the commit never ended");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
     let _new = log.transactional_producer("x", tiny).unwrap(); // fences `old`
     let more = old.send_raw("out", Some(1), Some(b"z2"), Some(b"z2"), 0, &[]);
     assert!(more.is_err(), "a fenced producer appends nothing: {more:?}");
