@@ -125,8 +125,9 @@ pub struct Producer {
 
 /// What a [`Producer`]'s appends wait for (a transaction's commit in flight).
 pub(crate) trait AppendGate: Send + Sync {
-    /// True once appends may go ahead; never blocks. An error means they never may: the gate
-    /// stays, and what it held is never appended.
+    /// True once appends may go ahead; never waits for the commit (it may take the transaction
+    /// coordinator's lock briefly, to register partitions). An error means they never may: the
+    /// gate stays, and what it held is never appended.
     fn is_open(&self) -> Result<bool>;
     /// Blocks until appends may go ahead (or fails as [`Self::is_open`] does).
     fn wait(&self) -> Result<()>;
