@@ -9,6 +9,9 @@ use garam::core::StreamsError;
 use garam::log::{Log, TopicConfig};
 use garam::prelude::*;
 
+mod common;
+use common::wait_for;
+
 fn topology() -> garam::core::topology::Topology {
     let b = StreamBuilder::new();
     b.stream::<String, String>("in", Consumed::with(StringSerde, StringSerde))
@@ -41,14 +44,6 @@ fn started_instance(log: &Log, dir: &std::path::Path, id: &str, server: &str) ->
     let mut app = App::new(topology(), c, Arc::new(log.clone())).unwrap();
     app.start().unwrap();
     app
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -172,24 +167,12 @@ fn a_store_whose_task_does_not_commit_is_unavailable() {
     let log = Log::open(dir.path()).unwrap();
     log.create_topic("in", 1, TopicConfig::default()).unwrap();
     log.create_topic("out", 1, TopicConfig::default()).unwrap();
-    let b = StreamBuilder::new();
-    b.stream::<String, String>("in", Consumed::with(StringSerde, StringSerde))
-        .map_values(|v: String| {
-            if v == "slow" {
-                std::thread::sleep(Duration::from_secs(6));
-            }
-            v
-        })
-        .group_by_key()
-        .count(Materialized::named("counts").with(StringSerde, U64Serde))
-        .to_stream()
-        .to("out", Produced::with(StringSerde, U64Serde));
     let mut config = AppConfig::new("iq-stuck");
     config.num_threads = 1;
     config.commit_interval = Duration::from_millis(100);
     config.state_dir = Some(dir.path().join("state"));
     config.set("interactive.query.timeout.ms", "3000").unwrap();
-    let mut app = App::new(b.build().unwrap(), config, Arc::new(log.clone())).unwrap();
+    let mut app = App::new(common::count_stalling_once(Duration::from_secs(6)), config, Arc::new(log.clone())).unwrap();
     app.start().unwrap();
     produce(&log, 10, 0, 100);
     wait_for("the first records", || app.metrics().records_in == 100);

@@ -8,6 +8,9 @@ use garam::log::consumer::{ConsumerConfig, OffsetReset};
 use garam::log::{Log, TopicConfig};
 use garam::prelude::*;
 
+mod common;
+use common::wait_for;
+
 fn topology(in_memory: bool) -> garam::core::topology::Topology {
     let b = StreamBuilder::new();
     let m = Materialized::named("counts").with(StringSerde, U64Serde);
@@ -583,20 +586,6 @@ fn partitions_lost_without_a_commit_are_not_checkpointed() {
     let mut p = log.producer(Default::default()).unwrap();
     p.send("in", garam::core::Record::new(Some("k0"), Some("slow"))).unwrap();
     p.flush().unwrap();
-    let slept = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let b = StreamBuilder::new();
-    let once = slept.clone();
-    b.stream::<String, String>("in", Consumed::with(StringSerde, StringSerde))
-        .map_values(move |v: String| {
-            if v == "slow" && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_secs(3));
-            }
-            v
-        })
-        .group_by_key()
-        .count(Materialized::named("counts").with(StringSerde, U64Serde))
-        .to_stream()
-        .to("out", Produced::with(StringSerde, U64Serde));
     let mut c = AppConfig::new("lost");
     c.num_threads = 1;
     c.state_dir = Some(dir.path().join("state"));
@@ -607,7 +596,7 @@ fn partitions_lost_without_a_commit_are_not_checkpointed() {
     ] {
         c.set(key, value).unwrap();
     }
-    let mut app = App::new(b.build().unwrap(), c, Arc::new(log.clone())).unwrap();
+    let mut app = App::new(common::count_stalling_once(Duration::from_secs(3)), c, Arc::new(log.clone())).unwrap();
     app.start().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while app.metrics().partitions_lost == 0 || app.metrics().records_in < 202 {
@@ -668,13 +657,5 @@ fn a_standby_that_cannot_apply_its_changelog_holds_up_no_other() {
         if let Err(e) = app.close() {
             assert!(e.to_string().contains("standbys-counts-changelog"), "{e}");
         }
-    }
-}
-
-fn wait_for(what: &str, ok: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }

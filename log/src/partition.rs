@@ -516,7 +516,7 @@ impl Partition {
             if self.flushed.load(Ordering::Acquire) >= target {
                 return Ok(());
             }
-            if self.fsync_failed.load(Ordering::Acquire) {
+            if self.fsync_failed() {
                 return Err(LogError::Io {
                     context: "fsync partition (an earlier fsync failed: reopen the log)",
                     path: self.dir.clone(),

@@ -347,16 +347,14 @@ impl Producer {
         self.topics[t].batches[p as usize].reported
     }
 
-    /// True the first time partition `p` of topic slot `t` is reported since the last
-    /// [`Self::take_touched`] (a transaction registers the partition then).
-    pub(crate) fn report(&mut self, t: usize, p: u32) -> bool {
+    /// Marks partition `p` of topic slot `t` reported until the next [`Self::take_touched`] (a
+    /// transaction has registered it).
+    pub(crate) fn report(&mut self, t: usize, p: u32) {
         let pb = &mut self.topics[t].batches[p as usize];
-        let first = !pb.reported;
-        if first {
+        if !pb.reported {
             pb.reported = true;
             self.reported.push((t, p));
         }
-        first
     }
 
     /// Queues a record for partition `p` of topic slot `t` (from [`Self::partition_slot`]);

@@ -123,9 +123,7 @@ impl TxnLog {
         }
         Ok(())
     }
-}
 
-impl TxnLog {
     /// Rewrites the file with each id's `Init` and its prepare record still open, which replay
     /// to the same state: into a new file, fsynced, renamed over the old one, and the directory
     /// fsynced. A crash leaves either file whole.
@@ -762,18 +760,12 @@ impl TransactionalProducer {
         // Partitions first written while the commit was in flight join the transaction now, if
         // the gate's opening has not registered them already: the coordinator forgets the
         // committed transaction's partitions when it completes.
-        let (deferred, registered) = flight.take_joins();
-        let mut unregistered = None;
-        if !shut_for_good {
-            for tp in &deferred[registered..] {
-                if let Err(e) = self.log.inner.txns.add_partition(&self.id, self.pid, self.epoch, tp) {
-                    // Fenced since: what is held for unregistered partitions must never go.
-                    self.producer.set_gate(Some(Arc::new(Shut::Unregistered(e.to_string()))));
-                    unregistered = Some(e);
-                    break;
-                }
-            }
+        let unregistered = if shut_for_good { None } else { flight.register_joins().err() };
+        if let Some(e) = &unregistered {
+            // Fenced since: what is held for unregistered partitions must never go.
+            self.producer.set_gate(Some(Arc::new(Shut::Unregistered(e.to_string()))));
         }
+        let deferred = flight.take_joins();
         match outcome.result {
             Ok(()) => unregistered.map_or(Ok(()), Err),
             Err(e) => {
@@ -1083,11 +1075,9 @@ impl InFlight {
         Ok(())
     }
 
-    /// The joins, and how many of them are registered.
-    fn take_joins(&self) -> (Vec<TopicPartition>, usize) {
-        let mut joins = self.joins();
-        let registered = joins.registered;
-        (std::mem::take(&mut joins.partitions), registered)
+    /// The joins, registered or not.
+    fn take_joins(&self) -> Vec<TopicPartition> {
+        std::mem::take(&mut self.joins().partitions)
     }
 
     /// Whether appends may follow a finished commit: not after one that leaves the gate shut

@@ -1,4 +1,4 @@
-//! Helpers shared by the click-analytics tests.
+//! Helpers shared by the integration tests (the click-analytics ones, mostly).
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -135,4 +135,33 @@ pub fn kill_until_interrupted(
     eprintln!("{k:?}");
     assert!(k.interrupted >= wanted, "only {} of {} kills interrupted work: {k:?}", k.interrupted, k.kills);
     k
+}
+
+/// Waits up to 30 s for `ok`, failing the test with `what` after that.
+pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Counts the records of `in` per key into the store `counts`, writing every count to `out`;
+/// the first record whose value is "slow" stalls its worker for `stall` in an operator.
+pub fn count_stalling_once(stall: Duration) -> garam::core::topology::Topology {
+    use garam::prelude::*;
+    let stalled = std::sync::atomic::AtomicBool::new(false);
+    let b = StreamBuilder::new();
+    b.stream::<String, String>("in", Consumed::with(StringSerde, StringSerde))
+        .map_values(move |v: String| {
+            if v == "slow" && !stalled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(stall);
+            }
+            v
+        })
+        .group_by_key()
+        .count(Materialized::named("counts").with(StringSerde, U64Serde))
+        .to_stream()
+        .to("out", Produced::with(StringSerde, U64Serde));
+    b.build().unwrap()
 }
