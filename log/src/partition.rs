@@ -98,6 +98,19 @@ pub struct Partition {
     /// success to the next fsync, so no later flush is believed: flushes fail until the log is
     /// reopened, whose recovery validates what is really on disk.
     fsync_failed: std::sync::atomic::AtomicBool,
+    /// Faults [`Partition::inject_fault`] armed, as [`Fault`] bits.
+    faults: std::sync::atomic::AtomicU8,
+}
+
+/// A failure [`Partition::inject_fault`] makes the partition report once, as the operating system
+/// would: for tests of what the log does when its disk fails, which no test can make a real disk do.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The next fsync fails (as `EIO` would).
+    Fsync = 1,
+    /// The next transaction marker's append fails.
+    MarkerAppend = 2,
 }
 
 impl std::fmt::Debug for Partition {
@@ -207,6 +220,7 @@ impl Partition {
             cleaner: Mutex::new(()),
             deleted: std::sync::atomic::AtomicBool::new(false),
             fsync_failed: std::sync::atomic::AtomicBool::new(false),
+            faults: std::sync::atomic::AtomicU8::new(0),
         })
     }
 
@@ -266,6 +280,27 @@ impl Partition {
         self.fsync_failed.load(Ordering::Acquire)
     }
 
+    /// Arms `fault`: the partition's next fsync or marker append fails, once. For tests only.
+    #[doc(hidden)]
+    pub fn inject_fault(&self, fault: Fault) {
+        self.faults.fetch_or(fault as u8, Ordering::AcqRel);
+    }
+
+    /// Disarms `fault` and says whether it was armed: the operation must fail.
+    fn take_fault(&self, fault: Fault) -> Result<()> {
+        if self.faults.load(Ordering::Acquire) & fault as u8 == 0 {
+            return Ok(());
+        }
+        if self.faults.fetch_and(!(fault as u8), Ordering::AcqRel) & fault as u8 == 0 {
+            return Ok(());
+        }
+        Err(LogError::Io {
+            context: "injected fault",
+            path: self.dir.clone(),
+            source: std::io::Error::other(format!("{fault:?} failed, as injected")),
+        })
+    }
+
     /// Offsets below this are visible to readers.
     pub fn high_watermark(&self) -> u64 {
         self.high_watermark.load(Ordering::Acquire)
@@ -318,6 +353,7 @@ impl Partition {
 
     /// Appends a transaction marker (control batch): only the transaction coordinator does.
     pub(crate) fn append_control(&self, data: &mut [u8]) -> Result<AppendInfo> {
+        self.take_fault(Fault::MarkerAppend)?;
         self.append_checked(data, true, true)
     }
 
@@ -533,7 +569,10 @@ impl Partition {
                     (segs, st.log_end)
                 };
                 // A panic must not leave `busy` set: every later flush would wait for ever.
-                let r = crate::fsync_pool::guarded(|| segs.iter().try_for_each(|s| s.sync()));
+                let r = crate::fsync_pool::guarded(|| {
+                    self.take_fault(Fault::Fsync)?;
+                    segs.iter().try_for_each(|s| s.sync())
+                });
                 self.fsyncs.fetch_add(1, Ordering::Relaxed);
                 busy = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
                 *busy = false;

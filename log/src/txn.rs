@@ -47,17 +47,25 @@ enum TxnRecord {
         /// written before completion became lazy.
         #[serde(default)]
         ends: Vec<(String, u32, u64)>,
+        /// Tells this transaction from the producer's others (see [`TxnRecord::seq`]).
+        #[serde(default)]
+        seq: u64,
     },
     PrepareAbort {
         id: String,
         pid: i64,
         epoch: i16,
         partitions: Vec<(String, u32)>,
+        #[serde(default)]
+        seq: u64,
     },
     Complete {
         id: String,
         pid: i64,
         epoch: i16,
+        /// The `seq` of the prepare record it completes.
+        #[serde(default)]
+        seq: u64,
     },
 }
 
@@ -71,6 +79,26 @@ impl TxnRecord {
             | TxnRecord::Complete { pid, epoch, .. } => (*pid, *epoch),
         }
     }
+
+    /// Which of its producer's transactions a record belongs to. A completion record may be
+    /// written late, by another thread (`delete_topic`, `delete_group` or a reset completing the
+    /// id's last commit) after the same producer's next prepare record: it must not hide that one
+    /// from recovery. Records written before the sequence existed read as 0 and match each other.
+    fn seq(&self) -> u64 {
+        match self {
+            TxnRecord::Init { .. } => 0,
+            TxnRecord::PrepareCommit { seq, .. }
+            | TxnRecord::PrepareAbort { seq, .. }
+            | TxnRecord::Complete { seq, .. } => *seq,
+        }
+    }
+}
+
+/// A new transaction sequence number. Unique within the process; together with the producer id
+/// and epoch (which every producer's `init` bumps, also after a restart) it names one transaction.
+fn next_seq() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[derive(Debug, Clone, Default)]
@@ -175,11 +203,12 @@ impl Replayed {
             TxnRecord::PrepareCommit { id, .. } | TxnRecord::PrepareAbort { id, .. } => {
                 self.prepared.insert(id.clone(), rec.clone());
             }
-            TxnRecord::Complete { id, pid, epoch } => {
+            TxnRecord::Complete { id, pid, epoch, seq } => {
                 // Only the transaction it names: a producer completes its last transaction
                 // lazily (see `TransactionalProducer::commit_transaction`), so a record of an
-                // older epoch may follow a newer epoch's prepare record.
-                if self.prepared.get(id).is_some_and(|p| p.producer() == (*pid, *epoch)) {
+                // older epoch, or of the same epoch's previous transaction, may follow a newer
+                // prepare record.
+                if self.prepared.get(id).is_some_and(|p| p.producer() == (*pid, *epoch) && p.seq() == *seq) {
                     self.prepared.remove(id);
                 }
             }
@@ -308,9 +337,8 @@ impl TransactionCoordinator {
             }
         }
         match rec {
-            TxnRecord::PrepareCommit { id, pid, epoch, .. } | TxnRecord::PrepareAbort { id, pid, epoch, .. } => {
-                self.finish(id, *pid, *epoch)
-            }
+            TxnRecord::PrepareCommit { id, pid, epoch, seq, .. }
+            | TxnRecord::PrepareAbort { id, pid, epoch, seq, .. } => self.finish(id, *pid, *epoch, *seq),
             _ => Ok(()),
         }
     }
@@ -381,8 +409,8 @@ impl TransactionCoordinator {
     }
 
     /// Records a transaction complete (markers and offsets are in place).
-    fn finish(&self, id: &str, pid: i64, epoch: i16) -> Result<()> {
-        self.write_complete(id, pid, epoch)?;
+    fn finish(&self, id: &str, pid: i64, epoch: i16, seq: u64) -> Result<()> {
+        self.write_complete(id, pid, epoch, seq)?;
         self.forget_pending(id, pid, epoch);
         Ok(())
     }
@@ -398,7 +426,7 @@ impl TransactionCoordinator {
         let Some(u) = self.unfinished().get(id).cloned() else { return Ok(()) };
         let groups = log.groups();
         log.inner.fsync.flush_all_and(&u.markers, u.group.is_some().then_some(|| groups.sync_offsets()))?;
-        self.write_complete(id, u.pid, u.epoch)?;
+        self.write_complete(id, u.pid, u.epoch, u.seq)?;
         self.forget_unfinished(id, u.seq);
         Ok(())
     }
@@ -436,8 +464,8 @@ impl TransactionCoordinator {
     }
 
     /// Writes the completion record; its markers and offsets must be durable already.
-    fn write_complete(&self, id: &str, pid: i64, epoch: i16) -> Result<()> {
-        self.write(&TxnRecord::Complete { id: id.to_string(), pid, epoch }, false)
+    fn write_complete(&self, id: &str, pid: i64, epoch: i16, seq: u64) -> Result<()> {
+        self.write(&TxnRecord::Complete { id: id.to_string(), pid, epoch, seq }, false)
     }
 
     /// Forgets the transaction in memory: its markers and offsets are in place (not yet
@@ -456,17 +484,24 @@ impl TransactionCoordinator {
     fn init(&self, log: &Log, id: &str) -> Result<(i64, i16)> {
         // Fence first, under the lock `write_prepare` checks the epoch under: the old producer can
         // prepare nothing after this, and what it prepared before is pending here.
-        let (pid, epoch, open, pending) = {
+        let (pid, epoch, aborter, open, pending) = {
             let mut txns = self.txns();
             let known = txns.get(id).map(|m| (m.pid, m.epoch));
             let (pid, epoch) = match known {
                 Some((pid, e)) if e < i16::MAX => (pid, e + 1),
                 _ => (log.init_producer_id()?.0, 0),
             };
+            // Who aborts the old epoch's open transaction: the new epoch, or — when the epochs of
+            // the old producer id ran out and the id got a new one — the old id at its last epoch,
+            // since a marker closes only its own producer id's transaction.
+            let aborter = match known {
+                Some((old, e)) if old != pid => (old, e),
+                _ => (pid, epoch),
+            };
             let m = txns.entry(id.to_string()).or_default();
             let open: Vec<TopicPartition> = std::mem::take(&mut m.partitions).into_iter().collect();
             (m.pid, m.epoch) = (pid, epoch);
-            (pid, epoch, open, m.pending.clone())
+            (pid, epoch, aborter, open, m.pending.clone())
         };
         // A transaction of the old epoch past its commit point rolls forward; one committed but
         // not yet recorded complete is made durable and recorded.
@@ -475,17 +510,20 @@ impl TransactionCoordinator {
         }
         self.complete_unfinished(log, id)?;
         self.write(&TxnRecord::Init { id: id.to_string(), pid, epoch }, true)?;
-        // Abort what the old epoch left open (with the new epoch, which fences the old one).
+        // Abort what the old epoch left open (with the new epoch, which fences the old one at
+        // the partitions too; an old producer id whose epochs ran out is fenced by the
+        // coordinator alone, which refuses its joins and commits).
+        let (abort_pid, abort_epoch) = aborter;
         let mut touched: BTreeSet<TopicPartition> = open.into_iter().collect();
         for t in log.topics() {
             for p in t.partitions() {
-                if p.open_transactions().iter().any(|(x, _)| *x == pid) {
+                if p.open_transactions().iter().any(|(x, _)| *x == abort_pid) {
                     touched.insert(TopicPartition::new(t.name(), p.id()));
                 }
             }
         }
         for tp in &touched {
-            write_marker(log, tp, pid, epoch, ControlType::Abort)?;
+            write_marker(log, tp, abort_pid, abort_epoch, ControlType::Abort)?;
         }
         Ok((pid, epoch))
     }
@@ -711,6 +749,7 @@ impl TransactionalProducer {
             group: group.map(|g| g.group.clone()),
             offsets: offsets.iter().map(|(tp, o)| (tp.topic.clone(), tp.partition, *o)).collect(),
             ends,
+            seq: next_seq(),
         };
         let (done, outcome) = mpsc::channel();
         let job = CommitJob {
@@ -808,10 +847,11 @@ impl TransactionalProducer {
             pid: self.pid,
             epoch: self.epoch,
             partitions: self.partitions.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect(),
+            seq: next_seq(),
         };
         coordinator.write_prepare(&self.id, self.pid, self.epoch, &rec)?;
         coordinator.write_markers(&self.log, &rec)?;
-        coordinator.finish(&self.id, self.pid, self.epoch)?;
+        coordinator.finish(&self.id, self.pid, self.epoch, rec.seq())?;
         self.open = false;
         self.partitions.clear();
         Ok(())
@@ -892,7 +932,7 @@ impl CommitJob {
         // or a new producer for the id completes it.
         self.log.inner.fsync.flush_all_and(&parts, sync_offsets.then_some(|| groups.sync_offsets()))?;
         if let Some(u) = &previous {
-            coordinator.write_complete(&self.id, u.pid, u.epoch)?;
+            coordinator.write_complete(&self.id, u.pid, u.epoch, u.seq)?;
             coordinator.forget_unfinished(&self.id, u.seq);
         }
         let mut markers = Vec::new();
@@ -919,10 +959,8 @@ impl CommitJob {
         // only below the offsets the prepare record names (the next transaction's records may
         // follow them), offsets only where no later commit moved them on.
         coordinator.forget_pending(&self.id, self.pid, self.epoch);
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let done = Unfinished {
-            seq,
+            seq: self.rec.seq(),
             markers,
             group: self.group.as_ref().map(|g| g.group.clone()),
             pid: self.pid,
@@ -1187,5 +1225,66 @@ impl Drop for TransactionalProducer {
         if let Err(e) = self.log.inner.txns.complete_unfinished(&self.log, &self.id) {
             tracing::warn!(transactional_id = %self.id, error = %e, "could not record the last transaction complete; the next open of the log completes it");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepare(seq: u64) -> TxnRecord {
+        TxnRecord::PrepareCommit {
+            id: "t".into(),
+            pid: 7,
+            epoch: 3,
+            partitions: vec![("out".into(), 0)],
+            group: None,
+            offsets: Vec::new(),
+            ends: Vec::new(),
+            seq,
+        }
+    }
+
+    fn complete(seq: u64) -> TxnRecord {
+        TxnRecord::Complete { id: "t".into(), pid: 7, epoch: 3, seq }
+    }
+
+    /// The race this guards: the id's last commit is completed by another thread (a topic's
+    /// deletion, say) while the producer's committer completes it too and writes its next
+    /// prepare record; the other thread's completion record lands after that prepare record.
+    /// Replayed after a power cut, it must not hide the prepared transaction from recovery.
+    #[test]
+    fn a_late_completion_of_the_previous_transaction_does_not_hide_the_next_prepare() {
+        let dir = tempfile::tempdir().unwrap();
+        let init = TxnRecord::Init { id: "t".into(), pid: 7, epoch: 3 };
+        let mut raw = Vec::new();
+        for rec in [init, prepare(1), complete(1), prepare(2), complete(1)] {
+            raw.extend(frame(&rec).unwrap());
+        }
+        fs::write(dir.path().join("transactions.log"), raw).unwrap();
+        let coordinator = TransactionCoordinator::open(dir.path(), u64::MAX).unwrap();
+        let pending = coordinator.txns().get("t").and_then(|m| m.pending.clone());
+        assert_eq!(pending.map(|p| p.seq()), Some(2), "the second transaction is still prepared");
+        // Compacted, the log keeps it so.
+        coordinator.file.lock().unwrap().compact(&coordinator.path).unwrap();
+        drop(coordinator);
+        let reopened = TransactionCoordinator::open(dir.path(), u64::MAX).unwrap();
+        assert_eq!(reopened.txns().get("t").and_then(|m| m.pending.as_ref().map(TxnRecord::seq)), Some(2));
+    }
+
+    /// Logs written before transactions had sequence numbers replay as before: their records read
+    /// as sequence 0, and a completion completes its producer's prepare record.
+    #[test]
+    fn records_without_a_sequence_complete_their_producers_prepare() {
+        let read = |json: &str| serde_json::from_str::<TxnRecord>(json).unwrap();
+        let mut replayed = Replayed::default();
+        replayed.apply(&read(
+            r#"{"kind":"prepare_commit","id":"t","pid":7,"epoch":3,"partitions":[["out",0]],"group":null,"offsets":[]}"#,
+        ));
+        assert_eq!(replayed.prepared.get("t").map(TxnRecord::seq), Some(0));
+        replayed.apply(&read(r#"{"kind":"complete","id":"t","pid":7,"epoch":2}"#));
+        assert!(replayed.prepared.contains_key("t"), "another epoch's completion leaves it");
+        replayed.apply(&read(r#"{"kind":"complete","id":"t","pid":7,"epoch":3}"#));
+        assert!(replayed.prepared.is_empty());
     }
 }

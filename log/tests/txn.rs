@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use garam_core::backend::TopicPartition;
 use garam_log::consumer::{ConsumerConfig, OffsetReset};
+use garam_log::partition::Fault;
 use garam_log::txn::GroupMetadata;
 use garam_log::{Log, LogError, LogOptions, TopicConfig};
 use rand::{Rng, SeedableRng};
@@ -772,4 +773,120 @@ fn a_batch_held_during_a_commit_is_not_appended_after_a_fence() {
     for p in 0..2 {
         assert!(log.partition("out", p).unwrap().open_transactions().is_empty(), "partition {p}");
     }
+}
+
+/// A transactional id whose producer id has used its last epoch gets a new producer id, as in
+/// Kafka (KIP-360). The old producer id's open transaction is aborted there and then, with the
+/// old id's own last epoch (a marker closes only its own producer id's transaction); it used to
+/// stay open, holding read-committed readers back, until the log was next opened.
+#[test]
+fn an_open_transaction_of_a_producer_whose_epochs_ran_out_is_aborted_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    // A transaction log in which `x`'s producer id is one epoch short of the last.
+    let txns = dir.path().join("transactions");
+    std::fs::create_dir_all(&txns).unwrap();
+    let body = [&[1u8][..], br#"{"kind":"init","id":"x","pid":1000000,"epoch":32766}"#].concat();
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+    frame.extend_from_slice(&body);
+    std::fs::write(txns.join("transactions.log"), frame).unwrap();
+
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let mut old = log.transactional_producer("x", tiny.clone()).unwrap();
+    assert_eq!(old.producer_id_and_epoch(), (1_000_000, i16::MAX));
+    old.begin_transaction().unwrap();
+    send(&mut old, "out", 0, "z0");
+    let part = log.partition("out", 0).unwrap();
+    assert_eq!(part.open_transactions().len(), 1);
+
+    let mut new = log.transactional_producer("x", tiny).unwrap();
+    let (pid, epoch) = new.producer_id_and_epoch();
+    assert!(pid != 1_000_000 && epoch == 0, "a new producer id: {pid}, epoch {epoch}");
+    assert!(part.open_transactions().is_empty(), "the old producer id's transaction is aborted");
+    let fenced = old.commit_transaction(None, &[]);
+    assert!(matches!(fenced, Err(LogError::ProducerFenced { .. })), "{fenced:?}");
+    new.begin_transaction().unwrap();
+    send(&mut new, "out", 0, "n1");
+    new.commit_transaction(None, &[]).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["n1"]);
+    assert_eq!(part.last_stable_offset(), part.high_watermark());
+}
+
+/// A failed fsync fails the commit before its commit point, and every later flush of that
+/// partition (Linux may report success to the next fsync for pages it dropped): nothing of the
+/// transaction becomes visible, and once the log is reopened — whose recovery validates what
+/// the disk really holds — the next transaction commits.
+#[test]
+fn a_failed_fsync_fails_the_commit_and_every_flush_after_it_until_the_log_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    {
+        let log = Log::open_with(dir.path(), quiet()).unwrap();
+        log.create_topic("out", 1, TopicConfig::default()).unwrap();
+        let mut p = log.transactional_producer("x", tiny.clone()).unwrap();
+        p.begin_transaction().unwrap();
+        send(&mut p, "out", 0, "a");
+        let part = log.partition("out", 0).unwrap();
+        part.inject_fault(Fault::Fsync);
+        let failed = p.commit_transaction(None, &[]).unwrap_err();
+        assert!(failed.to_string().contains("injected"), "{failed}");
+        assert!(part.fsync_failed());
+        let again = p.commit_transaction(None, &[]).unwrap_err();
+        assert!(again.to_string().contains("an earlier fsync failed"), "the retry's fsync is not believed: {again}");
+        assert_eq!(read(&log, "out", true), Vec::<String>::new());
+        assert!(p.abort_transaction().is_err(), "the abort's markers cannot be made durable either");
+    }
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    assert!(!log.partition("out", 0).unwrap().fsync_failed());
+    let mut p = log.transactional_producer("x", tiny).unwrap();
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 0, "b");
+    p.commit_transaction(None, &[]).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["b"]);
+}
+
+/// A commit that fails after its prepare record is durable — its COMMIT marker cannot be
+/// appended — has committed: it reports the failure, appends nothing more (the next
+/// transaction's record never goes), and the next open of the log
+/// completes it, its records and offsets together.
+#[test]
+fn a_commit_that_fails_past_its_commit_point_is_completed_when_the_log_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = TopicPartition::new("in", 0);
+    let g = GroupMetadata { group: "g".into(), member_id: None };
+    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    {
+        let log = Log::open_with(dir.path(), quiet()).unwrap();
+        log.create_topic("in", 1, TopicConfig::default()).unwrap();
+        log.create_topic("out", 1, TopicConfig::default()).unwrap();
+        let mut p = log.transactional_producer("x", tiny.clone()).unwrap();
+        p.begin_transaction().unwrap();
+        send(&mut p, "out", 0, "a");
+        log.partition("out", 0).unwrap().inject_fault(Fault::MarkerAppend);
+        p.start_commit(Some(&g), &[(tp.clone(), 2)]).unwrap();
+        p.begin_transaction().unwrap();
+        // The next transaction's record, sent once the commit has (most likely) failed in the
+        // background: refused, or held behind the commit, it must never be appended.
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = p.send_raw("out", Some(0), Some(b"b"), Some(b"b"), 0, &[]);
+        let failed = p.await_commit().unwrap_err();
+        assert!(failed.to_string().contains("injected"), "{failed}");
+        let after = p.send_raw("out", Some(0), Some(b"c"), Some(b"c"), 0, &[]);
+        assert!(after.is_err(), "nothing more is appended past a failed commit point");
+        assert!(p.abort_transaction().is_err(), "past its commit point, it cannot abort");
+        drop(p);
+        assert_eq!(read(&log, "out", false), vec!["a"], "the next transaction's record never went");
+        assert_eq!(read(&log, "out", true), Vec::<String>::new(), "not visible before its marker");
+    }
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["a"], "recovery completed it");
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 2, "with its offsets");
+    let mut p = log.transactional_producer("x", tiny).unwrap();
+    p.begin_transaction().unwrap();
+    send(&mut p, "out", 0, "d");
+    p.commit_transaction(Some(&g), &[(tp.clone(), 3)]).unwrap();
+    assert_eq!(read(&log, "out", true), vec!["a", "d"]);
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 3);
 }
