@@ -299,6 +299,7 @@ impl Producer {
     /// since the last [`Self::take_touched`] is queued — before it could be appended: a
     /// transaction registers the partition then, which fails if its producer was fenced.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub(crate) fn send_reporting(
         &mut self,
         topic: &str,

@@ -646,6 +646,7 @@ impl TransactionalProducer {
     }
 
     /// Sends a record inside the open transaction.
+    #[inline]
     pub fn send_raw(
         &mut self,
         topic: &str,
