@@ -107,7 +107,7 @@ pub struct Partition {
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// The next fsync fails (as `EIO` would).
+    /// The next fsync fails (as `EIO` would): the next flush that has data to make durable.
     Fsync = 1,
     /// The next transaction marker's append fails.
     MarkerAppend = 2,

@@ -187,7 +187,7 @@ impl TxnLog {
 }
 
 /// What replaying the transaction log gives: each id's last `Init` (producer id and epoch), and
-/// its prepare record not yet followed by a `Complete` of the same producer.
+/// its prepare record not yet followed by a `Complete` of the same producer and sequence.
 #[derive(Default)]
 struct Replayed {
     inits: HashMap<String, (i64, i16)>,
@@ -411,7 +411,7 @@ impl TransactionCoordinator {
     /// Records a transaction complete (markers and offsets are in place).
     fn finish(&self, id: &str, pid: i64, epoch: i16, seq: u64) -> Result<()> {
         self.write_complete(id, pid, epoch, seq)?;
-        self.forget_pending(id, pid, epoch);
+        self.forget_pending(id, pid, epoch, seq);
         Ok(())
     }
 
@@ -470,11 +470,18 @@ impl TransactionCoordinator {
 
     /// Forgets the transaction in memory: its markers and offsets are in place (not yet
     /// necessarily durable; the log still holds its prepare record until the completion record).
-    fn forget_pending(&self, id: &str, pid: i64, epoch: i16) {
-        // Only the producer's own: a fenced producer's commit finishing late must not clear
-        // what the id's new producer registered.
-        if let Some(m) = self.txns().get_mut(id).filter(|m| m.pid == pid && m.epoch == epoch) {
+    fn forget_pending(&self, id: &str, pid: i64, epoch: i16, seq: u64) {
+        let mut txns = self.txns();
+        let Some(m) = txns.get_mut(id) else { return };
+        // Its prepare record, whoever holds the id now: a new producer's `init` completes the
+        // old producer's, and completing it again later would move offsets back that a reset
+        // moved since.
+        if m.pending.as_ref().is_some_and(|p| p.producer() == (pid, epoch) && p.seq() == seq) {
             m.pending = None;
+        }
+        // Its partitions only while it holds the id: a fenced producer's commit finishing late
+        // must not clear what the id's new producer registered.
+        if m.pid == pid && m.epoch == epoch {
             m.partitions.clear();
         }
     }
@@ -487,15 +494,17 @@ impl TransactionCoordinator {
         let (pid, epoch, aborter, open, pending) = {
             let mut txns = self.txns();
             let known = txns.get(id).map(|m| (m.pid, m.epoch));
+            // The old producer id's last epoch is kept for fencing it: when its epochs run out
+            // the id gets a new producer id (Kafka's KIP-360), and the old producer id's open
+            // transaction is aborted at `i16::MAX` — above the old producer's epoch, so its
+            // partitions refuse its later batches, as a bumped epoch's markers always do (a
+            // marker closes only its own producer id's transaction).
             let (pid, epoch) = match known {
-                Some((pid, e)) if e < i16::MAX => (pid, e + 1),
+                Some((pid, e)) if e < i16::MAX - 1 => (pid, e + 1),
                 _ => (log.init_producer_id()?.0, 0),
             };
-            // Who aborts the old epoch's open transaction: the new epoch, or — when the epochs of
-            // the old producer id ran out and the id got a new one — the old id at its last epoch,
-            // since a marker closes only its own producer id's transaction.
             let aborter = match known {
-                Some((old, e)) if old != pid => (old, e),
+                Some((old, _)) if old != pid => (old, i16::MAX),
                 _ => (pid, epoch),
             };
             let m = txns.entry(id.to_string()).or_default();
@@ -510,9 +519,8 @@ impl TransactionCoordinator {
         }
         self.complete_unfinished(log, id)?;
         self.write(&TxnRecord::Init { id: id.to_string(), pid, epoch }, true)?;
-        // Abort what the old epoch left open (with the new epoch, which fences the old one at
-        // the partitions too; an old producer id whose epochs ran out is fenced by the
-        // coordinator alone, which refuses its joins and commits).
+        // Abort what the old epoch left open (with a later epoch than the old producer's, which
+        // fences it at the partitions too).
         let (abort_pid, abort_epoch) = aborter;
         let mut touched: BTreeSet<TopicPartition> = open.into_iter().collect();
         for t in log.topics() {
@@ -959,7 +967,7 @@ impl CommitJob {
         // its prepare record, and opening the log after a crash completes it again: markers
         // only below the offsets the prepare record names (the next transaction's records may
         // follow them), offsets only where no later commit moved them on.
-        coordinator.forget_pending(&self.id, self.pid, self.epoch);
+        coordinator.forget_pending(&self.id, self.pid, self.epoch, self.rec.seq());
         let done = Unfinished {
             seq: self.rec.seq(),
             markers,

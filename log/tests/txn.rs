@@ -775,17 +775,18 @@ fn a_batch_held_during_a_commit_is_not_appended_after_a_fence() {
     }
 }
 
-/// A transactional id whose producer id has used its last epoch gets a new producer id, as in
-/// Kafka (KIP-360). The old producer id's open transaction is aborted there and then, with the
-/// old id's own last epoch (a marker closes only its own producer id's transaction); it used to
+/// A transactional id whose producer id has used its epochs gets a new producer id, as in Kafka
+/// (KIP-360). The old producer id's open transaction is aborted there and then, by markers of the
+/// old producer id itself (a marker closes only its own producer id's transaction) at the last
+/// epoch, above the old producer's, so that its partitions refuse its later batches. It used to
 /// stay open, holding read-committed readers back, until the log was next opened.
 #[test]
 fn an_open_transaction_of_a_producer_whose_epochs_ran_out_is_aborted_by_the_next() {
     let dir = tempfile::tempdir().unwrap();
-    // A transaction log in which `x`'s producer id is one epoch short of the last.
+    // A transaction log in which `x`'s producer id has two epochs left.
     let txns = dir.path().join("transactions");
     std::fs::create_dir_all(&txns).unwrap();
-    let body = [&[1u8][..], br#"{"kind":"init","id":"x","pid":1000000,"epoch":32766}"#].concat();
+    let body = [&[1u8][..], br#"{"kind":"init","id":"x","pid":1000000,"epoch":32765}"#].concat();
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
     frame.extend_from_slice(&body);
@@ -795,7 +796,7 @@ fn an_open_transaction_of_a_producer_whose_epochs_ran_out_is_aborted_by_the_next
     log.create_topic("out", 1, TopicConfig::default()).unwrap();
     let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
     let mut old = log.transactional_producer("x", tiny.clone()).unwrap();
-    assert_eq!(old.producer_id_and_epoch(), (1_000_000, i16::MAX));
+    assert_eq!(old.producer_id_and_epoch(), (1_000_000, i16::MAX - 1));
     old.begin_transaction().unwrap();
     send(&mut old, "out", 0, "z0");
     let part = log.partition("out", 0).unwrap();
@@ -805,6 +806,11 @@ fn an_open_transaction_of_a_producer_whose_epochs_ran_out_is_aborted_by_the_next
     let (pid, epoch) = new.producer_id_and_epoch();
     assert!(pid != 1_000_000 && epoch == 0, "a new producer id: {pid}, epoch {epoch}");
     assert!(part.open_transactions().is_empty(), "the old producer id's transaction is aborted");
+    // The partition it had written refuses its next batch: nothing opens a transaction there
+    // that no one could end.
+    let late = old.send_raw("out", Some(0), Some(b"z1"), Some(b"z1"), 0, &[]);
+    assert!(matches!(late, Err(LogError::ProducerFenced { .. })), "{late:?}");
+    assert!(part.open_transactions().is_empty(), "nothing of the old producer is open");
     let fenced = old.commit_transaction(None, &[]);
     assert!(matches!(fenced, Err(LogError::ProducerFenced { .. })), "{fenced:?}");
     new.begin_transaction().unwrap();
@@ -889,4 +895,31 @@ fn a_commit_that_fails_past_its_commit_point_is_completed_when_the_log_is_reopen
     p.commit_transaction(Some(&g), &[(tp.clone(), 3)]).unwrap();
     assert_eq!(read(&log, "out", true), vec!["a", "d"]);
     assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 3);
+}
+
+/// A transaction a new producer's `init` completed for its fenced predecessor (whose commit had
+/// failed past its commit point) is forgotten: the id's next producer does not complete it again,
+/// which would move back the group's offsets that a reset moved since.
+#[test]
+fn a_transaction_completed_by_the_next_producer_is_not_completed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open_with(dir.path(), quiet()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let tp = TopicPartition::new("in", 0);
+    let g = GroupMetadata { group: "g".into(), member_id: None };
+    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let mut first = log.transactional_producer("x", tiny.clone()).unwrap();
+    first.begin_transaction().unwrap();
+    send(&mut first, "out", 0, "a");
+    log.partition("out", 0).unwrap().inject_fault(Fault::MarkerAppend);
+    assert!(first.commit_transaction(Some(&g), &[(tp.clone(), 100)]).is_err(), "failed past its commit point");
+    let second = log.transactional_producer("x", tiny.clone()).unwrap(); // completes it
+    assert_eq!(read(&log, "out", true), vec!["a"]);
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 100);
+    log.reset_group_offsets("g", &[(tp.clone(), 0)]).unwrap();
+    drop(second);
+    drop(first);
+    let _third = log.transactional_producer("x", tiny).unwrap();
+    assert_eq!(log.groups().committed("g", &tp).unwrap().offset, 0, "the reset stands");
 }
