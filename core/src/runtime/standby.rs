@@ -93,8 +93,9 @@ pub(crate) fn run(shared: Arc<Shared>, shutdown: Arc<AtomicBool>) {
     let span = tracing::info_span!("standby", app = %shared.config.application_id);
     let _enter = span.enter();
     let mut standbys: BTreeMap<TaskId, Standby> = BTreeMap::new();
+    let mut open_failures = OpenFailures::default();
     while !shutdown.load(Ordering::Acquire) {
-        if let Err(e) = step(&shared, &mut standbys) {
+        if let Err(e) = step(&shared, &mut standbys, &mut open_failures) {
             tracing::warn!(error = %e, "standby update failed; retrying");
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -114,7 +115,35 @@ fn close(id: TaskId, s: Standby) {
     tracing::info!(task = %id, "closed standby");
 }
 
-fn step(shared: &Shared, standbys: &mut BTreeMap<TaskId, Standby>) -> Result<()> {
+/// How often a standby whose stores failed to open is tried again.
+const OPEN_RETRY: Duration = Duration::from_secs(1);
+
+/// Standbys whose stores failed to open: the error last reported and when the open was last
+/// tried. The standby thread goes round every 20 ms; each error is reported once, and the open
+/// tried again at most every [`OPEN_RETRY`], rather than fifty warnings and opens a second.
+#[derive(Default)]
+struct OpenFailures(BTreeMap<TaskId, (String, Instant)>);
+
+impl OpenFailures {
+    /// True when `id`'s stores may be tried now.
+    fn due(&self, id: &TaskId, now: Instant) -> bool {
+        self.0.get(id).is_none_or(|(_, at)| now.saturating_duration_since(*at) >= OPEN_RETRY)
+    }
+
+    /// Records a failed open; true when it is to be reported (not the task's last error again).
+    fn failed(&mut self, id: TaskId, error: String, now: Instant) -> bool {
+        let new = self.0.get(&id).is_none_or(|(last, _)| *last != error);
+        self.0.insert(id, (error, now));
+        new
+    }
+
+    /// Forgets tasks opened since, or no longer wanted here.
+    fn retain(&mut self, keep: impl Fn(&TaskId) -> bool) {
+        self.0.retain(|id, _| keep(id));
+    }
+}
+
+fn step(shared: &Shared, standbys: &mut BTreeMap<TaskId, Standby>, open_failures: &mut OpenFailures) -> Result<()> {
     let wanted = wanted(shared)?;
     let active = shared.active.lock().unwrap_or_else(|e| e.into_inner()).clone();
     // Tasks that became active here (their worker is waiting for the lock) or are no longer ours.
@@ -126,8 +155,12 @@ fn step(shared: &Shared, standbys: &mut BTreeMap<TaskId, Standby>) -> Result<()>
         }
     }
     let reader = BackendReader(&*shared.backend);
-    let missing: Vec<TaskId> =
-        wanted.iter().filter(|id| !active.contains(id) && !standbys.contains_key(id)).copied().collect();
+    let now = Instant::now();
+    let missing: Vec<TaskId> = wanted
+        .iter()
+        .filter(|id| !active.contains(id) && !standbys.contains_key(id) && open_failures.due(id, now))
+        .copied()
+        .collect();
     for id in &missing {
         let opened = TaskStores::open_standby(
             &shared.topology,
@@ -145,10 +178,15 @@ fn step(shared: &Shared, standbys: &mut BTreeMap<TaskId, Standby>) -> Result<()>
                     .insert(*id, Standby { stores, checkpointed: 0, last_checkpoint: Instant::now(), failing: None });
             }
             Ok(None) => {}
-            // One task's stores failing to open hold up no other standby; it is tried next round.
-            Err(e) => tracing::warn!(task = %id, error = %e, "opening a standby failed; the others go on"),
+            // One task's stores failing to open hold up no other standby; it is tried again.
+            Err(e) => {
+                if open_failures.failed(*id, e.to_string(), now) {
+                    tracing::warn!(task = %id, error = %e, "opening a standby failed; the others go on, it is tried again every second");
+                }
+            }
         }
     }
+    open_failures.retain(|id| wanted.contains(id) && !standbys.contains_key(id));
     let deadline = Instant::now() + Duration::from_millis(100);
     let mut lag = 0;
     for (id, s) in standbys.iter_mut() {
@@ -172,4 +210,25 @@ fn step(shared: &Shared, standbys: &mut BTreeMap<TaskId, Standby>) -> Result<()>
     }
     shared.metrics.standby_lag.store(lag, Ordering::Relaxed);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_that_cannot_open_is_reported_once_per_error_and_tried_each_second() {
+        let mut failures = OpenFailures::default();
+        let id = TaskId { subtopology: 0, partition: 1 };
+        let t0 = Instant::now();
+        assert!(failures.due(&id, t0));
+        assert!(failures.failed(id, "disk full".into(), t0), "a first error is reported");
+        assert!(!failures.due(&id, t0 + Duration::from_millis(20)), "not tried again on the next round");
+        assert!(failures.due(&id, t0 + OPEN_RETRY));
+        assert!(!failures.failed(id, "disk full".into(), t0 + OPEN_RETRY), "the same error is not reported again");
+        assert!(failures.failed(id, "permission denied".into(), t0 + 2 * OPEN_RETRY), "another one is");
+        failures.retain(|_| false); // opened, or no longer wanted
+        assert!(failures.due(&id, t0));
+        assert!(failures.failed(id, "disk full".into(), t0), "reported again after it opened once");
+    }
 }
