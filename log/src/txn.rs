@@ -92,6 +92,11 @@ impl TxnRecord {
             | TxnRecord::Complete { seq, .. } => *seq,
         }
     }
+
+    /// True when the record belongs to transaction `seq` of producer `pid` at `epoch`.
+    fn is_transaction(&self, pid: i64, epoch: i16, seq: u64) -> bool {
+        self.producer() == (pid, epoch) && self.seq() == seq
+    }
 }
 
 /// A new transaction sequence number. Unique within the process; together with the producer id
@@ -208,7 +213,7 @@ impl Replayed {
                 // lazily (see `TransactionalProducer::commit_transaction`), so a record of an
                 // older epoch, or of the same epoch's previous transaction, may follow a newer
                 // prepare record.
-                if self.prepared.get(id).is_some_and(|p| p.producer() == (*pid, *epoch) && p.seq() == *seq) {
+                if self.prepared.get(id).is_some_and(|p| p.is_transaction(*pid, *epoch, *seq)) {
                     self.prepared.remove(id);
                 }
             }
@@ -476,7 +481,7 @@ impl TransactionCoordinator {
         // Its prepare record, whoever holds the id now: a new producer's `init` completes the
         // old producer's, and completing it again later would move offsets back that a reset
         // moved since.
-        if m.pending.as_ref().is_some_and(|p| p.producer() == (pid, epoch) && p.seq() == seq) {
+        if m.pending.as_ref().is_some_and(|p| p.is_transaction(pid, epoch, seq)) {
             m.pending = None;
         }
         // Its partitions only while it holds the id: a fenced producer's commit finishing late

@@ -42,6 +42,11 @@ fn read(log: &Log, topic: &str, committed: bool) -> Vec<String> {
     out
 }
 
+/// A producer whose every send appends a batch of its own at once.
+fn one_record_batches() -> garam_log::producer::ProducerConfig {
+    garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() }
+}
+
 fn send(p: &mut garam_log::txn::TransactionalProducer, topic: &str, part: u32, v: &str) {
     p.send_raw(topic, Some(part), Some(v.as_bytes()), Some(v.as_bytes()), 0, &[]).unwrap();
 }
@@ -84,9 +89,7 @@ fn open_transactions_hold_back_read_committed_readers() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     log.create_topic("out", 1, TopicConfig::default()).unwrap();
-    let mut p = log
-        .transactional_producer("t", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() })
-        .unwrap();
+    let mut p = log.transactional_producer("t", one_record_batches()).unwrap();
     p.begin_transaction().unwrap();
     send(&mut p, "out", 0, "x"); // batch_size 1: appended at once
     let part = log.partition("out", 0).unwrap();
@@ -107,9 +110,7 @@ fn offsets_commit_with_the_records_and_zombies_are_fenced() {
     log.create_topic("out", 1, TopicConfig::default()).unwrap();
     let tp = TopicPartition::new("in", 0);
     let g = GroupMetadata { group: "g".into(), member_id: None };
-    let mut old = log
-        .transactional_producer("app-0", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() })
-        .unwrap();
+    let mut old = log.transactional_producer("app-0", one_record_batches()).unwrap();
     old.begin_transaction().unwrap();
     send(&mut old, "out", 0, "1");
     old.commit_transaction(Some(&g), &[(tp.clone(), 5)]).unwrap();
@@ -225,9 +226,7 @@ fn a_refused_commit_aborts_everything_the_transaction_wrote() {
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     log.create_topic("in", 1, TopicConfig::default()).unwrap();
     log.create_topic("out", 2, TopicConfig::default()).unwrap();
-    let mut p = log
-        .transactional_producer("t", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() })
-        .unwrap();
+    let mut p = log.transactional_producer("t", one_record_batches()).unwrap();
     p.begin_transaction().unwrap();
     send(&mut p, "out", 0, "a");
     send(&mut p, "out", 1, "b");
@@ -266,9 +265,7 @@ fn compaction_keeps_committed_values_over_aborted_ones() {
     let mut c = TopicConfig::default();
     c.set("cleanup.policy", "compact").unwrap();
     log.create_topic("c", 1, c).unwrap();
-    let mut p = log
-        .transactional_producer("t", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() })
-        .unwrap();
+    let mut p = log.transactional_producer("t", one_record_batches()).unwrap();
     p.begin_transaction().unwrap();
     p.send_raw("c", Some(0), Some(b"k"), Some(b"committed"), 0, &[]).unwrap();
     p.commit_transaction(None, &[]).unwrap();
@@ -353,7 +350,7 @@ fn a_transaction_not_yet_recorded_complete_is_completed_again_on_open_and_nothin
     log.create_topic("out", 2, TopicConfig::default()).unwrap();
     let tp = TopicPartition::new("in", 0);
     let g = GroupMetadata { group: "g".into(), member_id: None };
-    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let tiny = one_record_batches();
     let mut a = log.transactional_producer("a", tiny.clone()).unwrap();
     a.begin_transaction().unwrap();
     send(&mut a, "out", 0, "a1");
@@ -421,7 +418,7 @@ fn a_topic_deleted_and_recreated_after_a_commit_is_not_given_its_markers_at_reco
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     log.create_topic("out", 1, TopicConfig::default()).unwrap();
     // Batches of one record: each send is appended at once.
-    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let tiny = one_record_batches();
     let mut a = log.transactional_producer("a", tiny).unwrap();
     a.begin_transaction().unwrap();
     send(&mut a, "out", 0, "a1");
@@ -445,7 +442,7 @@ fn a_transaction_whose_topic_is_deleted_under_it_fails_to_commit() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     log.create_topic("out", 1, TopicConfig::default()).unwrap();
-    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let tiny = one_record_batches();
     let mut a = log.transactional_producer("a", tiny).unwrap();
     let mut b = log.transactional_producer("b", Default::default()).unwrap();
     a.begin_transaction().unwrap();
@@ -477,9 +474,7 @@ fn the_next_transaction_queues_behind_a_commit_in_flight_and_never_joins_it() {
     let g = GroupMetadata { group: "g".into(), member_id: None };
     // batch_size 1: every send appends at once, so the next transaction's first record would
     // reach the partition while the commit's fsyncs still run, were it not held back.
-    let mut p = log
-        .transactional_producer("t", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() })
-        .unwrap();
+    let mut p = log.transactional_producer("t", one_record_batches()).unwrap();
     p.begin_transaction().unwrap();
     send(&mut p, "out", 0, "a");
     send(&mut p, "out", 0, "b");
@@ -553,7 +548,7 @@ fn a_producer_dropped_with_its_transaction_open_aborts_it() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     log.create_topic("out", 1, TopicConfig::default()).unwrap();
-    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let tiny = one_record_batches();
     let mut a = log.transactional_producer("a", tiny.clone()).unwrap();
     a.begin_transaction().unwrap();
     send(&mut a, "out", 0, "left-open"); // batch_size 1: appended at once
@@ -577,7 +572,7 @@ fn a_read_committed_consumer_starting_at_latest_reads_a_transaction_open_when_it
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     log.create_topic("out", 1, TopicConfig::default()).unwrap();
-    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let tiny = one_record_batches();
     let mut a = log.transactional_producer("a", tiny).unwrap();
     a.begin_transaction().unwrap();
     for v in ["x", "y", "z"] {
@@ -617,7 +612,7 @@ fn a_producer_snapshot_past_a_torn_log_end_is_never_used_again() {
     let mut config = TopicConfig::default();
     config.set("segment.bytes", "4096").unwrap();
     log.create_topic("out", 1, config).unwrap();
-    let mut p = log.producer(garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() }).unwrap();
+    let mut p = log.producer(one_record_batches()).unwrap();
     let part = log.partition("out", 0).unwrap();
     let value = "v".repeat(1000);
     while part.segment_count() < 2 {
@@ -636,9 +631,7 @@ fn a_producer_snapshot_past_a_torn_log_end_is_never_used_again() {
     let log = Log::open_with(torn.path(), quiet()).unwrap();
     let part = log.partition("out", 0).unwrap();
     assert_eq!(part.high_watermark(), rolled_at - 1, "the torn record is cut");
-    let mut a = log
-        .transactional_producer("a", garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() })
-        .unwrap();
+    let mut a = log.transactional_producer("a", one_record_batches()).unwrap();
     a.begin_transaction().unwrap();
     send(&mut a, "out", 0, "u1"); // at rolled_at - 1
     send(&mut a, "out", 0, "u2"); // at rolled_at: the log now reaches the snapshot's offset
@@ -660,7 +653,7 @@ fn open_transaction_of_x(
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     log.create_topic("out", 2, TopicConfig::default()).unwrap();
-    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let tiny = one_record_batches();
     let mut old = log.transactional_producer("x", tiny.clone()).unwrap();
     old.begin_transaction().unwrap();
     send(&mut old, "out", 0, "z0");
@@ -794,7 +787,7 @@ fn an_open_transaction_of_a_producer_whose_epochs_ran_out_is_aborted_by_the_next
 
     let log = Log::open_with(dir.path(), quiet()).unwrap();
     log.create_topic("out", 1, TopicConfig::default()).unwrap();
-    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let tiny = one_record_batches();
     let mut old = log.transactional_producer("x", tiny.clone()).unwrap();
     assert_eq!(old.producer_id_and_epoch(), (1_000_000, i16::MAX - 1));
     old.begin_transaction().unwrap();
@@ -827,7 +820,7 @@ fn an_open_transaction_of_a_producer_whose_epochs_ran_out_is_aborted_by_the_next
 #[test]
 fn a_failed_fsync_fails_the_commit_and_every_flush_after_it_until_the_log_is_reopened() {
     let dir = tempfile::tempdir().unwrap();
-    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let tiny = one_record_batches();
     {
         let log = Log::open_with(dir.path(), quiet()).unwrap();
         log.create_topic("out", 1, TopicConfig::default()).unwrap();
@@ -862,7 +855,7 @@ fn a_commit_that_fails_past_its_commit_point_is_completed_when_the_log_is_reopen
     let dir = tempfile::tempdir().unwrap();
     let tp = TopicPartition::new("in", 0);
     let g = GroupMetadata { group: "g".into(), member_id: None };
-    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let tiny = one_record_batches();
     {
         let log = Log::open_with(dir.path(), quiet()).unwrap();
         log.create_topic("in", 1, TopicConfig::default()).unwrap();
@@ -908,7 +901,7 @@ fn a_transaction_completed_by_the_next_producer_is_not_completed_again() {
     log.create_topic("out", 1, TopicConfig::default()).unwrap();
     let tp = TopicPartition::new("in", 0);
     let g = GroupMetadata { group: "g".into(), member_id: None };
-    let tiny = garam_log::producer::ProducerConfig { batch_size: 1, ..Default::default() };
+    let tiny = one_record_batches();
     let mut first = log.transactional_producer("x", tiny.clone()).unwrap();
     first.begin_transaction().unwrap();
     send(&mut first, "out", 0, "a");
