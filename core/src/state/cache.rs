@@ -26,6 +26,7 @@ use std::rc::Rc;
 
 use hashbrown::HashTable;
 
+use super::table_alloc::TableAlloc;
 use super::Change;
 use crate::Result;
 
@@ -145,6 +146,10 @@ fn set_logged(e: &mut Entry) -> bool {
     }
 }
 
+/// How many marked entries [`StoreCache::log_marked`] asks the processor for before it reads
+/// them: enough fetches in flight to keep the memory busy while it sends.
+const MARKS_AHEAD: usize = 32;
+
 /// Key and value bytes that fit in the slot itself: reading them costs no further cache miss.
 const INLINE: usize = 22;
 
@@ -242,7 +247,9 @@ impl Entry {
 
 /// One store's cache.
 pub(crate) struct StoreCache {
-    entries: HashTable<Entry>,
+    /// In pages of its own once it is big ([`TableAlloc`]): what the table leaves behind when it
+    /// grows or shrinks goes back to the kernel.
+    entries: HashTable<Entry, TableAlloc>,
     /// One bit per bucket of `entries`, set for every bucket holding an entry the changelog
     /// lacks (and perhaps for some that no longer do: a bit is a hint, the entry says), while
     /// `marked`. A commit that finds few dirty entries reads only the slots these bits name,
@@ -266,7 +273,7 @@ impl StoreCache {
     pub(crate) fn new(budget: Rc<CacheBudget>) -> Self {
         budget.caches.set(budget.caches.get() + 1);
         StoreCache {
-            entries: HashTable::new(),
+            entries: HashTable::new_in(TableAlloc),
             marks: Vec::new(),
             marked: false,
             hasher: foldhash::fast::RandomState::default(),
@@ -425,17 +432,20 @@ impl StoreCache {
     /// exactly-once logs most of the cache), and counts it as logged. Stops at the first error;
     /// the entries not sent stay unlogged.
     ///
-    /// With under a fifth of the entries dirty it reads the marked buckets only; with more, a
-    /// scan of the whole table is cheaper, the processor streaming through it where the marks
-    /// fetch scattered lines (`commit_pass_costs` below measures both: the marks cost 3–13 times
-    /// less at 1–10 % dirty, the scan 1.7 times less at a third, which is what exactly-once's
-    /// 100 ms commits in the main count bench log). So a commit's cost follows what changed,
-    /// not the cache's size, once the cache is big and the changes few.
+    /// While the marks name every dirty entry and under a third of the entries are dirty, it
+    /// reads the marked buckets only; else it scans the whole table. Which is cheaper depends on
+    /// the machine's memory (`commit_pass_costs` below measures both on a table of 500 K
+    /// entries; BENCHMARKS.md has the figures): one machine streamed the table in 1.3 ms and
+    /// found the scan 1.7 times cheaper at 37 % dirty (against the marks' earlier pass, which
+    /// fetched a chunk and then sent it); another took 5 ms, and there the marks, whose fetches
+    /// now overlap the sends, cost 2–20 times less at 1–20 % dirty and 1.9 times less at 37 %.
+    /// Exactly-once's 100 ms commits in the main count bench log about a quarter of each cache.
+    /// So a commit's cost follows what changed, not the cache's size.
     pub(crate) fn log_dirty(&mut self, mut send: impl FnMut(&[u8], Option<&[u8]>) -> Result<()>) -> Result<()> {
         if self.dirty == 0 {
             return Ok(());
         }
-        if self.marked && self.dirty * 5 < self.entries.len() {
+        if self.marked && self.dirty * 3 < self.entries.len() {
             self.log_marked(&mut send)?;
             if self.dirty == 0 {
                 return Ok(());
@@ -449,56 +459,53 @@ impl StoreCache {
         Ok(())
     }
 
-    /// [`Self::log_dirty`] over the marked buckets. Their slots are asked for a chunk at a
-    /// time, one after another, so that the processor fetches them together; then sent. A
-    /// failure leaves the marks of the entries not sent.
+    /// [`Self::log_dirty`] over the marked buckets, in bucket order. Each slot is asked for
+    /// [`MARKS_AHEAD`] entries before it is read, so that the processor keeps that many fetches
+    /// in flight while the entries before it are sent — a pipeline, not chunks fetched and then
+    /// sent, which left the memory idle while a chunk was sent. A failure leaves the marks of the
+    /// entries not sent.
     fn log_marked(&mut self, send: &mut impl FnMut(&[u8], Option<&[u8]>) -> Result<()>) -> Result<()> {
-        const CHUNK: usize = 32;
-        let mut chunk = [0usize; CHUNK];
+        let mut ahead = [0usize; MARKS_AHEAD];
+        // Buckets asked for and not yet read: `ahead[next % MARKS_AHEAD..asked % MARKS_AHEAD]`.
+        let (mut next, mut asked) = (0usize, 0usize);
         let (mut logged, mut dropped) = (0, 0);
-        let mut failed = None;
         let mut word = 0;
-        while word < self.marks.len() && failed.is_none() {
-            let mut n = 0;
-            while n < CHUNK && word < self.marks.len() {
+        let mut result = Ok(());
+        loop {
+            while asked - next < MARKS_AHEAD && word < self.marks.len() {
                 let bits = &mut self.marks[word];
-                while *bits != 0 && n < CHUNK {
-                    chunk[n] = word * 64 + bits.trailing_zeros() as usize;
-                    *bits &= *bits - 1;
-                    n += 1;
-                }
                 if *bits == 0 {
                     word += 1;
+                    continue;
                 }
-            }
-            for &i in &chunk[..n] {
+                let i = word * 64 + bits.trailing_zeros() as usize;
+                *bits &= *bits - 1;
                 if let Some(e) = self.entries.get_bucket(i) {
                     prefetch(e);
                 }
+                ahead[asked % MARKS_AHEAD] = i;
+                asked += 1;
             }
-            for (j, &i) in chunk[..n].iter().enumerate() {
-                let Some(e) = self.entries.get_bucket_mut(i) else { continue };
-                if e.written != Written::Nowhere {
-                    continue;
-                }
-                if let Err(err) = send(e.key(), e.value()) {
-                    failed = Some((err, j, n));
-                    break;
-                }
-                logged += 1;
-                dropped += usize::from(set_logged(e));
+            if next == asked {
+                break;
             }
+            let i = ahead[next % MARKS_AHEAD];
+            next += 1;
+            let Some(e) = self.entries.get_bucket_mut(i) else { continue };
+            if e.written != Written::Nowhere {
+                continue;
+            }
+            if let Err(err) = send(e.key(), e.value()) {
+                // This entry and those asked for after it keep their marks (the rest theirs).
+                for k in next - 1..asked {
+                    self.mark(ahead[k % MARKS_AHEAD]);
+                }
+                result = Err(err);
+                break;
+            }
+            logged += 1;
+            dropped += usize::from(set_logged(e));
         }
-        let result = match failed {
-            Some((err, j, n)) => {
-                // The entries of the chunk not sent keep their marks (the later chunks theirs).
-                for &i in &chunk[j..n] {
-                    self.mark(i);
-                }
-                Err(err)
-            }
-            None => Ok(()),
-        };
         self.count_logged(logged, dropped);
         result
     }
@@ -703,44 +710,49 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_logs_every_dirty_entry_once_across_chunks_and_a_failed_send_leaves_the_rest() {
-        let mut c = cache();
-        let key = |i: u32| format!("key-{i:04}").into_bytes();
-        // 1000 keys, logged; then 300 of them updated, 100 deleted (tombstones the backend
-        // never needs), so dirty and clean entries interleave across many chunks.
-        for i in 0..1000 {
-            c.write(&key(i), Some(b"1"), true);
-        }
-        assert_eq!(take_dirty(&mut c).len(), 1000);
-        for i in (0..1000).step_by(3).take(300) {
-            c.write(&key(i), Some(b"2"), false);
-        }
-        for i in (1..1000).step_by(10) {
-            c.write(&key(i), None, false);
-        }
-        let expected: std::collections::BTreeSet<Vec<u8>> =
-            (0..1000).step_by(3).take(300).chain((1..1000).step_by(10)).map(key).collect();
-        assert_eq!(c.dirty, expected.len());
-        // The send fails on the 150th entry: 149 are logged, the rest stay dirty.
-        let mut sent = Vec::new();
-        let err = c.log_dirty(|k, _| {
-            if sent.len() == 149 {
-                return Err(crate::StreamsError::Topology("full".into()));
+    fn a_commit_logs_every_dirty_entry_once_and_a_failed_send_leaves_the_rest() {
+        for scan in [false, true] {
+            let mut c = cache();
+            let key = |i: u32| format!("key-{i:04}").into_bytes();
+            // 1000 keys, logged; then some updated and 100 deleted (tombstones the backend never
+            // needs), so dirty and clean entries interleave: 200 updated, under a third of the
+            // entries, for the pass over the marks; 500 for the scan.
+            let updated = if scan { 500 } else { 200 };
+            for i in 0..1000 {
+                c.write(&key(i), Some(b"1"), true);
             }
-            sent.push(k.to_vec());
-            Ok(())
-        });
-        assert!(err.is_err());
-        assert_eq!(c.dirty, expected.len() - 149);
-        let rest: Vec<Vec<u8>> = take_dirty(&mut c).into_iter().map(|(k, _)| k).collect();
-        let all: Vec<Vec<u8>> = sent.into_iter().chain(rest).collect();
-        assert_eq!(all.len(), expected.len(), "each dirty entry logged once");
-        assert_eq!(all.into_iter().collect::<std::collections::BTreeSet<_>>(), expected);
-        assert_eq!(c.dirty, 0);
-        // The tombstones are gone from the cache; the rest is unpersisted, 900 live keys.
-        let (backend, _) = c.take_unpersisted();
-        assert_eq!(backend.len(), 900);
-        assert!(backend.iter().all(|(_, v)| v.is_some()));
+            assert_eq!(take_dirty(&mut c).len(), 1000);
+            for i in (0..1000).step_by(1000 / updated).take(updated) {
+                c.write(&key(i), Some(b"2"), false);
+            }
+            for i in (1..1000).step_by(10) {
+                c.write(&key(i), None, false);
+            }
+            let expected: std::collections::BTreeSet<Vec<u8>> =
+                (0..1000).step_by(1000 / updated).take(updated).chain((1..1000).step_by(10)).map(key).collect();
+            assert_eq!(expected.len() * 3 < 1000, !scan);
+            assert_eq!(c.dirty, expected.len());
+            // The send fails on the 150th entry: 149 are logged, the rest stay dirty.
+            let mut sent = Vec::new();
+            let err = c.log_dirty(|k, _| {
+                if sent.len() == 149 {
+                    return Err(crate::StreamsError::Topology("full".into()));
+                }
+                sent.push(k.to_vec());
+                Ok(())
+            });
+            assert!(err.is_err());
+            assert_eq!(c.dirty, expected.len() - 149);
+            let rest: Vec<Vec<u8>> = take_dirty(&mut c).into_iter().map(|(k, _)| k).collect();
+            let all: Vec<Vec<u8>> = sent.into_iter().chain(rest).collect();
+            assert_eq!(all.len(), expected.len(), "each dirty entry logged once");
+            assert_eq!(all.into_iter().collect::<std::collections::BTreeSet<_>>(), expected);
+            assert_eq!(c.dirty, 0);
+            // The tombstones are gone from the cache; the rest is unpersisted, 900 live keys.
+            let (backend, _) = c.take_unpersisted();
+            assert_eq!(backend.len(), 900);
+            assert!(backend.iter().all(|(_, v)| v.is_some()));
+        }
     }
 
     #[test]

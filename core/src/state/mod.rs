@@ -18,6 +18,7 @@ pub mod global;
 mod handle;
 mod query;
 mod shared;
+mod table_alloc;
 pub mod window;
 
 pub use cache::CacheBudget;
