@@ -6,7 +6,7 @@
 //! general allocator serves blocks of 64–512 KiB from pages of several megabytes shared by blocks
 //! of the same size class, so with 192 tables (64 tasks × 3 stores) of a few sizes, the blocks
 //! the tables left behind when they grew held pages that were neither used nor returned: the
-//! count bench's peak at 64 × 3 was ~10 MiB higher under mimalloc than with this allocator
+//! count bench's peak at 64 × 3 was ~13 MiB higher under mimalloc than with this allocator
 //! (BENCHMARKS.md). A table with pages of its own costs its size, rounded up to a page, for as
 //! long as it lives, and nothing after.
 //!
@@ -37,16 +37,21 @@ impl TableAlloc {
 
 // SAFETY: a mapped block is a fresh private anonymous mapping of at least `layout.size()` bytes,
 // page-aligned (so aligned for any `layout.align()` up to a page, which `mapped` requires), valid
-// until it is unmapped in `deallocate` with the same length; every other block is the global
-// allocator's, allocated and freed through it. `mapped` depends only on the layout, which the
-// caller must give back unchanged, so a block is always freed the way it was allocated. Copies of
-// the allocator share nothing, so a block may be freed through any of them.
+// until it is unmapped in `deallocate`; every other block is the global allocator's, allocated and
+// freed through it. Both kinds are returned with a length of exactly `layout.size()`, so the
+// caller may give back only that size (the `Allocator` contract allows any size between the one
+// asked for and the length returned, and hashbrown uses a longer length when it gets one): then
+// `mapped`, which depends only on the layout, decides the way back as it decided the way in, and
+// `unmap` gets the length that was mapped. Copies of the allocator share nothing, so a block may
+// be freed through any of them.
 unsafe impl Allocator for TableAlloc {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        if !Self::mapped(layout) {
-            return Global.allocate(layout);
-        }
-        let ptr = map(layout.size()).ok_or(AllocError)?;
+        let ptr = if Self::mapped(layout) {
+            map(layout.size()).ok_or(AllocError)?
+        } else {
+            Global.allocate(layout)?.cast::<u8>()
+        };
+        // Exactly the size asked for, whatever the global allocator could give: see above.
         Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
     }
 
@@ -97,6 +102,8 @@ fn map(len: usize) -> Option<NonNull<u8>> {
     if ptr == libc::MAP_FAILED {
         return None;
     }
+    #[cfg(test)]
+    tests::LIVE_MAPPINGS.with(|n| n.set(n.get() + 1));
     NonNull::new(ptr.cast::<u8>())
 }
 
@@ -115,6 +122,8 @@ unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
     // which the contract rules out; were it to fail, the pages would stay mapped (a leak, not a
     // fault), so there is nothing more to do.
     let _ = unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
+    #[cfg(test)]
+    tests::LIVE_MAPPINGS.with(|n| n.set(n.get() - 1));
 }
 
 #[cfg(not(unix))]
@@ -124,6 +133,12 @@ unsafe fn unmap(_ptr: NonNull<u8>, _len: usize) {}
 mod tests {
     use super::*;
     use hashbrown::HashTable;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Mappings made and not yet unmapped by this thread (each test runs on its own).
+        pub(super) static LIVE_MAPPINGS: Cell<isize> = const { Cell::new(0) };
+    }
 
     #[test]
     fn a_big_block_is_mapped_writable_zeroed_and_unmapped() {
@@ -135,10 +150,13 @@ mod tests {
         assert_eq!(ptr.as_ptr() as usize % layout.align(), 0);
         // SAFETY: the block holds `layout.size()` bytes, ours until deallocated below.
         let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), layout.size()) };
+        assert!(bytes.iter().all(|&b| b == 0), "a fresh mapping is zeroed");
         bytes.fill(0xab);
         assert!(bytes.iter().all(|&b| b == 0xab));
+        assert_eq!(LIVE_MAPPINGS.with(Cell::get), if cfg!(unix) { 1 } else { 0 });
         // SAFETY: allocated above with this layout, not used after.
         unsafe { TableAlloc.deallocate(ptr, layout) };
+        assert_eq!(LIVE_MAPPINGS.with(Cell::get), 0);
     }
 
     #[test]
@@ -146,6 +164,8 @@ mod tests {
         let layout = Layout::from_size_align(MAPPED_MIN_BYTES - 1, 8).unwrap();
         assert!(!TableAlloc::mapped(layout));
         let block = TableAlloc.allocate(layout).unwrap();
+        assert_eq!(block.len(), layout.size(), "exactly the size asked for");
+        assert_eq!(LIVE_MAPPINGS.with(Cell::get), 0);
         // SAFETY: allocated above with this layout, not used after.
         unsafe { TableAlloc.deallocate(block.cast(), layout) };
     }
@@ -164,5 +184,8 @@ mod tests {
         table.shrink_to(0, hash);
         assert_eq!(table.len(), 20_000);
         assert!((0..200_000u64).step_by(10).all(|v| table.find(hash(&v), |&e| e == v).is_some()));
+        assert_eq!(LIVE_MAPPINGS.with(Cell::get), if cfg!(unix) { 1 } else { 0 }, "the old tables were unmapped");
+        drop(table);
+        assert_eq!(LIVE_MAPPINGS.with(Cell::get), 0);
     }
 }
