@@ -21,7 +21,10 @@ use allocator_api2::alloc::{AllocError, Allocator, Global};
 /// Tables of at least this many bytes get pages of their own; smaller ones come from the global
 /// allocator. mimalloc serves blocks up to ~64 KiB from pages of 512 KiB, bigger ones from pages
 /// of 4 MiB (or pages of their own past 512 KiB).
-pub(crate) const MAPPED_MIN_BYTES: usize = 64 * 1024;
+const MAPPED_MIN_BYTES: usize = 64 * 1024;
+
+/// The alignment a mapping is sure to have: it starts on a page, and pages are at least 4 KiB.
+const MAPPED_ALIGN: usize = 4096;
 
 /// The allocator of the store caches' tables (see the module's documentation).
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,12 +34,12 @@ impl TableAlloc {
     /// True when a block of `layout` is mapped rather than taken from the global allocator. The
     /// same test on the same layout decides where it goes back.
     fn mapped(layout: Layout) -> bool {
-        cfg!(unix) && layout.size() >= MAPPED_MIN_BYTES && layout.align() <= page_size()
+        cfg!(unix) && layout.size() >= MAPPED_MIN_BYTES && layout.align() <= MAPPED_ALIGN
     }
 }
 
 // SAFETY: a mapped block is a fresh private anonymous mapping of at least `layout.size()` bytes,
-// page-aligned (so aligned for any `layout.align()` up to a page, which `mapped` requires), valid
+// page-aligned (so aligned for any `layout.align()` up to 4 KiB, which `mapped` requires), valid
 // until it is unmapped in `deallocate`; every other block is the global allocator's, allocated and
 // freed through it. Both kinds are returned with a length of exactly `layout.size()`, so the
 // caller may give back only that size (the `Allocator` contract allows any size between the one
@@ -65,22 +68,6 @@ unsafe impl Allocator for TableAlloc {
             unsafe { Global.deallocate(ptr, layout) }
         }
     }
-}
-
-#[cfg(unix)]
-fn page_size() -> usize {
-    use std::sync::OnceLock;
-    static PAGE: OnceLock<usize> = OnceLock::new();
-    *PAGE.get_or_init(|| {
-        // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
-        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        usize::try_from(n).ok().filter(|&n| n.is_power_of_two()).unwrap_or(4096)
-    })
-}
-
-#[cfg(not(unix))]
-fn page_size() -> usize {
-    4096
 }
 
 /// A private anonymous mapping of `len` bytes (rounded up to pages by the kernel), zeroed; `None`

@@ -88,14 +88,20 @@ pub struct Kills {
     pub input: u64,
 }
 
-/// Starts the app under test with `start` and SIGKILLs it 50 ms to `max_ms` later, again and
+/// Starts the app under test with `start` and SIGKILLs it some milliseconds later, again and
 /// again, until `wanted` kills have interrupted work — the run committed progress before its
 /// kill, and input was left — or `max_kills` kills in all. Before each start, `produce(n)` appends
 /// `n` more input records, topping the input up to twice what the fastest run so far committed in
-/// `max_ms` (`min_backlog` at least). With all the input written up front, a run drained it before
-/// the first or second kill and the later kills hit an idle app. `committed()` reads the app's
-/// committed input offsets, summed over its partitions. Counting kills rather than asserting a
-/// share of them keeps the test independent of the machine's speed.
+/// its window (`min_backlog` at least). With all the input written up front, a run drained it
+/// before the first or second kill and the later kills hit an idle app. `committed()` reads the
+/// app's committed input offsets, summed over its partitions. Counting kills rather than asserting
+/// a share of them keeps the test independent of the machine's speed.
+///
+/// The kill moments are drawn from a window `max_ms - 50` ms wide that starts at 50 ms and moves
+/// later whenever a kill lands before the run committed anything, to that kill's moment: a run's
+/// start (opening the log, restoring its stores — longer with every run under exactly-once) takes
+/// what it takes on a slow machine, and kills that all land before the first commit would use up
+/// `max_kills` without interrupting any work.
 pub fn kill_until_interrupted(
     wanted: usize,
     max_kills: usize,
@@ -109,14 +115,15 @@ pub fn kill_until_interrupted(
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let (mut end, mut done, mut per_ms) = (0u64, 0u64, 0u64);
+    let (mut earliest, width) = (50u64, max_ms.saturating_sub(50).max(1));
     let mut k = Kills { kills: 0, interrupted: 0, input: 0 };
     while k.interrupted < wanted && k.kills < max_kills {
-        let want = done + (2 * per_ms * max_ms).max(min_backlog);
+        let want = done + (2 * per_ms * (earliest + width)).max(min_backlog);
         if end < want {
             produce(want - end);
             end = want;
         }
-        let ms = rng.gen_range(50..max_ms);
+        let ms = rng.gen_range(earliest..earliest + width);
         let mut child = start();
         std::thread::sleep(Duration::from_millis(ms));
         child.kill().unwrap(); // SIGKILL
@@ -128,6 +135,9 @@ pub fn kill_until_interrupted(
             // A run that got through all its input was faster than it shows.
             let rate = (now - done).div_ceil(ms);
             per_ms = per_ms.max(if now >= end { 4 * rate } else { rate });
+        } else if now < end {
+            // Killed before its first commit: the next kills come later.
+            earliest = earliest.max(ms);
         }
         done = now;
     }
