@@ -267,6 +267,14 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Fetched>;
     /// The end of a partition: the high watermark, or the last stable offset for read-committed.
     fn end_offset(&self, topic: &str, partition: u32, read_committed: bool) -> Result<u64>;
+    /// The lowest offset a reader can resume a partition from and still see every record and
+    /// every delete after its position: past what retention deleted, and past every tombstone
+    /// compaction removed. A store checkpointed below it may hold keys deleted since, so it is
+    /// rebuilt from the start. 0 when the backend cannot tell (Kafka Streams' behaviour: a store
+    /// stopped for longer than `delete.retention.ms` can keep deleted keys).
+    fn resume_floor(&self, _topic: &str, _partition: u32) -> Result<u64> {
+        Ok(0)
+    }
     /// Committed offsets and log end offsets of a group on a topic: `(partition, committed, end)`.
     fn group_offsets(&self, group: &str, topic: &str) -> Result<Vec<(u32, Option<u64>, u64)>>;
     /// The live members of a group and the partitions each owns (interactive-query metadata).

@@ -305,6 +305,21 @@ impl TopologyTestDriver {
             .collect()
     }
 
+    /// Removes the tombstones written to `topic` so far, as compaction does once
+    /// `delete.retention.ms` has passed, but leaves what they deleted: what a store that resumed
+    /// from an old checkpoint would hold if nothing noticed. For tests of how operators treat
+    /// state whose deletes were lost (then [`TopologyTestDriver::restart`]).
+    #[doc(hidden)]
+    pub fn lose_tombstones(&self, topic: &str) {
+        if let Some(records) = self.inner.borrow_mut().written.get_mut(topic) {
+            records.retain(|r| r.value.is_some());
+            // The driver's offsets are positions in its list.
+            for (i, r) in records.iter_mut().enumerate() {
+                r.offset = i as u64;
+            }
+        }
+    }
+
     /// Simulates losing every local store: closes the tasks, deletes their state, and rebuilds the
     /// stores from the changelog records written so far.
     pub fn restart(&self) -> Result<()> {

@@ -659,3 +659,69 @@ fn a_standby_that_cannot_apply_its_changelog_holds_up_no_other() {
         }
     }
 }
+
+/// A store stopped for longer than its changelog's `delete.retention.ms` may hold keys deleted
+/// meanwhile whose tombstones compaction has since removed: resuming from its checkpoint would
+/// keep them for ever. Its checkpoint is below the changelog's resume floor, so it is wiped and
+/// rebuilt instead. A standby that lagged as long is found the same way; one rebuilt from the
+/// start is not (what a removed tombstone deleted was removed before it).
+#[test]
+fn a_store_whose_changelog_dropped_a_delete_past_its_checkpoint_is_rebuilt() {
+    use garam::core::runtime::stores::{BackendReader, TaskStores};
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        garam::log::Log::open_with(dir.path(), garam::log::LogOptions { background: false, ..Default::default() })
+            .unwrap();
+    let changelog = "gone-counts-changelog";
+    let mut config = TopicConfig::default();
+    config.set("cleanup.policy", "compact").unwrap();
+    config.set("delete.retention.ms", "1000").unwrap();
+    log.create_topic(changelog, 1, config).unwrap();
+    write_changelog(&log, changelog, (0..5).map(|i| (format!("k{i}"), versioned_count(i))));
+    let state = dir.path().join("state");
+    let reader = BackendReader(&log);
+    let ctx = AppConfig::new("gone").new_store_context();
+    let task = garam::core::processor::TaskId { subtopology: 0, partition: 0 };
+    let topology = topology(false);
+    let open = || TaskStores::open(&topology, "gone", &state, task, &reader, false, &ctx, None).unwrap().unwrap();
+    let holds =
+        |stores: &TaskStores, key: &str| stores.stores["counts"].borrow_mut().get(key.as_bytes()).unwrap().is_some();
+    let mut stores = open();
+    stores.restore_all(&reader, None).unwrap();
+    assert!(holds(&stores, "k1"));
+    stores.checkpoint().unwrap();
+    drop(stores);
+
+    // A standby here follows the changelog from the start; then it stops applying.
+    let mut standby = TaskStores::open_standby(&topology, "gone", &state.join("standby"), task, &reader, false, &ctx)
+        .unwrap()
+        .unwrap();
+    standby.restore_all(&reader, None).unwrap();
+    assert_eq!(standby.below_resume_floor(&reader).unwrap(), None);
+
+    // While both are away, k1 is deleted, and compaction removes the tombstone a day later.
+    let mut p = log.producer(Default::default()).unwrap();
+    p.send(changelog, garam::core::Record { key: Some("k1".into()), value: None, timestamp: None, headers: vec![] })
+        .unwrap();
+    p.flush().unwrap();
+    log.partition(changelog, 0).unwrap().roll().unwrap();
+    write_changelog(&log, changelog, [("k9".to_string(), versioned_count(9))]);
+    let now = garam::core::time::now_ms();
+    log.run_cleaner(now).unwrap();
+    log.run_cleaner(now + 1000).unwrap();
+    assert_eq!(log.partition(changelog, 0).unwrap().resume_floor(), 6, "the tombstone at 5 is gone");
+
+    let mut stores = open();
+    stores.restore_all(&reader, None).unwrap();
+    assert!(!holds(&stores, "k1"), "rebuilt from the start, not resumed at its checkpoint (5) past a lost delete");
+    for key in ["k0", "k2", "k3", "k4", "k9"] {
+        assert!(holds(&stores, key), "{key} restored");
+    }
+    assert_eq!(stores.restored(), 5, "the whole compacted changelog");
+    assert_eq!(standby.below_resume_floor(&reader).unwrap(), Some("counts"), "the standby is stale too");
+    drop(standby);
+    // A standby opened now is rebuilt from the start, and the floor already past it is no loss.
+    let standby =
+        TaskStores::open_standby(&topology, "gone", &state.join("fresh"), task, &reader, false, &ctx).unwrap().unwrap();
+    assert_eq!(standby.below_resume_floor(&reader).unwrap(), None);
+}

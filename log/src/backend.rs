@@ -104,6 +104,10 @@ impl Backend for Log {
         Ok(if read_committed { part.last_stable_offset() } else { part.high_watermark() })
     }
 
+    fn resume_floor(&self, topic: &str, partition: u32) -> garam_core::Result<u64> {
+        Ok(self.partition(topic, partition).map_err(to_streams)?.resume_floor())
+    }
+
     fn group_members(&self, group: &str) -> garam_core::Result<Vec<garam_core::backend::GroupMember>> {
         Ok(self
             .groups()

@@ -165,6 +165,8 @@ fn clean_group(
     let dir = p.dir().to_path_buf();
     let cleaned = dir.join(format!("{}.cleaned", file_name(from, "log")));
     let mut out: Vec<u8> = Vec::new();
+    // Just past the last tombstone this cleaning removes (0: none).
+    let mut deletes_dropped_before = 0u64;
     for seg in group {
         let len = seg.len();
         let mut pos = 0;
@@ -201,6 +203,9 @@ fn clean_group(
                     if is_latest && !expired_tombstone {
                         kept.push(r);
                     } else {
+                        if is_latest {
+                            deletes_dropped_before = deletes_dropped_before.max(r.offset + 1);
+                        }
                         all = false;
                     }
                 }
@@ -233,6 +238,7 @@ fn clean_group(
         }
     }
     crate::index::write_atomically(&cleaned, &out)?;
+    p.dropping_deletes_before(deletes_dropped_before)?;
     let swap = dir.join(format!("{from:020}.{to:020}.swap"));
     fs::rename(&cleaned, &swap).map_err(LogError::io("commit compaction", &swap))?;
     crate::index::sync_parent(&swap)?;

@@ -91,6 +91,9 @@ pub struct Partition {
     waiters: Mutex<Vec<Weak<Signal>>>,
     /// Serialises retention and compaction, which both rewrite the segment list.
     pub(crate) cleaner: Mutex<()>,
+    /// Every tombstone compaction has removed lies below this offset (see
+    /// [`Partition::resume_floor`]); kept in a file of its own.
+    deletes_dropped_before: AtomicU64,
     /// Set when its topic is deleted: handles still held (a producer's) must not append to a
     /// partition whose files are gone.
     deleted: std::sync::atomic::AtomicBool,
@@ -199,6 +202,7 @@ impl Partition {
         let log_start = read_offset_file(&dir, LOG_START).unwrap_or(0).max(segments[0].base_offset);
         let log_end = segments.last().map_or(0, |s| s.next_offset.load(Ordering::Acquire));
         let log_start = log_start.min(log_end);
+        let deletes_dropped_before = read_offset_file(&dir, DELETES_DROPPED).unwrap_or(0);
         // What survived a crash may only be in the page cache: not flushed until fsynced again.
         let flushed = if clean { log_end } else { recovery.min(log_end) };
         Ok(Partition {
@@ -218,6 +222,7 @@ impl Partition {
             last_flush: Mutex::new(Instant::now()),
             waiters: Mutex::new(Vec::new()),
             cleaner: Mutex::new(()),
+            deletes_dropped_before: AtomicU64::new(deletes_dropped_before),
             deleted: std::sync::atomic::AtomicBool::new(false),
             fsync_failed: std::sync::atomic::AtomicBool::new(false),
             faults: std::sync::atomic::AtomicU8::new(0),
@@ -273,6 +278,29 @@ impl Partition {
             high_watermark: self.high_watermark(),
             log_end_offset: s.log_end,
         }
+    }
+
+    /// The lowest offset a reader can resume from and still see every record and every delete
+    /// that came after its position: the log start offset, or just past the last tombstone
+    /// compaction removed (after `delete.retention.ms`), whichever is later. A copy of the
+    /// partition's data built up to an offset below it (a state store checkpointed there, then
+    /// stopped for longer than `delete.retention.ms`) may hold keys deleted since: reading on from
+    /// its offset would never delete them, so such a copy is rebuilt from the start instead.
+    pub fn resume_floor(&self) -> u64 {
+        let log_start = self.state().log_start;
+        log_start.max(self.deletes_dropped_before.load(Ordering::Acquire))
+    }
+
+    /// Records, durably and before the tombstones below `before` become unreadable, that a
+    /// cleaning removes them. A crash after this and before the cleaning commits leaves the floor
+    /// higher than it need be, which costs a reader a rebuild and never a delete.
+    pub(crate) fn dropping_deletes_before(&self, before: u64) -> Result<()> {
+        if before <= self.deletes_dropped_before.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        write_offset_file(&self.dir, DELETES_DROPPED, before)?;
+        self.deletes_dropped_before.fetch_max(before, Ordering::AcqRel);
+        Ok(())
     }
 
     /// True once an fsync of this partition failed: it flushes no more until the log is reopened.
@@ -837,6 +865,8 @@ fn trim_to_offset(batches: Bytes, hw: u64) -> Bytes {
 
 const LOG_START: &str = "log-start-offset";
 const RECOVERY_POINT: &str = "recovery-point";
+/// The partition's [`Partition::resume_floor`] as far as compaction moved it.
+const DELETES_DROPPED: &str = "deletes-dropped-before";
 
 fn read_offset_file(dir: &Path, name: &str) -> Option<u64> {
     let s = fs::read_to_string(dir.join(name)).ok()?;

@@ -155,3 +155,44 @@ fn an_old_tombstone_survives_the_first_cleaning_for_delete_retention() {
     log.run_cleaner(now + 1000).unwrap();
     assert!(read_all(&log).is_empty(), "removed once the horizon has passed");
 }
+
+#[test]
+fn the_resume_floor_moves_past_a_removed_tombstone_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || LogOptions { background: false, ..Default::default() };
+    let log = Log::open_with(dir.path(), options()).unwrap();
+    let mut c = TopicConfig::default();
+    c.set("cleanup.policy", "compact").unwrap();
+    c.set("delete.retention.ms", "1000").unwrap();
+    log.create_topic("c", 1, c).unwrap();
+    let mut p = log.producer(Default::default()).unwrap();
+    let tombstone = |k: &'static str| Record { key: Some(k.into()), value: None, timestamp: Some(0), headers: vec![] };
+    // 0: a=1, 1: b=1, 2: a deleted, 3: b=2, 4: c=1 — then a later tombstone in the active segment.
+    for r in [
+        Record::new(Some("a"), Some("1")).with_timestamp(0),
+        Record::new(Some("b"), Some("1")).with_timestamp(0),
+        tombstone("a"),
+        Record::new(Some("b"), Some("2")).with_timestamp(0),
+        Record::new(Some("c"), Some("1")).with_timestamp(0),
+    ] {
+        p.send("c", r).unwrap();
+    }
+    p.flush().unwrap();
+    let part = log.partition("c", 0).unwrap();
+    part.roll().unwrap();
+    p.send("c", tombstone("c")).unwrap();
+    p.flush().unwrap();
+    let now = 1_700_000_000_000;
+    log.run_cleaner(now).unwrap();
+    assert_eq!(part.resume_floor(), 0, "superseded values removed, but no tombstone: every delete is still readable");
+    log.run_cleaner(now + 1000).unwrap();
+    assert!(read_all(&log).iter().all(|(o, _, _)| *o != 2), "the tombstone at 2 is gone");
+    assert_eq!(part.resume_floor(), 3, "a reader at 2 or before would miss a's delete; from 3 on it misses none");
+    drop((part, p));
+    log.close().unwrap();
+    drop(log);
+    let log = Log::open_with(dir.path(), options()).unwrap();
+    assert_eq!(log.partition("c", 0).unwrap().resume_floor(), 3, "kept across a reopen");
+    let backend: &dyn garam_core::backend::Backend = &log;
+    assert_eq!(backend.resume_floor("c", 0).unwrap(), 3, "and what the runtime reads");
+}

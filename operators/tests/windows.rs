@@ -118,6 +118,46 @@ fn a_closed_window_stays_closed_across_a_restart() {
     assert_eq!(d.counters().late, 1);
 }
 
+/// A closed window whose delete a store never got (its tombstone compacted away while the store
+/// was stopped, on a backend that cannot tell) comes back with the store; the operator knows it
+/// closed from the watermark stored with it, and drops it rather than emit it a second time.
+#[test]
+fn a_closed_window_whose_delete_was_lost_is_dropped_not_emitted_again() {
+    let d = driver(counting(TimeWindows::of(Duration::from_millis(10)), EmitStrategy::OnWindowClose), 0);
+    let input = d.input_topic("clicks", StringSerde, StringSerde);
+    let counts = d.output_topic("counts", windowed(), U64Serde);
+    input.pipe_at(s("a"), s("x"), 1).unwrap();
+    input.pipe_at(s("a"), s("x"), 12).unwrap();
+    assert_eq!(counts.read_key_values().unwrap(), vec![(w("a", 0, 10), 1)]);
+    d.restart().unwrap(); // closing the task writes its cache to the changelog
+    d.lose_tombstones("windows-test-click-counts-changelog");
+    d.restart().unwrap();
+    input.pipe_at(s("a"), s("x"), 2).unwrap(); // late: the task's watermark starts over, the operator's does not
+    input.pipe_at(s("a"), s("x"), 25).unwrap();
+    assert_eq!(counts.read_key_values().unwrap(), vec![(w("a", 10, 20), 1)], "[0, 10) is not emitted again");
+    let stored: Vec<_> = d.store_entries("click-counts").unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(stored.len(), 2, "[20, 30) and the watermark; [0, 10) dropped: {stored:?}");
+}
+
+/// The same for a session: closed before the stored watermark, dropped when it comes back.
+#[test]
+fn a_closed_session_whose_delete_was_lost_is_dropped_not_emitted_again() {
+    let d = driver(sessions(EmitStrategy::OnWindowClose, 10, 0), 0);
+    let input = d.input_topic("clicks", StringSerde, StringSerde);
+    let out = d.output_topic("sessions", windowed(), garam_core::serdes::OptionSerde(U64Serde));
+    input.pipe_at(s("a"), s("x"), 0).unwrap();
+    input.pipe_at(s("b"), s("x"), 30).unwrap(); // closes a's [0, 0]
+    assert_eq!(out.read_key_values().unwrap(), vec![(w("a", 0, 0), Some(1))]);
+    d.restart().unwrap(); // closing the task writes its cache to the changelog
+    d.lose_tombstones("windows-test-sessions-changelog");
+    d.restart().unwrap();
+    input.pipe_at(s("c"), s("x"), 59).unwrap(); // the task's watermark starts over here,
+    input.pipe_at(s("c"), s("x"), 60).unwrap(); // and moves on: b's [30, 30] closes
+    assert_eq!(out.read_key_values().unwrap(), vec![(w("b", 30, 30), Some(1))], "a's session is not emitted again");
+    let stored = d.store_entries("sessions").unwrap();
+    assert_eq!(stored.len(), 2, "c's session and the watermark; a's dropped: {stored:?}");
+}
+
 #[test]
 fn windowed_results_cross_a_repartition_with_the_watermark() {
     // Re-keyed by page: the window operator runs downstream of a repartition topic, where its

@@ -155,6 +155,20 @@ fn step(shared: &Shared, standbys: &mut BTreeMap<TaskId, Standby>, open_failures
         }
     }
     let reader = BackendReader(&*shared.backend);
+    // Standbys their changelogs can no longer bring up to date: closed (checkpointing what they
+    // applied, which is below the floor) and opened again below, which wipes and rebuilds them.
+    let mut stale = Vec::new();
+    for (id, s) in standbys.iter() {
+        if let Some(store) = s.stores.below_resume_floor(&reader)? {
+            tracing::warn!(task = %id, store, "standby missed deletes its changelog no longer holds; rebuilding it");
+            stale.push(*id);
+        }
+    }
+    for id in stale {
+        if let Some(s) = standbys.remove(&id) {
+            close(id, s);
+        }
+    }
     let now = Instant::now();
     let missing: Vec<TaskId> = wanted
         .iter()

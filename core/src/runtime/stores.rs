@@ -43,6 +43,10 @@ pub trait ChangelogReader {
     ) -> Result<crate::backend::Fetched>;
     /// The end of a partition (the last stable offset for read-committed).
     fn end_offset(&self, topic: &str, partition: u32, read_committed: bool) -> Result<u64>;
+    /// The lowest offset a store may resume its restore from ([`Backend::resume_floor`]).
+    fn resume_floor(&self, _topic: &str, _partition: u32) -> Result<u64> {
+        Ok(0)
+    }
 }
 
 /// A backend as a changelog reader.
@@ -61,6 +65,9 @@ impl ChangelogReader for BackendReader<'_> {
     }
     fn end_offset(&self, topic: &str, partition: u32, read_committed: bool) -> Result<u64> {
         self.0.end_offset(topic, partition, read_committed)
+    }
+    fn resume_floor(&self, topic: &str, partition: u32) -> Result<u64> {
+        self.0.resume_floor(topic, partition)
     }
 }
 
@@ -84,6 +91,9 @@ pub struct TaskStores {
     /// Store → changelog offset it holds everything before: where its restore got, then where
     /// the changelog ended after this task's last commit ([`Self::note_committed`]).
     applied: BTreeMap<String, u64>,
+    /// Store → its changelog's resume floor when the store was opened
+    /// ([`Self::below_resume_floor`]).
+    floors: BTreeMap<String, u64>,
     /// A standby copy (checkpoints what it applied, never deletes its checkpoint).
     standby: bool,
 }
@@ -158,6 +168,23 @@ impl TaskStores {
         Ok(lag)
     }
 
+    /// Standby: the first store whose changelog can no longer bring it up to date, because
+    /// compaction removed a tombstone (or retention a record) past what it applied since it was
+    /// opened: a standby that lagged for longer than `delete.retention.ms`. It must be rebuilt
+    /// from the start. (A floor already past it when it was opened is no loss: a store rebuilt
+    /// from the start never read the records a removed tombstone deleted, as compaction removed
+    /// them first; one resumed from a checkpoint was opened at or past the floor.)
+    pub fn below_resume_floor(&self, backend: &dyn ChangelogReader) -> Result<Option<&str>> {
+        for (name, topic) in &self.changelogs {
+            let applied = self.applied.get(name).copied().unwrap_or(0);
+            let opened_at = self.floors.get(name).copied().unwrap_or(0);
+            if applied.max(opened_at) < backend.resume_floor(topic, self.task.partition)? {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
+    }
+
     /// Standby: plans a restore of whatever the changelogs gained since the last one.
     pub fn catch_up(&mut self, backend: &dyn ChangelogReader) -> Result<()> {
         for (name, topic) in &self.changelogs {
@@ -209,19 +236,28 @@ impl TaskStores {
         let mut changelogs = BTreeMap::new();
         let mut restoring = Vec::new();
         let mut applied = BTreeMap::new();
+        let mut floors = BTreeMap::new();
         for spec in specs {
             let store_dir = dir.join(&spec.name);
             let topic = spec.changelog_topic(application_id);
             let end = backend.end_offset(&topic, task.partition, exactly_once)?;
-            let from = match checkpoint.get(&spec.name) {
-                Some(&o) if spec.supplier.persistent() && o <= end => o,
+            let checkpointed = checkpoint.get(&spec.name).copied().filter(|_| spec.supplier.persistent());
+            let floor = backend.resume_floor(&topic, task.partition)?;
+            let from = match checkpointed {
+                Some(o) if o <= end && o >= floor => o,
                 found => {
-                    if let Some(o) = found.filter(|o| **o > end) {
+                    if let Some(o) = found.filter(|o| *o > end) {
                         // The changelog lost what the store holds (a power cut before its
                         // records reached the disk, or the topic deleted and made again): the
                         // store is ahead of it, and new records would reuse its offsets. Rebuild.
                         tracing::warn!(store = %spec.name, task = %task, checkpoint = o, end, topic = %topic,
                             "checkpoint past the changelog's end; wiping the store and restoring it");
+                    } else if let Some(o) = found {
+                        // Compaction removed a tombstone past the checkpoint (the store was
+                        // stopped for longer than `delete.retention.ms`), or retention deleted
+                        // records after it: resuming would keep what was deleted. Rebuild.
+                        tracing::warn!(store = %spec.name, task = %task, checkpoint = o, floor, topic = %topic,
+                            "checkpoint below the changelog's resume floor (deletes it holds are gone); wiping the store and restoring it");
                     }
                     match fs::remove_dir_all(&store_dir) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
@@ -236,6 +272,7 @@ impl TaskStores {
                 None => StoreHandle::new(&spec.name, backend_store),
             };
             applied.insert(spec.name.clone(), from);
+            floors.insert(spec.name.clone(), floor);
             if from < end {
                 let started = Instant::now();
                 let store = spec.name.clone();
@@ -263,6 +300,7 @@ impl TaskStores {
             read_committed: exactly_once,
             restored: 0,
             applied,
+            floors,
             standby,
         }))
     }

@@ -65,6 +65,21 @@ impl<K: Data, V: Data, VA: Data> SessionAggregate<K, V, VA> {
         end.saturating_add(self.spec.windows.gap).saturating_add(self.spec.windows.grace).saturating_add(1)
     }
 
+    /// Takes the first session the watermark has closed out of the index: `(key, start, end)`.
+    fn pop_closed(&mut self) -> Option<(Vec<u8>, i64, i64)> {
+        if self.closing.first().is_none_or(|(at, ..)| *at > self.watermark) {
+            return None;
+        }
+        let (_, kb, start, end) = self.closing.pop_first()?;
+        if let Some(sessions) = self.by_key.get_mut(&kb) {
+            sessions.retain(|&se| se != (start, end));
+            if sessions.is_empty() {
+                self.by_key.remove(&kb);
+            }
+        }
+        Some((kb, start, end))
+    }
+
     fn open(&mut self, key: &[u8], start: i64, end: i64) {
         self.by_key.entry_ref(key).or_default().push((start, end));
         let at = self.close_at(end);
@@ -162,6 +177,19 @@ impl<K: Data, V: Data, VA: Data> Lifecycle for SessionAggregate<K, V, VA> {
                 return Err(self.error("read a session", "the key does not have the session layout"));
             }
         }
+        drop(store);
+        // A session closed before the stored watermark was deleted then; it is here only if its
+        // delete was lost (compaction removed the tombstone before this copy of the store read
+        // it). Dropped, never emitted again.
+        let mut closed = 0u64;
+        while let Some((kb, start, end)) = self.pop_closed() {
+            self.store.clone().borrow_mut().delete(&session_key(&kb, start, end)?)?;
+            closed += 1;
+        }
+        if closed > 0 {
+            tracing::warn!(store = %self.spec.store, sessions = closed, watermark = self.watermark,
+                "dropped sessions the store held past their close (their deletes were lost)");
+        }
         Ok(())
     }
 
@@ -174,17 +202,7 @@ impl<K: Data, V: Data, VA: Data> Lifecycle for SessionAggregate<K, V, VA> {
         let store = self.store.clone();
         let mut store = store.borrow_mut();
         let mut out = Vec::new();
-        while let Some((at, ..)) = self.closing.first() {
-            if *at > self.watermark {
-                break;
-            }
-            let Some((_, kb, start, end)) = self.closing.pop_first() else { break };
-            if let Some(sessions) = self.by_key.get_mut(&kb) {
-                sessions.retain(|&se| se != (start, end));
-                if sessions.is_empty() {
-                    self.by_key.remove(&kb);
-                }
-            }
+        while let Some((kb, start, end)) = self.pop_closed() {
             let stored = session_key(&kb, start, end)?;
             if spec.emit == EmitStrategy::OnWindowClose {
                 if let Some(v) = store.get(&stored)? {

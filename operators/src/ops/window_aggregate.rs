@@ -157,8 +157,8 @@ impl<K: Data, V: Data, VA: Data> Downstream<K, V> for WindowAggregate<K, V, VA> 
 impl<K: Data, V: Data, VA: Data> Lifecycle for WindowAggregate<K, V, VA> {
     fn init(&mut self, _ctx: &mut TaskContext<'_>) -> Result<()> {
         let store = self.store.clone();
-        let store = store.borrow();
-        for (k, v) in store.all()? {
+        let entries = store.borrow().all()?;
+        for (k, v) in entries {
             if k == WINDOW_META_KEY {
                 self.watermark = crate::ops::window_aggregate::stored_watermark(&self.spec.store, &v)?;
             } else if let Some((_, start)) = split_window_key(&k) {
@@ -166,6 +166,23 @@ impl<K: Data, V: Data, VA: Data> Lifecycle for WindowAggregate<K, V, VA> {
             } else {
                 return Err(self.error("read a window", "the key does not have the window layout"));
             }
+        }
+        // A window closed before the stored watermark was deleted then; it is here only if its
+        // delete was lost (compaction removed the tombstone before this copy of the store read
+        // it). Dropped, never emitted again.
+        let grace = self.spec.windows.grace;
+        let mut closed = 0u64;
+        while let Some((end, _)) = self.open.first() {
+            if end.saturating_add(grace) > self.watermark {
+                break;
+            }
+            let Some((_, stored)) = self.open.pop_first() else { break };
+            store.borrow_mut().delete(&stored)?;
+            closed += 1;
+        }
+        if closed > 0 {
+            tracing::warn!(store = %self.spec.store, windows = closed, watermark = self.watermark,
+                "dropped windows the store held past their close (their deletes were lost)");
         }
         Ok(())
     }
