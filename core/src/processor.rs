@@ -136,6 +136,9 @@ pub struct TaskContext<'a> {
     pub dead_letter_topic: &'a str,
     /// Counters.
     pub counters: &'a mut TaskCounters,
+    /// `processing.guarantee` is exactly-once: what the task writes (output, changelogs) becomes
+    /// visible together with its input offsets, or not at all.
+    pub exactly_once: bool,
 }
 
 impl TaskContext<'_> {

@@ -180,6 +180,7 @@ impl Inner {
                 wall_clock_ms: self.wall_clock_ms,
                 caught_up: None,
                 end_of_input: self.end_of_input,
+                exactly_once: self.config.processing_guarantee == crate::runtime::ProcessingGuarantee::ExactlyOnce,
             };
             let internal = self.internal.clone();
             self.task(sub)?;
@@ -366,6 +367,7 @@ impl TopologyTestDriver {
             wall_clock_ms: inner.wall_clock_ms,
             caught_up: None,
             end_of_input: inner.end_of_input,
+            exactly_once: inner.config.processing_guarantee == crate::runtime::ProcessingGuarantee::ExactlyOnce,
         };
         let internal = inner.internal.clone();
         for s in subs {

@@ -720,8 +720,24 @@ fn a_store_whose_changelog_dropped_a_delete_past_its_checkpoint_is_rebuilt() {
     assert_eq!(stores.restored(), 5, "the whole compacted changelog");
     assert_eq!(standby.below_resume_floor(&reader).unwrap(), Some("counts"), "the standby is stale too");
     drop(standby);
-    // A standby opened now is rebuilt from the start, and the floor already past it is no loss.
-    let standby =
+    // A standby opened now is rebuilt from the start: the floor already past it is no loss, nor
+    // is the floor passing it again before it has caught up (what k2's tombstone deleted was
+    // removed from the changelog before this standby could read it).
+    let mut standby =
         TaskStores::open_standby(&topology, "gone", &state.join("fresh"), task, &reader, false, &ctx).unwrap().unwrap();
     assert_eq!(standby.below_resume_floor(&reader).unwrap(), None);
+    p.send(changelog, garam::core::Record { key: Some("k2".into()), value: None, timestamp: None, headers: vec![] })
+        .unwrap();
+    p.flush().unwrap();
+    log.partition(changelog, 0).unwrap().roll().unwrap();
+    write_changelog(&log, changelog, [("k8".to_string(), versioned_count(8))]);
+    log.run_cleaner(now + 2000).unwrap();
+    log.run_cleaner(now + 3000).unwrap();
+    assert_eq!(log.partition(changelog, 0).unwrap().resume_floor(), 8, "the tombstone at 7 is gone");
+    assert_eq!(standby.below_resume_floor(&reader).unwrap(), None, "not caught up yet: no rebuild loop");
+    standby.restore_all(&reader, None).unwrap(); // to the end when it opened
+    standby.catch_up(&reader).unwrap();
+    standby.restore_all(&reader, None).unwrap();
+    assert_eq!(standby.below_resume_floor(&reader).unwrap(), None, "caught up");
+    assert!(!holds(&standby, "k2") && holds(&standby, "k8"));
 }

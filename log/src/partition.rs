@@ -202,7 +202,17 @@ impl Partition {
         let log_start = read_offset_file(&dir, LOG_START).unwrap_or(0).max(segments[0].base_offset);
         let log_end = segments.last().map_or(0, |s| s.next_offset.load(Ordering::Acquire));
         let log_start = log_start.min(log_end);
-        let deletes_dropped_before = read_offset_file(&dir, DELETES_DROPPED).unwrap_or(0);
+        let deletes_dropped_before = match read_offset_file(&dir, DELETES_DROPPED) {
+            Some(o) => o,
+            None if !dir.join(DELETES_DROPPED).exists() => 0,
+            None => {
+                // Unreadable: taken as high as it can be, which costs a reader a rebuild, never a
+                // delete, and written so (once: the next open reads it back).
+                tracing::warn!(partition = %name, "unreadable {DELETES_DROPPED} file; taking the log's end as the resume floor");
+                write_offset_file(&dir, DELETES_DROPPED, log_end)?;
+                log_end
+            }
+        };
         // What survived a crash may only be in the page cache: not flushed until fsynced again.
         let flushed = if clean { log_end } else { recovery.min(log_end) };
         Ok(Partition {

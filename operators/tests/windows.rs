@@ -44,6 +44,13 @@ fn driver(t: garam_core::topology::Topology, out_of_orderness_ms: u64) -> Topolo
     TopologyTestDriver::with_config(t, config).unwrap()
 }
 
+fn eos_driver(t: garam_core::topology::Topology, exactly_once: bool) -> TopologyTestDriver {
+    let mut config = AppConfig::new("windows-test");
+    let guarantee = if exactly_once { "exactly_once_v2" } else { "at_least_once" };
+    config.set("processing.guarantee", guarantee).unwrap();
+    TopologyTestDriver::with_config(t, config).unwrap()
+}
+
 #[test]
 fn tumbling_windows_emit_once_on_close_and_drop_late_records() {
     let d = driver(counting(TimeWindows::of(Duration::from_millis(10)), EmitStrategy::OnWindowClose), 0);
@@ -119,30 +126,38 @@ fn a_closed_window_stays_closed_across_a_restart() {
 }
 
 /// A closed window whose delete a store never got (its tombstone compacted away while the store
-/// was stopped, on a backend that cannot tell) comes back with the store; the operator knows it
-/// closed from the watermark stored with it, and drops it rather than emit it a second time.
+/// was stopped, on a backend that cannot tell) comes back with the store. Under exactly-once the
+/// operator knows from the watermark stored with it that it was emitted, and drops it. Under
+/// at-least-once it may not have been (a crash mid-commit stores the watermark without the
+/// result), so it is emitted again: a duplicate, never a loss.
 #[test]
-fn a_closed_window_whose_delete_was_lost_is_dropped_not_emitted_again() {
-    let d = driver(counting(TimeWindows::of(Duration::from_millis(10)), EmitStrategy::OnWindowClose), 0);
-    let input = d.input_topic("clicks", StringSerde, StringSerde);
-    let counts = d.output_topic("counts", windowed(), U64Serde);
-    input.pipe_at(s("a"), s("x"), 1).unwrap();
-    input.pipe_at(s("a"), s("x"), 12).unwrap();
-    assert_eq!(counts.read_key_values().unwrap(), vec![(w("a", 0, 10), 1)]);
-    d.restart().unwrap(); // closing the task writes its cache to the changelog
-    d.lose_tombstones("windows-test-click-counts-changelog");
-    d.restart().unwrap();
-    input.pipe_at(s("a"), s("x"), 2).unwrap(); // late: the task's watermark starts over, the operator's does not
-    input.pipe_at(s("a"), s("x"), 25).unwrap();
-    assert_eq!(counts.read_key_values().unwrap(), vec![(w("a", 10, 20), 1)], "[0, 10) is not emitted again");
-    let stored: Vec<_> = d.store_entries("click-counts").unwrap().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(stored.len(), 2, "[20, 30) and the watermark; [0, 10) dropped: {stored:?}");
+fn a_closed_window_whose_delete_was_lost_is_dropped_under_exactly_once_and_repeated_otherwise() {
+    for exactly_once in [true, false] {
+        let windows = counting(TimeWindows::of(Duration::from_millis(10)), EmitStrategy::OnWindowClose);
+        let d = eos_driver(windows, exactly_once);
+        let input = d.input_topic("clicks", StringSerde, StringSerde);
+        let counts = d.output_topic("counts", windowed(), U64Serde);
+        input.pipe_at(s("a"), s("x"), 1).unwrap();
+        input.pipe_at(s("a"), s("x"), 12).unwrap();
+        assert_eq!(counts.read_key_values().unwrap(), vec![(w("a", 0, 10), 1)]);
+        d.restart().unwrap(); // closing the task writes its cache to the changelog
+        d.lose_tombstones("windows-test-click-counts-changelog");
+        d.restart().unwrap();
+        input.pipe_at(s("a"), s("x"), 2).unwrap(); // late: the task's watermark starts over, the operator's does not
+        input.pipe_at(s("a"), s("x"), 25).unwrap();
+        let again = if exactly_once { vec![] } else { vec![(w("a", 0, 10), 1)] };
+        let expected = [again, vec![(w("a", 10, 20), 1)]].concat();
+        assert_eq!(counts.read_key_values().unwrap(), expected, "exactly-once: {exactly_once}");
+        let stored = d.store_entries("click-counts").unwrap();
+        assert_eq!(stored.len(), 2, "[20, 30) and the watermark; [0, 10) gone: {stored:?}");
+    }
 }
 
-/// The same for a session: closed before the stored watermark, dropped when it comes back.
+/// The same for a session under exactly-once: closed before the stored watermark, dropped when
+/// it comes back.
 #[test]
-fn a_closed_session_whose_delete_was_lost_is_dropped_not_emitted_again() {
-    let d = driver(sessions(EmitStrategy::OnWindowClose, 10, 0), 0);
+fn a_closed_session_whose_delete_was_lost_is_dropped_under_exactly_once() {
+    let d = eos_driver(sessions(EmitStrategy::OnWindowClose, 10, 0), true);
     let input = d.input_topic("clicks", StringSerde, StringSerde);
     let out = d.output_topic("sessions", windowed(), garam_core::serdes::OptionSerde(U64Serde));
     input.pipe_at(s("a"), s("x"), 0).unwrap();

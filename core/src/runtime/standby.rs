@@ -159,9 +159,14 @@ fn step(shared: &Shared, standbys: &mut BTreeMap<TaskId, Standby>, open_failures
     // applied, which is below the floor) and opened again below, which wipes and rebuilds them.
     let mut stale = Vec::new();
     for (id, s) in standbys.iter() {
-        if let Some(store) = s.stores.below_resume_floor(&reader)? {
-            tracing::warn!(task = %id, store, "standby missed deletes its changelog no longer holds; rebuilding it");
-            stale.push(*id);
+        match s.stores.below_resume_floor(&reader) {
+            Ok(Some(store)) => {
+                tracing::warn!(task = %id, store, "standby missed deletes its changelog no longer holds; rebuilding it");
+                stale.push(*id);
+            }
+            Ok(None) => {}
+            // Its update below reports what is wrong with its changelog; the others go on.
+            Err(e) => tracing::debug!(task = %id, error = %e, "reading a standby's resume floor failed"),
         }
     }
     for id in stale {

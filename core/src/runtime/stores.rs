@@ -91,7 +91,8 @@ pub struct TaskStores {
     /// Store → changelog offset it holds everything before: where its restore got, then where
     /// the changelog ended after this task's last commit ([`Self::note_committed`]).
     applied: BTreeMap<String, u64>,
-    /// Store → its changelog's resume floor when the store was opened
+    /// Store → its changelog's resume floor when the store was opened from a checkpoint, or when
+    /// it first caught up after a rebuild from the start (`u64::MAX` until then)
     /// ([`Self::below_resume_floor`]).
     floors: BTreeMap<String, u64>,
     /// A standby copy (checkpoints what it applied, never deletes its checkpoint).
@@ -170,10 +171,11 @@ impl TaskStores {
 
     /// Standby: the first store whose changelog can no longer bring it up to date, because
     /// compaction removed a tombstone (or retention a record) past what it applied since it was
-    /// opened: a standby that lagged for longer than `delete.retention.ms`. It must be rebuilt
-    /// from the start. (A floor already past it when it was opened is no loss: a store rebuilt
-    /// from the start never read the records a removed tombstone deleted, as compaction removed
-    /// them first; one resumed from a checkpoint was opened at or past the floor.)
+    /// opened from a checkpoint, or since it first caught up after a rebuild from the start: a
+    /// standby that lagged for longer than `delete.retention.ms`. It must be rebuilt from the
+    /// start. (A floor passing a store rebuilt from the start before it first caught up is no
+    /// loss: compaction removed what a tombstone deleted at the tombstone's first cleaning,
+    /// `delete.retention.ms` before it removed the tombstone.)
     pub fn below_resume_floor(&self, backend: &dyn ChangelogReader) -> Result<Option<&str>> {
         for (name, topic) in &self.changelogs {
             let applied = self.applied.get(name).copied().unwrap_or(0);
@@ -272,7 +274,10 @@ impl TaskStores {
                 None => StoreHandle::new(&spec.name, backend_store),
             };
             applied.insert(spec.name.clone(), from);
-            floors.insert(spec.name.clone(), floor);
+            // A store rebuilt from the start cannot be missing a delete the floor passes while it
+            // catches up (what a removed tombstone deleted was removed before it, at the tombstone's
+            // first cleaning): its floor counts from when it first caught up.
+            floors.insert(spec.name.clone(), if from == 0 && from < end { u64::MAX } else { floor });
             if from < end {
                 let started = Instant::now();
                 let store = spec.name.clone();
@@ -371,6 +376,10 @@ impl TaskStores {
                 l(&progress(done));
             }
             if done {
+                if self.floors.get(&r.store) == Some(&u64::MAX) {
+                    let floor = backend.resume_floor(&r.topic, self.task.partition)?;
+                    self.floors.insert(r.store.clone(), floor);
+                }
                 let secs = r.started.elapsed().as_secs_f64();
                 if self.standby {
                     tracing::debug!(store = %r.store, task = %self.task, restored = r.restored, end = r.end, "standby caught up");

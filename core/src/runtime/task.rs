@@ -30,6 +30,8 @@ pub struct TaskEnv<'a> {
     pub caught_up: Option<&'a BTreeSet<TopicPartition>>,
     /// Input has ended: caught-up inputs move the watermark to the end of time.
     pub end_of_input: bool,
+    /// `processing.guarantee` is exactly-once.
+    pub exactly_once: bool,
 }
 
 /// One task's operators, stores and clocks.
@@ -180,6 +182,7 @@ impl Task {
             policy: env.policy,
             dead_letter_topic: env.dead_letter_topic,
             counters: &mut self.counters,
+            exactly_once: env.exactly_once,
         }
     }
 

@@ -771,6 +771,7 @@ fn run_loop(
                 wall_clock_ms: crate::time::now_ms(),
                 caught_up: Some(&caught_up),
                 end_of_input,
+                exactly_once: shared.eos(),
             };
             let mut collector = ProducerCollector::new(&mut **producer, &shared.metrics.records_out, &*shared.backend);
             for p in polled {

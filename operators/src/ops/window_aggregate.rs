@@ -155,7 +155,7 @@ impl<K: Data, V: Data, VA: Data> Downstream<K, V> for WindowAggregate<K, V, VA> 
 }
 
 impl<K: Data, V: Data, VA: Data> Lifecycle for WindowAggregate<K, V, VA> {
-    fn init(&mut self, _ctx: &mut TaskContext<'_>) -> Result<()> {
+    fn init(&mut self, ctx: &mut TaskContext<'_>) -> Result<()> {
         let store = self.store.clone();
         let entries = store.borrow().all()?;
         for (k, v) in entries {
@@ -167,9 +167,16 @@ impl<K: Data, V: Data, VA: Data> Lifecycle for WindowAggregate<K, V, VA> {
                 return Err(self.error("read a window", "the key does not have the window layout"));
             }
         }
-        // A window closed before the stored watermark was deleted then; it is here only if its
-        // delete was lost (compaction removed the tombstone before this copy of the store read
-        // it). Dropped, never emitted again.
+        // Under exactly-once, a window closed before the stored watermark was emitted and deleted
+        // in the transaction that stored the watermark; it is here only if its delete was lost
+        // (compaction removed the tombstone before this copy of the store read it, on a backend
+        // with no resume floor). Dropped, never emitted again. Under at-least-once the watermark
+        // may have reached the changelog without the window's result reaching its topic (a crash
+        // mid-commit), so the window stays, to be emitted again when the watermark next moves:
+        // a duplicate, never a loss.
+        if !ctx.exactly_once {
+            return Ok(());
+        }
         let grace = self.spec.windows.grace;
         let mut closed = 0u64;
         while let Some((end, _)) = self.open.first() {
