@@ -346,6 +346,23 @@ fn bench_clicks_reads_events_and_ads_from_files() {
     assert!(out.contains("peak memory"), "{out}");
 }
 
+/// A single guarantee runs the count and then the restore of its stores, in a process of its
+/// own, into an empty state directory: every key's changelog record is read back.
+#[test]
+fn bench_count_restores_what_it_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let bench_dir = d.path().join("bench");
+    let args = ["bench", "count", "--records", "3000", "--keys", "100", "--partitions", "2", "--threads", "1"];
+    let rest = ["--guarantee", "exactly-once", "--dir", bench_dir.to_str().unwrap()];
+    let out = ok(&garam(d.path(), &[&args[..], &rest[..]].concat(), None));
+    assert!(out.lines().any(|l| l.contains("count: 3000 records")), "{out}");
+    let restore = out.lines().find(|l| l.starts_with("restore: ")).unwrap_or_else(|| panic!("a restore line: {out}"));
+    let restored: u64 = restore["restore: ".len()..].split(' ').next().unwrap().parse().unwrap();
+    assert!((100..=3000).contains(&restored), "at least one record per key, at most one per input record: {restore}");
+    assert!(restore.contains("records/s"), "{restore}");
+    assert!(out.lines().any(|l| l.starts_with("peak memory: ") && l.contains("restoring")), "{out}");
+}
+
 #[test]
 fn bench_count_compares_the_guarantees_in_alternating_rounds() {
     let d = tempfile::tempdir().unwrap();

@@ -74,6 +74,9 @@ fn a_running_app_answers_get_range_and_all_as_of_its_last_commit() {
     let mut all: Vec<(String, u64)> = store.all().unwrap();
     all.sort();
     assert_eq!(all, truth.iter().map(|(k, n)| (k.clone(), *n)).collect::<Vec<_>>());
+    let mut iterated: Vec<(String, u64)> = store.iter().unwrap().collect();
+    iterated.sort();
+    assert_eq!(iterated, all);
     // Serialized string keys order as the strings do.
     let ranged = store.range(&"k1".into(), &"k2".into()).unwrap();
     let expect: Vec<_> = truth.range("k1".to_string().."k2".to_string()).map(|(k, n)| (k.clone(), *n)).collect();

@@ -612,6 +612,55 @@ fn partitions_lost_without_a_commit_are_not_checkpointed() {
     assert!(counts.iter().filter(|(k, _)| *k != "k0").all(|(_, n)| *n == 2), "counted once: {counts:?}");
 }
 
+/// Under exactly-once a store runs ahead of the last commit: its writes reach RocksDB (here at
+/// once, with no cache) before the transaction that logs them commits, and a database closed
+/// without a WAL flushes them to disk. After an unclean stop the store must not resume from the
+/// checkpoint of an earlier clean stop: it would keep the aborted updates and count the records
+/// again on top of them. It is wiped and rebuilt from the committed changelog instead.
+#[test]
+fn after_an_unclean_stop_under_exactly_once_the_store_is_wiped_not_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    log.create_topic("in", 1, TopicConfig::default()).unwrap();
+    log.create_topic("out", 1, TopicConfig::default()).unwrap();
+    let app = |settings: &[(&str, &str)]| {
+        let mut c = AppConfig::new("unclean");
+        c.num_threads = 1;
+        c.state_dir = Some(dir.path().join("state"));
+        c.set("processing.guarantee", "exactly-once").unwrap();
+        c.set("statestore.cache.max.bytes", "0").unwrap();
+        for (key, value) in settings {
+            c.set(key, value).unwrap();
+        }
+        App::new(topology(false), c, Arc::new(log.clone())).unwrap()
+    };
+    produce(&log, 0, 100);
+    app(&[]).run_until_idle(Duration::from_millis(200)).unwrap();
+    let checkpoint = dir.path().join("state").join("unclean").join("0_0").join(".checkpoint");
+    assert!(checkpoint.exists(), "a clean stop checkpoints the store");
+    let changelog = log.topic("unclean-counts-changelog").unwrap().config();
+    assert!(changelog.cleanup_policy.compact, "changelogs are compacted: {:?}", changelog.cleanup_policy);
+    // A hundred more records, taken by the store inside a transaction that never commits: the
+    // next record cannot be read, and the worker fails.
+    let mut failing = app(&[("commit.interval.ms", "600000")]);
+    failing.start().unwrap();
+    produce(&log, 100, 200);
+    wait_for("the hundred records", || failing.metrics().records_in == 100);
+    let mut p = log.producer(Default::default()).unwrap();
+    p.send("in", garam::core::Record::new(Some("k0"), Some(vec![0xffu8]))).unwrap();
+    p.flush().unwrap();
+    wait_for("the worker to fail", || failing.status() == garam::core::runtime::AppStatus::Failed);
+    let err = failing.close().unwrap_err().to_string();
+    assert!(err.contains("in-0") && err.contains("offset 200"), "names the bad record: {err}");
+    assert!(!checkpoint.exists(), "an unclean stop under exactly-once leaves no checkpoint");
+    // Restarted with the bad record skipped: every key counted four times, not six.
+    let mut last = app(&[("deserialization.error.handler", "log-and-continue")]);
+    last.run_until_idle(Duration::from_millis(200)).unwrap();
+    let counts = latest_counts(&log, true);
+    assert_eq!(counts.len(), 50);
+    assert!(counts.values().all(|n| *n == 4), "counted from the committed changelog: {counts:?} {:?}", last.metrics());
+}
+
 /// A standby whose changelog holds a record it cannot apply is reported and retried; it does not
 /// hold up the instance's other standbys, which keep applying what their changelogs gain.
 #[test]

@@ -226,6 +226,12 @@ impl<K: 'static, V: 'static> ReadOnlyStore<K, V> {
         self.scan(&[], None)
     }
 
+    /// Every entry of every partition hosted here, as an iterator: the entries of [`Self::all`],
+    /// read when it is called, so an error (a partition restoring) comes before the first entry.
+    pub fn iter(&self) -> Result<std::vec::IntoIter<(K, V)>> {
+        Ok(self.all()?.into_iter())
+    }
+
     fn scan(&self, from: &[u8], to: Option<&[u8]>) -> Result<Vec<(K, V)>> {
         let (_, hosted) = self.registry.hosted(&self.name);
         let mut raw = Vec::new();
