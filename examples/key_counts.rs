@@ -3,7 +3,7 @@
 //! Reads JSON records from `--input` (the key is the record key), counts them per key in a RocksDB
 //! store (`key-counts`, changelog `key-counts-key-counts-changelog`), and writes every updated count
 //! to `--output` as `{"key": "...", "count": N}`, keyed by the key. A count needs only the key:
-//! values are passed over unparsed, so a record counts whatever its value holds.
+//! values are read as raw bytes and never parsed, so every record counts, its value JSON or not.
 //!
 //! ```sh
 //! cargo run --release -p garam --example key_counts -- \

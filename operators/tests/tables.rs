@@ -247,11 +247,13 @@ proptest! {
     #[test]
     fn regrouped_sums_equal_a_recomputation_of_the_table(
         updates in proptest::collection::vec((0u8..6, proptest::option::of((0u8..3, 0u64..1000))), 0..60),
-        restart_at in 0usize..60,
+        restart in any::<proptest::sample::Index>(),
     ) {
         let d = TopologyTestDriver::new(sums_topology()).unwrap();
         let input = d.input_topic("accounts", StringSerde, OptionSerde(StringSerde));
         let mut table: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        // Before any update, between two, or after the last.
+        let restart_at = restart.index(updates.len() + 1);
         for (i, (id, account)) in updates.iter().enumerate() {
             if i == restart_at {
                 d.restart().unwrap();
@@ -263,6 +265,9 @@ proptest! {
                 Some(a) => table.insert(id, a),
                 None => table.remove(&id),
             };
+        }
+        if restart_at == updates.len() {
+            d.restart().unwrap();
         }
         let mut sums: BTreeMap<String, u64> = BTreeMap::new();
         for (region, balance) in table.values() {

@@ -228,7 +228,7 @@ impl<K: 'static, V: 'static> ReadOnlyStore<K, V> {
 
     /// Every entry of every partition hosted here, as an iterator: the entries of [`Self::all`],
     /// read when it is called, so an error (a partition restoring) comes before the first entry.
-    pub fn iter(&self) -> Result<std::vec::IntoIter<(K, V)>> {
+    pub fn iter(&self) -> Result<impl Iterator<Item = (K, V)>> {
         Ok(self.all()?.into_iter())
     }
 
