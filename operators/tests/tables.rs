@@ -113,10 +113,9 @@ fn nonzero_aggregates(
     topic: &str,
 ) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
     let stored = d.store(store, StringSerde, U64Serde).unwrap().into_iter().filter(|(_, n)| *n > 0).collect();
-    let mut last: BTreeMap<String, u64> = BTreeMap::new();
-    for (k, n) in d.output_topic(topic, StringSerde, U64Serde).read_key_values().unwrap() {
-        last.insert(k, n);
-    }
+    // Collected in order: each key keeps the last value emitted for it.
+    let mut last: BTreeMap<String, u64> =
+        d.output_topic(topic, StringSerde, U64Serde).read_key_values().unwrap().into_iter().collect();
     last.retain(|_, n| *n > 0);
     (stored, last)
 }
